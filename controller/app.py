@@ -1,0 +1,376 @@
+"""The line controller: the supervised loops that connect PLC, camera, inference and journal.
+
+    poll PLC ──► tracker (new triggers, expiries) ──► frame matcher ◄── camera frames
+                                                        │ match
+                                                        ▼
+                          admission ─► inference (deadline) ─► journal (durable) ─► verdict write
+
+Every trigger ends in exactly one recorded outcome, with its reason. The PLC is the safety layer:
+whatever fails here, the part is rejected there; this module's job is to be on time.
+Not here: the rules of time and position (controller/tracking.py), association
+(controller/frame_matching.py), building the parts (controller/bootstrap.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from controller import plc_codec as codec
+from controller.alarms import Alarms
+from controller.errors import CameraError, ControllerError, InferenceError, JournalError, PlcError
+from controller.frame_matching import FrameMatcher, Match, MatchWindow
+from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
+from controller.status import Health, LineStatus
+from controller.tracking import Finished, Margins, Outcome, Part, Reason, Tracker, check_line_geometry, wrap_diff
+
+log = structlog.get_logger("lineinspect.controller")
+
+MAX_PENDING_FRAMES = 64
+"""Frames waiting for their trigger; beyond this the oldest is dropped and counted."""
+MAX_WAIT_S = 5.0
+"""Upper bound on one inference wait while the conveyor stands (the deadline is positional)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    poll_s: float = 0.002
+    heartbeat_s: float = 0.020
+    stale_s: float = 0.100
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    min_part_pitch_counts: int = 300
+
+
+class LineController:
+    def __init__(
+        self, plc: PlcLink, camera: FrameSource, inference: InferenceService, journal: Journal, *,
+        margins: Margins, window: MatchWindow, timing: Timing,
+        on_status: Callable[[LineStatus], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
+        self.timing = timing
+        self.tracker = Tracker(margins)
+        self.matcher = FrameMatcher(window)
+        self.alarms = Alarms()
+        self.on_status = on_status or (lambda s: None)
+        self.health = Health.STARTING
+        self.outcomes: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.latencies: deque[float] = deque(maxlen=512)
+        self.frames_dropped = 0
+        self._frames: dict[int, Frame] = {}
+        self._results: dict[int, InferenceResult] = {}
+        self._life = 0
+        self._plc_ok = False
+        self._camera_ok = False
+        self._snapshot: codec.PlcToVision | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._model_version = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Run until cancelled. Loops are named and supervised; a crash of one ends the run."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._poll_loop(), name="plc-poll")
+                tg.create_task(self._heartbeat_loop(), name="plc-heartbeat")
+                tg.create_task(self._frame_loop(), name="camera-intake")
+                tg.create_task(self._status_loop(), name="status")
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        # Judges stop; records already on their way to the journal are awaited, never cancelled.
+        for task in list(self._tasks):
+            if task.get_name().startswith("judge-"):
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Parts still open will be rejected by the PLC; record why, so no trigger lacks an outcome.
+        for part in list(self.tracker.parts.values()):
+            done = self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.CONTROLLER_STOPPED)
+            if done:
+                with contextlib.suppress(JournalError):
+                    await self._record(done)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def ready(self) -> bool:
+        """The PLC's `ready` bit: every dependency on the verdict path is healthy."""
+        return self._plc_ok and self._camera_ok and self.inference.healthy and self.journal.healthy
+
+    def _update_health(self) -> None:
+        new = Health.READY if self.ready else (Health.STARTING if self.health is Health.STARTING
+                                                 and not self._plc_ok else Health.DEGRADED)  # fmt: skip
+        if new is not self.health:
+            log.info("health_changed", old=self.health.value, new=new.value, alarms=self.alarms.active)
+            self.health = new
+
+    # ------------------------------------------------------------------ PLC poll
+    async def _poll_loop(self) -> None:
+        backoff = self.timing.backoff_initial_s
+        last_life, life_changed_at = -1, time.monotonic()
+        next_poll = time.monotonic()
+        while True:
+            started = time.monotonic()
+            try:
+                snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
+            except PlcError as exc:
+                await self._plc_lost(str(exc))
+                backoff = await self._reconnect(backoff)
+                last_life, life_changed_at = -1, time.monotonic()
+                next_poll = time.monotonic()
+                continue
+            backoff = self.timing.backoff_initial_s
+            if snap.life != last_life:
+                last_life, life_changed_at = snap.life, started
+            elif started - life_changed_at > self.timing.stale_s:
+                await self._plc_lost(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
+                await self._reconnect(backoff)
+                last_life, life_changed_at = -1, time.monotonic()
+                continue
+            self._on_snapshot(snap, started, time.monotonic())
+            next_poll = max(next_poll + self.timing.poll_s, time.monotonic())
+            await asyncio.sleep(next_poll - time.monotonic())
+
+    async def _plc_lost(self, why: str) -> None:
+        if self._plc_ok:
+            log.warning("plc_link_lost", error=why, epoch=self.tracker.epoch)
+        self._plc_ok = False
+        self.alarms.set("plc_link", True, why)
+        self._update_health()
+        self._finish_all(self.tracker.expire(time.monotonic()))
+
+    async def _reconnect(self, backoff: float) -> float:
+        """Capped exponential backoff with jitter; returns the next backoff."""
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+        try:
+            await self.plc.reconnect()
+            log.info("plc_reconnected")
+        except PlcError as exc:
+            log.debug("plc_reconnect_failed", error=str(exc))
+            return min(backoff * 2, self.timing.backoff_max_s)
+        return self.timing.backoff_initial_s
+
+    def _on_snapshot(self, snap: codec.PlcToVision, started: float, finished: float) -> None:
+        if not self._plc_ok:
+            check_line_geometry(snap.decision_offset, self.timing.min_part_pitch_counts)
+            self._plc_ok = True
+            self.alarms.set("plc_link", False)
+            self._update_health()
+        if snap.epoch != self.tracker.epoch:
+            log.info("plc_epoch", epoch=snap.epoch, previous=self.tracker.epoch)
+            self.matcher.reset()
+            self._results.clear()
+        self._snapshot = snap
+        upd = self.tracker.on_snapshot(snap, started, accept_parts=self.ready)
+        self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
+        self._finish_all(upd.finished)
+        now = time.monotonic()
+        for part in upd.new_parts:
+            self._dispatch(self.matcher.on_trigger(part.seq, _trigger_instant(snap, part, started, finished), now))
+
+    # ------------------------------------------------------------------ heartbeat
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            if self._plc_ok and self.tracker.epoch is not None:
+                self._life = (self._life + 1) % 65536
+                header = codec.VisionHeader(
+                    self._life, codec.READY if self.ready else 0, codec.INTERFACE_VERSION, self.tracker.epoch
+                )
+                try:
+                    await self.plc.write_vision_to_plc(0, codec.encode_vision_header(header))
+                except PlcError as exc:
+                    log.debug("heartbeat_failed", error=str(exc))  # the poll loop reconnects
+            self._update_health()
+            await asyncio.sleep(self.timing.heartbeat_s)
+
+    # ------------------------------------------------------------------ camera
+    async def _frame_loop(self) -> None:
+        while True:
+            try:
+                self._camera_ok = True
+                self.alarms.set("camera", False)
+                async for frame in self.camera.frames():
+                    self._on_frame(frame)
+                raise CameraError("camera stream ended")
+            except CameraError as exc:
+                self._camera_ok = False
+                self.alarms.set("camera", True, str(exc))
+                self._update_health()
+                await asyncio.sleep(0.5)  # the source reconnects when iterated again
+
+    def _on_frame(self, frame: Frame) -> None:
+        self._frames[frame.counter] = frame
+        while len(self._frames) > MAX_PENDING_FRAMES:
+            del self._frames[next(iter(self._frames))]
+            self.frames_dropped += 1
+        exposed = frame.exposed_at
+        if exposed is None:
+            exposed = frame.received_at - self.matcher.window.frame_latency_s
+        self._dispatch(self.matcher.on_frame(frame.counter, exposed, frame.received_at))
+
+    # ------------------------------------------------------------------ per part
+    def _dispatch(self, matches: list[Match]) -> None:
+        now = time.monotonic()
+        for m in matches:
+            frame = self._frames.pop(m.frame_counter, None)
+            part = self.tracker.parts.get(m.seq)
+            if frame is None or part is None:
+                continue
+            part.frame_counter = m.frame_counter
+            refused = self.tracker.admit(m.seq, now, self.inference.expected_latency_s)
+            if refused is not None:
+                self._finish_all([self.tracker.finish(m.seq, Outcome.FAILSAFE, refused)], frame=frame)
+                continue
+            part.dispatched = True
+            self._spawn(self._judge(part, frame), name=f"judge-{part.epoch}-{part.seq}")
+
+    async def _judge(self, part: Part, frame: Frame) -> None:
+        """Infer, record durably, then write the verdict — each step only while still on time."""
+        t_start = time.monotonic()
+        wait = min(self.tracker.time_left(part, t_start), MAX_WAIT_S)
+        try:
+            result = await self.inference.infer(frame.image, t_start + wait)
+        except InferenceError as exc:
+            reason = Reason.INFERENCE_UNAVAILABLE if not self.inference.healthy else Reason.INFERENCE_FAILED
+            if self.tracker.may_write(part.seq, time.monotonic()) is Reason.LATE:
+                reason = Reason.LATE
+            log.info("inference_failed", epoch=part.epoch, seq=part.seq, error=str(exc))
+            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, reason)], frame=frame)
+            return
+        t_end = time.monotonic()
+        self._model_version = result.model_version
+        late = self.tracker.may_write(part.seq, t_end)
+        if late is not None:
+            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, late)], frame, result, t_start, t_end)
+            return
+        outcome, reason = (Outcome.REJECT, Reason.MODEL_REJECT) if result.reject else (Outcome.PASS, Reason.MODEL_PASS)
+        done = Finished(part, outcome, reason)
+        try:
+            await self._record(done, frame, result, t_start, t_end)
+        except JournalError as exc:
+            self.alarms.set("journal", True, str(exc))
+            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.JOURNAL_FAILED)])
+            return
+        # The record says PASS/REJECT; if the write cannot happen now, the record is replaced.
+        late = self.tracker.may_write(part.seq, time.monotonic())
+        if late is not None or self.tracker.epoch != part.epoch:
+            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, late or Reason.EPOCH_CHANGED)],
+                             frame, result, t_start, t_end)  # fmt: skip
+            return
+        entry = codec.VerdictEntry(
+            part.seq, codec.REJECT if result.reject else codec.PASS, result.defect_class,
+            codec.score_to_word(result.score),
+        )  # fmt: skip
+        part.writing = True
+        try:
+            await self.plc.write_vision_to_plc(codec.verdict_offset(part.seq), codec.encode_verdict(entry))
+        except PlcError:
+            part.writing = False
+            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.PLC_WRITE_FAILED)],
+                             frame, result, t_start, t_end)  # fmt: skip
+            return
+        t_written = time.monotonic()
+        if self.tracker.finish(part.seq, outcome, reason) is None:
+            return  # expired while writing: already recorded as fail-safe
+        self._count(done)
+        self.latencies.append(t_written - part.seen_at)
+        self._spawn(self._note_written(part, t_written), name=f"written-{part.seq}")
+
+    async def _note_written(self, part: Part, t: float) -> None:
+        note = getattr(self.journal, "note_written", None)
+        if note is not None:
+            await note(part.epoch, part.seq, t)
+
+    # ------------------------------------------------------------------ outcomes
+    def _finish_all(
+        self, finished: list[Finished | None], frame: Frame | None = None,
+        result: InferenceResult | None = None, t_start: float | None = None, t_end: float | None = None,
+    ) -> None:  # fmt: skip
+        for done in finished:
+            if done is None:
+                continue  # already had its outcome
+            self.matcher.forget_trigger(done.part.seq)
+            self._count(done)
+            if done.outcome is Outcome.FAILSAFE:
+                log.info("failsafe", epoch=done.part.epoch, seq=done.part.seq, reason=done.reason.value)
+            self._spawn(self._record_quietly(done, frame, result, t_start, t_end), name=f"record-{done.part.seq}")
+
+    def _count(self, done: Finished) -> None:
+        self.outcomes[done.outcome.value] += 1
+        if done.outcome is Outcome.FAILSAFE:
+            self.reasons[done.reason.value] += 1
+
+    async def _record_quietly(self, *args: Any) -> None:
+        try:
+            await self._record(*args)
+        except JournalError as exc:
+            self.alarms.set("journal", True, str(exc))
+
+    async def _record(
+        self, done: Finished, frame: Frame | None = None, result: InferenceResult | None = None,
+        t_start: float | None = None, t_end: float | None = None,
+    ) -> None:  # fmt: skip
+        p = done.part
+        await self.journal.record(PartRecord(
+            epoch=p.epoch, seq=p.seq, outcome=done.outcome.value, reason=done.reason.value,
+            trigger_pos=p.trigger_pos, frame_counter=p.frame_counter,
+            defect_class=result.defect_class if result else None, score=result.score if result else None,
+            model_version=result.model_version if result else None, worker=result.worker if result else None,
+            t_trigger_seen=p.seen_at, t_frame=frame.received_at if frame else None,
+            t_infer_start=t_start, t_infer_end=t_end, t_decided=time.monotonic(),
+            wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            image=frame.image if frame else None,
+        ))  # fmt: skip
+        self.alarms.set("journal", False)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> LineStatus:
+        lat = sorted(self.latencies)
+        snap = self._snapshot
+        return LineStatus(
+            state=self.health, ready_bit=self.ready, epoch=self.tracker.epoch or 0,
+            line_running=bool(snap and snap.line_running), vision_enabled=bool(snap and snap.vision_enabled),
+            shadow_mode=bool(snap and snap.shadow_mode), watchdog_tripped=bool(snap and snap.watchdog_tripped),
+            speed_counts_per_s=snap.speed if snap else 0.0,
+            triggers=sum(self.outcomes.values()) + len(self.tracker.parts),
+            passes=self.outcomes["pass"], rejects=self.outcomes["reject"], failsafe=self.outcomes["failsafe"],
+            failsafe_by_reason=dict(self.reasons),
+            latency_p50_ms=lat[len(lat) // 2] * 1000 if lat else 0.0,
+            latency_p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0,
+            plc_rejects_vision=snap.rejects_vision if snap else 0,
+            plc_rejects_failsafe=snap.rejects_failsafe if snap else 0,
+            plc_verdicts_late=snap.verdicts_late if snap else 0,
+            plc_watchdog_trips=snap.watchdog_trips if snap else 0,
+            alarms=self.alarms.active, model_version=self._model_version,
+        )  # fmt: skip
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.on_status(self.status())
+            await asyncio.sleep(0.2)
+
+
+def _trigger_instant(snap: codec.PlcToVision, part: Part, started: float, finished: float) -> float:
+    """When the photo-eye fired, in our clock: the read's midpoint minus the distance the conveyor
+    moved since the latched position, at the current speed. Far sharper than when we saw it."""
+    if snap.speed < 1.0:
+        return started
+    return (started + finished) / 2 - wrap_diff(snap.encoder_pos, part.trigger_pos) / snap.speed
+
+
+__all__ = ["ControllerError", "LineController", "Timing"]

@@ -1,0 +1,241 @@
+"""The composition root: reads the configuration, builds the real or simulated parts, connects them
+in parallel under one AsyncExitStack, and runs the controller. The only runtime module that may
+import `sim/` (enforced by import-linter in pyproject.toml).
+
+Not here: any per-part logic (controller/app.py), argument parsing (controller/cli.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.app import LineController, Timing
+from controller.config import LineConfig, StreamCameraConfig
+from controller.errors import ConfigError, ControllerError
+from controller.frame_matching import MatchWindow
+from controller.frame_stream import StreamCamera
+from controller.journal import SqliteJournal
+from controller.plc_link import Snap7PlcLink
+from controller.ports import FrameSource, InferenceService
+from controller.status import LineStatus
+from controller.tracking import Margins
+
+log = structlog.get_logger("lineinspect.bootstrap")
+
+
+class NotConnectedError(ControllerError):
+    """One or more devices failed to connect; the message names each of them."""
+
+
+def _build_camera(cfg: LineConfig) -> Any:
+    cam = cfg.camera
+    if isinstance(cam, StreamCameraConfig):
+        return StreamCamera(cam.host, cam.port, host_clock=cam.host_clock)
+    from controller.pylon_camera import PylonCamera  # pypylon loads its transport layers on import
+
+    return PylonCamera(cam.serial, trigger_source=cam.trigger_source)
+
+
+def _build_inference(cfg: LineConfig) -> Any:
+    inf = cfg.inference
+    if not inf.model.is_file():
+        raise ConfigError(f"model file {inf.model} not found (inference.model)")
+    if inf.type == "local":
+        from workers.local_pool import LocalInferencePool
+
+        return LocalInferencePool(inf.model, threads=inf.threads)
+    import ray
+
+    from workers.ray_pool import RayInferencePool
+
+    if not ray.is_initialized():
+        ray.init(
+            address=inf.ray_address, include_dashboard=False, log_to_driver=False,
+            num_cpus=None if inf.ray_address else max(2, inf.actors), configure_logging=False,
+        )  # fmt: skip
+    return RayInferencePool(inf.model, num_actors=inf.actors, max_in_flight_per_actor=inf.max_in_flight_per_actor)
+
+
+async def _connect_all(stack: AsyncExitStack, devices: dict[str, Any]) -> None:
+    """Enter every device's context in parallel; report every failure by name, keep nothing half-open."""
+
+    async def enter(name: str, dev: Any) -> tuple[str, AsyncExitStack]:
+        sub = AsyncExitStack()
+        await sub.enter_async_context(dev)
+        return name, sub
+
+    results = await asyncio.gather(*(enter(n, d) for n, d in devices.items()), return_exceptions=True)
+    failures = [f"{name}: {r}" for name, r in zip(devices, results, strict=True) if isinstance(r, BaseException)]
+    for r in results:
+        if not isinstance(r, BaseException):
+            stack.push_async_callback(r[1].aclose)
+    if failures:
+        await stack.aclose()
+        raise NotConnectedError("; ".join(failures))
+
+
+async def run_controller(
+    cfg: LineConfig, *, stop: asyncio.Event | None = None,
+    on_status: Callable[[LineStatus], None] | None = None,
+) -> LineController:  # fmt: skip
+    """Connect everything, run until `stop` is set (or forever), and shut down cleanly."""
+    inference = _build_inference(cfg)
+    plc = Snap7PlcLink(
+        cfg.plc.host, cfg.plc.port, rack=cfg.plc.rack, slot=cfg.plc.slot, db_in=cfg.plc.db_plc_to_vision,
+        db_out=cfg.plc.db_vision_to_plc, timeout_s=cfg.plc.request_timeout_ms / 1000,
+        connect_timeout_s=cfg.plc.connect_timeout_s,
+    )  # fmt: skip
+    camera: FrameSource = _build_camera(cfg)
+    journal = SqliteJournal(cfg.journal.path, max_images=cfg.journal.max_images)
+    async with AsyncExitStack() as stack:
+        await _connect_all(stack, {"plc": plc, "camera": camera, "inference": inference, "journal": journal})
+        publishers = [on_status] if on_status else []
+        if cfg.hmi.enabled:
+            from hmi.server import HmiServer
+
+            hmi = await stack.enter_async_context(HmiServer(cfg.hmi.endpoint))
+            publishers.append(hmi.publish)
+        d = cfg.deadline
+        controller = LineController(
+            plc, camera, _as_service(inference), journal,
+            margins=Margins(write_s=d.write_margin_ms / 1000, plc_cycle_s=d.plc_cycle_ms / 1000),
+            window=MatchWindow(cfg.match.frame_latency_ms / 1000, cfg.match.tolerance_ms / 1000),
+            timing=Timing(
+                poll_s=cfg.plc.poll_ms / 1000, heartbeat_s=cfg.plc.heartbeat_ms / 1000,
+                stale_s=cfg.plc.stale_ms / 1000, min_part_pitch_counts=d.min_part_pitch_counts,
+            ),
+            on_status=lambda s: [p(s) for p in publishers] and None,
+        )  # fmt: skip
+        log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
+        run = asyncio.create_task(controller.run(), name="controller")
+        waiter = asyncio.create_task((stop or asyncio.Event()).wait(), name="stop")
+        await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        return controller
+
+
+def _as_service(x: Any) -> InferenceService:
+    return x  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------- the simulated line
+@dataclass
+class SimRun:
+    parts: int = 200
+    seed: int = 1
+    speed_mm_s: float = 1000.0
+    decision_mm: float = 400.0
+    rate_parts_s: float = 20.0
+    workdir: Path = Path("runs/latest")
+    inference: str = "ray"
+    actors: int = 1
+    model: Path | None = None
+    """None: the shipped model."""
+    hmi: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run_simulated_line(run: SimRun, *, progress: Callable[[LineStatus, int], None] | None = None) -> dict[str, Any]:
+    """`lineinspect sim`: the line simulator as its own process over S7 and the frame stream, the
+    controller here, then the judge's summary."""
+    from sim.judge import judge
+
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    journal_path = run.workdir / "journal.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    report_path = run.workdir / "sim-report.json"
+    mean_pitch = run.speed_mm_s / run.rate_parts_s
+    cmd = [
+        sys.executable, "-m", "controller.cli", "sim-line", "--parts", str(run.parts), "--seed", str(run.seed),
+        "--speed", str(run.speed_mm_s), "--decision-mm", str(run.decision_mm),
+        "--pitch-mm", str(mean_pitch), "--out", str(report_path),
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=subprocess.PIPE, stderr=(run.workdir / "sim-line.log").open("wb"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        if hello.get("event") != "listening":
+            raise ControllerError(f"line simulator failed to start: {hello}")
+        cfg = LineConfig.model_validate({
+            "plc": {"port": hello["plc_port"]},
+            "camera": {"type": "stream", "port": hello["camera_port"], "host_clock": True},
+            "inference": {
+                "type": run.inference, **({"actors": run.actors} if run.inference == "ray" else {}),
+                **({"model": str(run.model)} if run.model else {}),
+            },
+            "journal": {"path": str(journal_path)},
+            "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/"},
+            "deadline": {"min_part_pitch_counts": int(mean_pitch * 0.7 * 10)},
+            **run.extra,
+        })  # fmt: skip
+        stop = asyncio.Event()
+        latest: list[LineStatus] = []
+        ctl_task = asyncio.create_task(run_controller(cfg, stop=stop, on_status=latest.append))
+
+        async def watch_sim() -> dict[str, Any]:
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                msg = json.loads(line)
+                if msg["event"] in ("done", "error"):
+                    return dict(msg)
+            return {"event": "error", "error": "line simulator exited"}
+
+        sim_task = asyncio.create_task(watch_sim())
+        started = time.monotonic()
+        while not sim_task.done():
+            if ctl_task.done():
+                sim_task.cancel()
+                await ctl_task  # raises the controller's start-up error
+                raise ControllerError("controller stopped before the run ended")
+            if progress and latest:
+                progress(latest[-1], run.parts)
+                latest[:] = latest[-1:]
+            await asyncio.sleep(0.25)
+        end = sim_task.result()
+        stop.set()
+        controller = await ctl_task
+        if end["event"] != "done":
+            raise ControllerError(f"line simulator: {end.get('error')}")
+        report = json.loads(report_path.read_text())
+        summary = judge(report, journal_path)
+        summary["controller"] = {
+            "frames_dropped": controller.frames_dropped,
+            "spurious_frames": controller.matcher.spurious_frames,
+            "alarms_raised": controller.alarms.raised_count,
+            "wall_s": time.monotonic() - started,
+        }
+        summary["journal"] = str(journal_path)
+        return summary
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)

@@ -1,0 +1,163 @@
+"""`lineinspect`: the command line. Parses arguments, then hands over to the composition root.
+
+Every expected failure (bad config, unreachable PLC, contract mismatch, missing model) ends as one
+line `lineinspect: error: …` and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from controller.errors import ControllerError
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from controller import logs
+    from controller.bootstrap import SimRun, run_simulated_line
+    from controller.status import LineStatus
+
+    parts = args.parts if args.duration is None else max(1, round(args.duration * args.rate))
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs.configure(args.log_level, file=workdir / "controller.log")
+    console = Console(stderr=True)
+    run = SimRun(parts=parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
+                 rate_parts_s=args.rate, workdir=workdir, inference=args.inference, hmi=not args.no_hmi)  # fmt: skip
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]line"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:  # fmt: skip
+        task = bar.add_task("parts", total=parts, info="starting: simulator, Ray, model…")
+
+        def progress(s: LineStatus, total: int) -> None:
+            done = s.passes + s.rejects + s.failsafe
+            bar.update(task, completed=done, info=(
+                f"{s.state.value} pass {s.passes} reject {s.rejects} failsafe {s.failsafe} "
+                f"p99 {s.latency_p99_ms:.0f} ms"))
+
+        summary = asyncio.run(run_simulated_line(run, progress=progress))
+        bar.update(task, completed=summary["parts"], info="done")
+    _print_summary(console, summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0 if summary["ok"] else 1
+
+
+def _print_summary(console: Any, s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="simulated line", show_header=False)
+    lat, margin = s["latency_ms"], s["verdict_margin_ms"]
+    rows = [
+        ("parts", s["parts"]), ("defective parts", s["parts_defective"]),
+        ("correct passes", s["correct_passes"]), ("correct rejects", s["correct_rejects"]),
+        ("escapes (model miss / other)", f"{s['escapes']['total']} ({s['escapes']['model_miss']} / {s['escapes']['other']})"),
+        ("false rejects", s["false_rejects"]),
+        ("fail-safe rejects", f"{s['gate']['reject_failsafe']} {s['failsafe_by_reason'] or ''}"),
+        ("misassociations", s["misassociations"]),
+        ("passed without own in-time PASS", s["passed_without_own_in_time_pass"]),
+        ("triggers without exactly one outcome", s["triggers_without_outcome"] + s["outcomes_without_trigger"]),
+        ("journal ≠ gate", s["journal_disagrees_with_gate"]), ("deadline misses", s["deadline_misses"]),
+        ("latency trigger → verdict in PLC", f"p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"),
+        ("verdict margin before gate", f"min {margin['min']:.0f} ms  p1 {margin['p1']:.0f} ms  p50 {margin['p50']:.0f} ms"),
+        ("throughput", f"{s['throughput_parts_per_s']:.1f} parts/s"),
+        ("verdict", "[green]OK" if s["ok"] else "[red]FAILED"),
+    ]  # fmt: skip
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console.print(t)
+
+
+def _sim_line(args: argparse.Namespace) -> int:
+    from sim.line import serve
+    from sim.plant import PlantConfig
+
+    spread = args.pitch_mm * 0.3
+    cfg = PlantConfig(speed_mm_s=args.speed, decision_mm=args.decision_mm, parts=args.parts, seed=args.seed,
+                      pitch_mm=(args.pitch_mm - spread, args.pitch_mm + spread))  # fmt: skip
+    return serve(cfg, out=Path(args.out), plc_port=args.plc_port, camera_port=args.camera_port, wait_s=args.wait_s)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from controller import logs
+    from controller.bootstrap import run_controller
+    from controller.config import load_config
+
+    logs.configure(args.log_level)
+    cfg = load_config(Path(args.config))
+    asyncio.run(run_controller(cfg))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from models.train import train_command
+
+    train_command(Path(args.dataset), Path(args.out), epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lineinspect", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sim", help="run the whole line simulated on loopback and judge the run")
+    s.add_argument("--parts", type=int, default=2000)
+    s.add_argument("--duration", type=float, default=None, help="seconds (overrides --parts)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--speed", type=float, default=1000.0, help="conveyor speed, mm/s")
+    s.add_argument("--decision-mm", type=float, default=400.0, help="photo-eye to decision point")
+    s.add_argument("--rate", type=float, default=20.0, help="mean parts per second")
+    s.add_argument("--inference", choices=("ray", "local"), default="ray")
+    s.add_argument("--no-hmi", action="store_true")
+    s.add_argument("--workdir", default="runs/latest")
+    s.add_argument("--json", metavar="PATH", help="write the summary as JSON")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(fn=_sim)
+
+    sl = sub.add_parser("sim-line", help="serve a simulated PLC and camera for another controller process")
+    sl.add_argument("--parts", type=int, default=2000)
+    sl.add_argument("--seed", type=int, default=1)
+    sl.add_argument("--speed", type=float, default=1000.0)
+    sl.add_argument("--decision-mm", type=float, default=400.0)
+    sl.add_argument("--pitch-mm", type=float, default=50.0, help="mean part pitch")
+    sl.add_argument("--plc-port", type=int, default=0, help="0: any free port (announced on stdout)")
+    sl.add_argument("--camera-port", type=int, default=0)
+    sl.add_argument("--wait-s", type=float, default=120.0, help="how long to wait for a controller")
+    sl.add_argument("--out", default="sim-report.json")
+    sl.set_defaults(fn=_sim_line)
+
+    r = sub.add_parser("run", help="run the controller against a real (or simulated) PLC and camera")
+    r.add_argument("--config", required=True)
+    r.add_argument("--log-level", default="info")
+    r.set_defaults(fn=_run)
+
+    t = sub.add_parser("train", help="train a model on a dataset folder (needs the 'train' extra)")
+    t.add_argument("dataset")
+    t.add_argument("--out", default="runs/model")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ControllerError as exc:
+        print(f"lineinspect: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The line configuration: TOML validated by pydantic, built once and passed down.
+
+Unknown keys are errors (`extra="forbid"`), each backend is chosen by a `type` discriminator, and a
+bad file gives one line naming the key (`ConfigError`), never a traceback.
+Not here: building anything from it (controller/bootstrap.py).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.errors import ConfigError
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "shipped" / "model.onnx"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Snap7PlcConfig(_Strict):
+    type: Literal["snap7"] = "snap7"
+    host: str = "127.0.0.1"
+    port: int = Field(102, ge=1, le=65535)
+    rack: int = Field(0, ge=0)
+    slot: int = Field(1, ge=0)
+    db_plc_to_vision: int = Field(100, ge=1)
+    db_vision_to_plc: int = Field(101, ge=1)
+    poll_ms: float = Field(2.0, gt=0, le=50)
+    heartbeat_ms: float = Field(20.0, gt=0, le=50, description="the contract demands ≤ 50 ms")
+    request_timeout_ms: float = Field(100.0, gt=0)
+    stale_ms: float = Field(100.0, gt=0, description="PLC `life` unchanged this long: link is stale")
+    connect_timeout_s: float = Field(3.0, gt=0)
+
+
+class StreamCameraConfig(_Strict):
+    type: Literal["stream"] = "stream"
+    host: str = "127.0.0.1"
+    port: int = Field(47800, ge=1, le=65535)
+    host_clock: bool = Field(False, description="sender stamps exposures in this host's monotonic clock")
+
+
+class PylonCameraConfig(_Strict):
+    type: Literal["pylon"]
+    serial: str | None = None
+    trigger_source: str = "Line1"
+
+
+class MatchConfig(_Strict):
+    frame_latency_ms: float = Field(0.0, ge=0)
+    tolerance_ms: float = Field(10.0, gt=0)
+
+
+class RayInferenceConfig(_Strict):
+    type: Literal["ray"] = "ray"
+    model: Path = SHIPPED_MODEL
+    actors: int = Field(1, ge=1)
+    max_in_flight_per_actor: int = Field(2, ge=1)
+    ray_address: str | None = None
+    """None: start a local Ray; otherwise join that cluster."""
+
+
+class LocalInferenceConfig(_Strict):
+    type: Literal["local"]
+    model: Path = SHIPPED_MODEL
+    threads: int = Field(1, ge=1)
+
+
+class JournalConfig(_Strict):
+    path: Path = Path("lineinspect.db")
+    max_images: int = Field(20000, ge=0, description="oldest images are evicted first; records stay")
+
+
+class HmiConfig(_Strict):
+    enabled: bool = True
+    endpoint: str = "opc.tcp://127.0.0.1:4840/lineinspect/"
+
+
+class DeadlineConfig(_Strict):
+    write_margin_ms: float = Field(10.0, gt=0, description="journal fsync + S7 write, pessimistic")
+    plc_cycle_ms: float = Field(4.0, gt=0)
+    min_part_pitch_counts: int = Field(300, gt=0, description="smallest trigger-to-trigger distance")
+
+
+class LineConfig(_Strict):
+    plc: Snap7PlcConfig = Snap7PlcConfig()
+    camera: Annotated[StreamCameraConfig | PylonCameraConfig, Field(discriminator="type")] = (
+        StreamCameraConfig()
+    )
+    match: MatchConfig = MatchConfig()
+    inference: Annotated[RayInferenceConfig | LocalInferenceConfig, Field(discriminator="type")] = (
+        RayInferenceConfig()
+    )
+    journal: JournalConfig = JournalConfig()
+    hmi: HmiConfig = HmiConfig()
+    deadline: DeadlineConfig = DeadlineConfig()
+
+
+def load_config(path: Path) -> LineConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, object], *, source: str = "config") -> LineConfig:
+    try:
+        return LineConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {key}: {err['msg']}{more}") from exc

@@ -1,0 +1,143 @@
+"""The part journal: every trigger's one outcome, durable before the PLC may act on a PASS.
+
+SQLite in WAL mode with `synchronous=FULL`: once `record` returns, the row survives a crash or
+power loss. One writer thread owns the connection so fsyncs never block the event loop. Frames are
+kept (zlib) for review and retraining, up to `max_images`; the oldest images are evicted first,
+records are never evicted by images. A record is keyed by (epoch, seq): recording it again replaces
+it, so a part that failed after its first record still has exactly one outcome.
+Not here: deciding outcomes (controller/app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, fields
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from controller.errors import JournalError
+from controller.ports import PartRecord
+
+_COLUMNS = [f.name for f in fields(PartRecord) if f.name != "image"]
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS parts (
+    {", ".join(_COLUMNS)}, t_written REAL,
+    PRIMARY KEY (epoch, seq)
+);
+CREATE TABLE IF NOT EXISTS images (
+    epoch INTEGER, seq INTEGER, height INTEGER, width INTEGER, channels INTEGER, data BLOB,
+    PRIMARY KEY (epoch, seq)
+);
+"""
+
+
+class SqliteJournal:
+    def __init__(self, path: Path, *, max_images: int = 20000) -> None:
+        self.path = path
+        self.max_images = max_images
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._healthy = False
+        self.error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    async def __aenter__(self) -> SqliteJournal:
+        try:
+            await self._run(self._open)
+        except (sqlite3.Error, OSError) as exc:
+            self._pool.shutdown()
+            raise JournalError(f"journal {self.path} cannot be opened: {exc}") from exc
+        self._healthy = True
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._run(self._close)
+        self._pool.shutdown()
+
+    async def record(self, rec: PartRecord) -> None:
+        try:
+            await self._run(self._insert, rec)
+        except (sqlite3.Error, OSError) as exc:
+            self._healthy = False
+            self.error = str(exc)
+            raise JournalError(f"journal write failed for epoch {rec.epoch} seq {rec.seq}: {exc}") from exc
+        self._healthy = True
+
+    async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
+        """When the verdict reached the PLC (diagnostic; not needed for durability)."""
+        try:
+            await self._run(self._update_written, epoch, seq, t_written)
+        except sqlite3.Error:
+            pass  # the outcome itself is already durable; a missing timestamp is harmless
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        # A dedicated thread per journal: sqlite3 connections are not shared across threads.
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # ------------------------------------------------------------------ writer thread only
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _insert(self, rec: PartRecord) -> None:
+        db = self._db
+        if db is None:
+            raise sqlite3.OperationalError("journal is closed")
+        values = astuple(rec)[: len(_COLUMNS)]
+        db.execute("BEGIN")
+        try:
+            db.execute(
+                f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values,
+            )
+            if rec.image is not None and self.max_images > 0:
+                img = np.ascontiguousarray(rec.image)
+                channels = 1 if img.ndim == 2 else img.shape[2]
+                db.execute(
+                    "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)),
+                )
+                db.execute(
+                    "DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,)
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _update_written(self, epoch: int, seq: int, t: float) -> None:
+        if self._db is not None:
+            self._db.execute("UPDATE parts SET t_written = ? WHERE epoch = ? AND seq = ?", (t, epoch, seq))
+
+
+def read_image(db: sqlite3.Connection, epoch: int, seq: int) -> np.ndarray | None:
+    """The stored frame of a part, or None if it was never stored or was evicted."""
+    row = db.execute(
+        "SELECT height, width, channels, data FROM images WHERE epoch = ? AND seq = ?", (epoch, seq)
+    ).fetchone()
+    if row is None:
+        return None
+    h, w, ch, data = row
+    shape = (h, w) if ch == 1 else (h, w, ch)
+    return np.frombuffer(zlib.decompress(data), dtype=np.uint8).reshape(shape)

@@ -1,0 +1,147 @@
+"""`Snap7PlcLink`: the PLC link over S7 with python-snap7's AsyncClient.
+
+One connection per PLC, requests serialized by the client. After any timeout, error or
+cancellation the connection is considered poisoned (a late reply could be read as the answer to
+the next request), so it is dropped and only `reconnect()` makes the link usable again.
+On connect the data blocks are checked against the contract (size, interface version).
+Not here: what is read or written when (controller/app.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import TypeVar
+
+import snap7
+from snap7.error import S7Error
+
+from controller.errors import PlcContractError, PlcError
+from controller.plc_codec import PLC_TO_VISION_SIZE, VISION_TO_PLC_SIZE, check_plc_contract
+
+T = TypeVar("T")
+
+logging.getLogger("snap7").setLevel(logging.WARNING)  # the client logs every connect at INFO
+
+
+class Snap7PlcLink:
+    def __init__(
+        self, host: str, port: int = 102, *, rack: int = 0, slot: int = 1, db_in: int = 100,
+        db_out: int = 101, timeout_s: float = 0.1, connect_timeout_s: float = 3.0,
+    ) -> None:  # fmt: skip
+        self.host, self.port, self.rack, self.slot = host, port, rack, slot
+        self.db_in, self.db_out = db_in, db_out
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self._client: snap7.AsyncClient | None = None
+        self.reconnects = 0
+
+    @property
+    def name(self) -> str:
+        return f"PLC {self.host}:{self.port}"
+
+    async def __aenter__(self) -> Snap7PlcLink:
+        await self._connect()
+        try:
+            await self.verify_contract()
+        except BaseException:
+            await self._drop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._drop()
+
+    async def verify_contract(self) -> None:
+        """The DBs exist with exactly the contract's sizes and the PLC speaks version 1."""
+        for db, size, name in ((self.db_in, PLC_TO_VISION_SIZE, "PlcToVision"),
+                               (self.db_out, VISION_TO_PLC_SIZE, "VisionToPlc")):  # fmt: skip
+            try:
+                data = await self._call(self._require().db_read(db, 0, size))
+            except PlcError as exc:
+                raise PlcContractError(
+                    f"{self.name}: DB {db} ({name}) cannot be read as {size} bytes "
+                    f"(missing, smaller, optimized access, or PUT/GET not permitted)"
+                ) from exc
+            if await self._readable(db, size):
+                raise PlcContractError(f"{self.name}: DB {db} ({name}) is larger than {size} bytes")
+            if name == "PlcToVision":
+                try:
+                    check_plc_contract(bytes(data))
+                except ValueError as exc:
+                    raise PlcContractError(f"{self.name}: {exc}") from exc
+
+    async def _readable(self, db: int, offset: int) -> bool:
+        try:
+            await self._call(self._require().db_read(db, offset, 1))
+        except PlcError:
+            await self.reconnect()  # an error reply leaves the link poisoned by our own rule
+            return False
+        return True
+
+    async def read_plc_to_vision(self) -> bytes:
+        data = await self._call(self._require().db_read(self.db_in, 0, PLC_TO_VISION_SIZE))
+        if len(data) != PLC_TO_VISION_SIZE:
+            await self._drop()
+            raise PlcError(f"{self.name}: short read of DB {self.db_in}: {len(data)} bytes")
+        return bytes(data)
+
+    async def write_vision_to_plc(self, offset: int, data: bytes) -> None:
+        await self._call(self._require().db_write(self.db_out, offset, bytearray(data)))
+
+    async def reconnect(self) -> None:
+        await self._drop()
+        await self._connect()
+        self.reconnects += 1
+
+    def _require(self) -> snap7.AsyncClient:
+        if self._client is None:
+            raise PlcError(f"{self.name}: not connected")
+        return self._client
+
+    async def _call(self, request: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(request, self.timeout_s)
+        except asyncio.CancelledError:
+            self._poison()
+            raise
+        except TimeoutError as exc:
+            self._poison()
+            raise PlcError(f"{self.name}: request timed out after {self.timeout_s * 1000:.0f} ms") from exc
+        except (S7Error, OSError, RuntimeError) as exc:
+            self._poison()
+            raise PlcError(f"{self.name}: {exc}") from exc
+
+    def _poison(self) -> None:
+        """Never reuse a connection that may hold a stale reply; close it in the background."""
+        client, self._client = self._client, None
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+    async def _connect(self) -> None:
+        client = snap7.AsyncClient()
+        try:
+            await asyncio.wait_for(client.connect(self.host, self.rack, self.slot, self.port), self.connect_timeout_s)
+        except (S7Error, OSError, TimeoutError) as exc:
+            await _quiet_disconnect(client)
+            raise PlcError(f"{self.name} unreachable: {exc or type(exc).__name__}") from exc
+        self._client = client
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await _quiet_disconnect(client)
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _quiet_disconnect(client: snap7.AsyncClient) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.disconnect(), 1.0)

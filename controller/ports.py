@@ -1,0 +1,124 @@
+"""The hardware boundary: small protocols the controller core talks to, and the plain data that
+crosses them. Real adapters (python-snap7, pypylon, Ray/ONNX Runtime, SQLite) and the simulator's
+parts implement these; code under `controller/` never asks which implementation it holds.
+
+Not here: any I/O. This module only names roles and the values they exchange.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Image = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One camera exposure as it reached the controller."""
+
+    counter: int
+    """The camera's own frame counter (increments once per exposure, including dropped ones)."""
+    image: Image
+    """Mono8 (H, W) or RGB8 (H, W, 3); owned by the frame (a copy, never a driver buffer)."""
+    received_at: float
+    """Controller monotonic time (s) when the frame was handed to the event loop."""
+    exposed_at: float | None = None
+    """Exposure time in the controller's monotonic clock, where the camera's clock is synchronised
+    to it (PTP, or the same host); None otherwise. Sharper than `received_at` for association."""
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """What a model says about one frame."""
+
+    defect_class: int
+    """Model class index; 0 = good."""
+    score: float
+    """Defect confidence in [0, 1]: 1 - P(good), or the anomaly score, whichever is larger."""
+    reject: bool
+    """True when the score is at or above the model's calibrated threshold."""
+    model_version: str
+    infer_s: float
+    """Seconds the engine spent on this frame (preprocessing included, queueing excluded)."""
+    worker: str = ""
+
+
+class PlcLink(Protocol):
+    """A connection to the PLC's two data blocks (contract: shared/spec/plc-interface.md)."""
+
+    async def read_plc_to_vision(self) -> bytes:
+        """One consistent read of the whole `PlcToVision` block."""
+        ...
+
+    async def write_vision_to_plc(self, offset: int, data: bytes) -> None:
+        """Write `data` into `VisionToPlc` at `offset` as one request."""
+        ...
+
+    async def reconnect(self) -> None:
+        """Drop the connection and open a fresh one (after any timeout or cancellation)."""
+        ...
+
+
+class FrameSource(Protocol):
+    """Frames from a hardware-triggered camera, in exposure order."""
+
+    def frames(self) -> AsyncIterator[Frame]:
+        """Yield frames as they arrive; ends only when the source is closed. Raises CameraError."""
+        ...
+
+
+class InferenceService(Protocol):
+    """Turns one frame into a result before a deadline, or fails with InferenceError."""
+
+    @property
+    def expected_latency_s(self) -> float:
+        """A pessimistic (p99-like) estimate of queue + inference time for one more frame now."""
+        ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def infer(self, image: Image, deadline: float) -> InferenceResult:
+        """Infer `image`; `deadline` is controller monotonic time after which the result is useless.
+        Raises InferenceError when it cannot deliver in time or the worker failed."""
+        ...
+
+
+@dataclass(slots=True)
+class PartRecord:
+    """Everything the journal keeps about one trigger's outcome."""
+
+    epoch: int
+    seq: int
+    outcome: str
+    """'pass', 'reject' or 'failsafe'."""
+    reason: str
+    """Why: 'model_pass', 'model_reject', 'no_frame', 'late', 'inference_unavailable', ..."""
+    trigger_pos: int
+    frame_counter: int | None = None
+    defect_class: int | None = None
+    score: float | None = None
+    model_version: str | None = None
+    worker: str | None = None
+    t_trigger_seen: float | None = None
+    t_frame: float | None = None
+    t_infer_start: float | None = None
+    t_infer_end: float | None = None
+    t_decided: float | None = None
+    """Monotonic times (s) of each stage; t_decided is when the outcome was fixed."""
+    wall_utc: str = ""
+    image: Image | None = field(default=None, repr=False)
+
+
+class Journal(Protocol):
+    """Durable record of every part's outcome. `record` returns only once the record is on disk."""
+
+    async def record(self, rec: PartRecord) -> None: ...
+
+    @property
+    def healthy(self) -> bool: ...

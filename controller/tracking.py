@@ -1,0 +1,229 @@
+"""Part tracking: the pure core that decides, for every trigger, whether a verdict may still be
+written and, if not, which fail-safe outcome it gets and why.
+
+Sans-I/O: it takes PLC snapshots and the controller's own events with a monotonic `now` and
+returns decisions. No clock, no sockets, no asyncio, so it can be tested exhaustively.
+
+The deadline is a *position* (decision position minus a margin for the journal, the write and one
+PLC cycle). Its time equivalent follows the current speed: a stopped conveyor stops the clock.
+Not here: frame association (controller/frame_matching.py), byte layouts (controller/plc_codec.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller.plc_codec import TRIGGER_RING, U32, VERDICT_RING, PlcToVision
+
+MAX_IN_FLIGHT = VERDICT_RING - 1
+"""The verdict ring holds 64 entries; one slot stays free so a writer never overtakes a reader."""
+
+
+def wrap_diff(a: int, b: int) -> int:
+    """Signed 32-bit difference a − b of two wrapping encoder counts (or sequence numbers)."""
+    d = (a - b) % U32
+    return d - U32 if d >= U32 // 2 else d
+
+
+class Outcome(StrEnum):
+    PASS = "pass"
+    REJECT = "reject"
+    FAILSAFE = "failsafe"
+
+
+class Reason(StrEnum):
+    MODEL_PASS = "model_pass"
+    MODEL_REJECT = "model_reject"
+    NO_FRAME = "no_frame"
+    """No frame could be associated with the trigger before its deadline."""
+    NO_BUDGET = "no_budget"
+    """Admission control: the remaining time was smaller than the expected inference time."""
+    LATE = "late"
+    """A verdict existed but could no longer be written on time."""
+    INFERENCE_FAILED = "inference_failed"
+    INFERENCE_UNAVAILABLE = "inference_unavailable"
+    NOT_READY = "not_ready"
+    """Triggered while the controller was starting or unhealthy."""
+    EPOCH_CHANGED = "epoch_changed"
+    RING_OVERRUN = "ring_overrun"
+    """More than 16 triggers between two reads: the PLC ring lost this part's trigger data."""
+    SLOT_REUSED = "slot_reused"
+    """64 newer triggers exist: this part's verdict slot now belongs to another part."""
+    PLC_WRITE_FAILED = "plc_write_failed"
+    JOURNAL_FAILED = "journal_failed"
+    CONTROLLER_STOPPED = "controller_stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Margins:
+    """How early, before the decision point, a verdict must be in the PLC."""
+
+    write_s: float = 0.010
+    """Journal fsync + S7 write round trip, pessimistic."""
+    plc_cycle_s: float = 0.004
+    """One PLC scan (the decision is taken in some cycle after the position is reached)."""
+    min_counts: int = 2
+    """A floor in encoder counts, for a conveyor creeping at near-zero speed."""
+
+    def counts(self, speed: float) -> int:
+        return self.min_counts + int(speed * (self.write_s + self.plc_cycle_s) + 0.999)
+
+
+@dataclass(slots=True)
+class Part:
+    epoch: int
+    seq: int
+    trigger_pos: int
+    decision_pos: int
+    seen_at: float
+    frame_counter: int | None = None
+    dispatched: bool = False
+    writing: bool = False
+    """Its verdict write is in flight: the write's own outcome decides, not expiry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A part's one and only outcome."""
+
+    part: Part
+    outcome: Outcome
+    reason: Reason
+
+
+@dataclass(slots=True)
+class SnapshotUpdate:
+    new_parts: list[Part] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+    epoch_changed: bool = False
+    overrun: int = 0
+    """Triggers lost to ring overrun in this snapshot (alarm-worthy)."""
+
+
+class Tracker:
+    """Tracks every trigger of the current epoch from intake to its single outcome."""
+
+    def __init__(self, margins: Margins) -> None:
+        self.margins = margins
+        self.epoch: int | None = None
+        self.parts: dict[int, Part] = {}
+        self.last_seen_seq = 0
+        self.trigger_seq = 0
+        self.decided_seq = 0
+        self._pos = 0
+        self._speed = 0.0
+        self._pos_at = 0.0
+
+    # ---------------------------------------------------------------- PLC snapshots
+    def on_snapshot(self, snap: PlcToVision, read_started: float, *, accept_parts: bool) -> SnapshotUpdate:
+        """Apply one PlcToVision read. `read_started` is the monotonic time the read was sent:
+        projecting from it over-estimates the position, which is the safe direction.
+        With `accept_parts` False (controller not ready) new triggers fail safe at once."""
+        upd = SnapshotUpdate()
+        if snap.epoch != self.epoch:
+            upd.epoch_changed = self.epoch is not None
+            for part in list(self.parts.values()):
+                upd.finished.append(self._finish(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
+            self.epoch = snap.epoch
+            # Triggers decided before we knew this epoch are history, not ours to record.
+            self.last_seen_seq = snap.decided_seq
+        self._pos, self._speed, self._pos_at = snap.encoder_pos, max(0.0, snap.speed), read_started
+        self.trigger_seq, self.decided_seq = snap.trigger_seq, snap.decided_seq
+
+        first_new = self.last_seen_seq + 1
+        oldest_in_ring = snap.trigger_seq - TRIGGER_RING + 1
+        for seq in range(first_new, snap.trigger_seq + 1):
+            pos = snap.trigger_pos(seq) if seq >= oldest_in_ring else None
+            part = Part(self.epoch, seq, pos or 0, (pos or 0) + snap.decision_offset, read_started)
+            if pos is None:
+                upd.overrun += 1
+                upd.finished.append(Finished(part, Outcome.FAILSAFE, Reason.RING_OVERRUN))
+            elif not accept_parts:
+                upd.finished.append(Finished(part, Outcome.FAILSAFE, Reason.NOT_READY))
+            else:
+                part.decision_pos %= U32
+                self.parts[seq] = part
+                upd.new_parts.append(part)
+        self.last_seen_seq = max(self.last_seen_seq, snap.trigger_seq)
+        upd.finished.extend(self.expire(read_started))
+        return upd
+
+    def expire(self, now: float) -> list[Finished]:
+        """Fail safe every open part that can no longer get a verdict on time."""
+        out = []
+        for part in list(self.parts.values()):
+            if part.writing:
+                continue
+            reason = self._cannot_write(part, now)
+            if reason is not None:
+                if reason is Reason.LATE and part.frame_counter is None:
+                    reason = Reason.NO_FRAME
+                out.append(self._finish(part, Outcome.FAILSAFE, reason))
+        return out
+
+    # ---------------------------------------------------------------- time and position
+    def position(self, now: float) -> int:
+        """Projected encoder position at `now` (speed × time since the last read)."""
+        return (self._pos + int(self._speed * max(0.0, now - self._pos_at))) % U32
+
+    def counts_left(self, part: Part, now: float) -> int:
+        """Encoder counts until the part's deadline (negative once passed)."""
+        deadline_pos = part.decision_pos - self.margins.counts(self._speed)
+        return wrap_diff(deadline_pos, self.position(now))
+
+    def time_left(self, part: Part, now: float) -> float:
+        """Seconds until the deadline at the current speed; infinite while the conveyor stands."""
+        left = self.counts_left(part, now)
+        if left <= 0:
+            return 0.0
+        return left / self._speed if self._speed > 1e-9 else float("inf")
+
+    # ---------------------------------------------------------------- verdict rules
+    def _cannot_write(self, part: Part, now: float) -> Reason | None:
+        if part.epoch != self.epoch:
+            return Reason.EPOCH_CHANGED
+        if wrap_diff(part.seq, self.trigger_seq - VERDICT_RING) <= 0:
+            return Reason.SLOT_REUSED
+        if part.seq <= self.decided_seq or self.counts_left(part, now) <= 0:
+            return Reason.LATE
+        return None
+
+    def may_write(self, seq: int, now: float) -> Reason | None:
+        """None if a verdict for `seq` can still be on time; otherwise why not."""
+        part = self.parts.get(seq)
+        if part is None:
+            return Reason.LATE  # already finished (e.g. expired): never write twice
+        return self._cannot_write(part, now)
+
+    def admit(self, seq: int, now: float, expected_s: float) -> Reason | None:
+        """Admission control: None if inference expected to take `expected_s` fits the budget."""
+        part = self.parts.get(seq)
+        if part is None:
+            return Reason.LATE
+        reason = self._cannot_write(part, now)
+        if reason is None and self.time_left(part, now) < expected_s:
+            return Reason.NO_BUDGET
+        return reason
+
+    def finish(self, seq: int, outcome: Outcome, reason: Reason) -> Finished | None:
+        """Close a part; None if it was already closed (exactly one outcome per trigger)."""
+        part = self.parts.get(seq)
+        return self._finish(part, outcome, reason) if part else None
+
+    def _finish(self, part: Part, outcome: Outcome, reason: Reason) -> Finished:
+        self.parts.pop(part.seq, None)
+        return Finished(part, outcome, reason)
+
+
+def check_line_geometry(decision_offset_counts: int, min_pitch_counts: int) -> None:
+    """Refuse a line where more than 63 parts could be between trigger and decision point."""
+    if min_pitch_counts <= 0:
+        raise ValueError("the smallest part pitch must be positive")
+    in_flight = -(-decision_offset_counts // min_pitch_counts)  # ceil
+    if in_flight > MAX_IN_FLIGHT:
+        raise ValueError(
+            f"up to {in_flight} parts could be between trigger and decision point "
+            f"(decision offset {decision_offset_counts} counts / smallest pitch {min_pitch_counts}); "
+            f"the verdict ring allows {MAX_IN_FLIGHT}"
+        )

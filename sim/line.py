@@ -1,0 +1,96 @@
+"""The whole simulated line as one object: plant, PLC (S7 on loopback) and camera (frame stream),
+run for a number of parts, then its gate log written as JSON for the judge.
+
+`lineinspect sim-line` runs it as its own process so a controller process can be tested against
+it over the real protocols (hardware-in-the-loop style). Not here: scoring (sim/judge.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from controller import plc_codec as c
+from sim.camera import SimCamera
+from sim.plant import Plant, PlantConfig
+from sim.plc_server import SimPlc
+
+
+class SimLine:
+    def __init__(self, cfg: PlantConfig, *, plc_port: int = 0, camera_port: int = 0) -> None:
+        self.cfg = cfg
+        self.plant = Plant(cfg)
+        self.camera = SimCamera(seed=cfg.seed, port=camera_port)
+        self.camera.truth = {p.part_id: p.truth for p in self.plant.parts}
+        self.plc = SimPlc(self.plant, port=plc_port, on_trigger=lambda seq, pid, at: self.camera.trigger(pid, at))
+
+    def __enter__(self) -> SimLine:
+        self.camera.__enter__()
+        self.plc.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.plc.__exit__(None, None, None)
+        self.camera.__exit__(None, None, None)
+
+    @property
+    def endpoints(self) -> dict[str, int]:
+        return {"plc_port": self.plc.port, "camera_port": self.camera.port}
+
+    def wait_for_controller(self, timeout_s: float) -> bool:
+        """Components start in any order: the conveyor starts only once the controller is ready."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.plc.controller_ready() and self.camera.wait_for_client(0.0):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def run(self, *, timeout_s: float) -> bool:
+        """Convey all parts past the gate; False if that took longer than `timeout_s`."""
+        self.plc.running = True
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.plant.all_triggered and self.plant.travel_mm >= self.plant.end_mm and not self.plc.program.fifo:
+                break
+            time.sleep(0.05)
+        self.plc.running = False
+        while self.plant.speed_mm_s > 0 and time.monotonic() < end + 5:
+            time.sleep(0.01)
+        return self.plant.all_triggered and not self.plc.program.fifo
+
+    def report(self) -> dict[str, object]:
+        with self.plc._locked():
+            snap = c.decode_plc_to_vision(bytes(self.plc.plc_db))
+            log = list(self.plc.program.log)
+        return {
+            "parts": [asdict(p) for p in self.plant.parts],
+            "decisions": [asdict(d) for d in log],
+            "plc": {
+                "epoch": snap.epoch, "trigger_seq": snap.trigger_seq, "decided_seq": snap.decided_seq,
+                "rejects_vision": snap.rejects_vision, "rejects_failsafe": snap.rejects_failsafe,
+                "verdicts_late": snap.verdicts_late, "watchdog_trips": snap.watchdog_trips,
+            },
+            "max_scan_ms": self.plc.max_scan_s * 1000,
+            "frames_sent": self.camera.frames_sent,
+            "seed": self.cfg.seed,
+        }
+
+
+def serve(cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_s: float) -> int:
+    """`lineinspect sim-line`: announce endpoints as one JSON line, run, write the report."""
+    with SimLine(cfg, plc_port=plc_port, camera_port=camera_port) as line:
+        print(json.dumps({"event": "listening", **line.endpoints}), flush=True)
+        if not line.wait_for_controller(wait_s):
+            print(json.dumps({"event": "error", "error": "no controller became ready"}), flush=True)
+            return 2
+        print(json.dumps({"event": "running", "parts": cfg.parts}), flush=True)
+        budget = cfg.parts * max(cfg.pitch_mm) / cfg.speed_mm_s + cfg.decision_mm / cfg.speed_mm_s + 30
+        done = line.run(timeout_s=budget)
+        out.write_text(json.dumps(line.report()))
+        print(json.dumps({"event": "done", "complete": done, "report": str(out)}), flush=True)
+        sys.stdout.flush()
+        return 0 if done else 3

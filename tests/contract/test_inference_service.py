@@ -1,0 +1,203 @@
+"""The `InferenceService` contract, for every implementation: LocalInferencePool (threads) and
+RayInferencePool (real local Ray; skipped where Ray is not installed, e.g. the GPU test machine).
+
+'slow' model: ~100 ms per inference on one core, long enough to keep a request in flight while a
+test times it out, fills the pool or kills its actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from controller.errors import ConfigError, InferenceError
+from controller.ports import InferenceService
+from workers.local_pool import LocalInferencePool
+from workers.tiny_model import build_tiny_model
+
+FRAME = np.zeros((160, 160), np.uint8)
+BRIGHT = np.full((160, 160), 255, np.uint8)
+SLOW_S = 0.1  # rough per-inference time of the slow model; only used for generous bounds
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "fast": build_tiny_model(d / "fast.onnx", version="fast-1"),
+        "slow": build_tiny_model(d / "slow.onnx", slow_layers=4, version="slow-1"),
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture(params=["local", "ray"])
+def make_pool(request: pytest.FixtureRequest) -> Factory:
+    """A factory: (model path, capacity) → an unstarted pool admitting `capacity` requests at once."""
+    if request.param == "local":
+        return lambda path, capacity=2: LocalInferencePool(path, threads=1, max_in_flight=capacity)
+    request.getfixturevalue("ray_cluster")
+    from workers.ray_pool import RayInferencePool
+
+    return lambda path, capacity=2: RayInferencePool(path, num_actors=1, max_in_flight_per_actor=capacity)
+
+
+@pytest.fixture
+async def fast_pool(make_pool: Factory, models: dict[str, str]) -> AsyncIterator[Any]:
+    pool = make_pool(models["fast"])
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def slow_pool(make_pool: Factory, models: dict[str, str]) -> AsyncIterator[Any]:
+    pool = make_pool(models["slow"])
+    await pool.start()
+    yield pool
+    await pool.close()
+
+
+async def wait_until(cond: Callable[[], bool], limit_s: float) -> None:
+    t_end = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < t_end, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_result_fields(fast_pool: Any) -> None:
+    service: InferenceService = fast_pool
+    assert service.healthy
+    assert 0 < service.expected_latency_s < 1.0
+    good = await service.infer(FRAME, time.monotonic() + 5)
+    bad = await service.infer(BRIGHT, time.monotonic() + 5)
+    assert (good.defect_class, good.reject, bad.defect_class, bad.reject) == (0, False, 1, True)
+    assert 0.0 <= good.score < 0.5 <= bad.score <= 1.0
+    assert good.model_version == "fast-1"
+    assert good.worker
+    assert 0 < good.infer_s < 1.0
+
+
+async def test_deadline_already_past_fails_without_blocking(fast_pool: Any) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(InferenceError, match="deadline passed"):
+        await fast_pool.infer(FRAME, t0 - 0.001)
+    assert time.monotonic() - t0 < 0.05
+    assert fast_pool.healthy
+
+
+async def test_late_result_fails_at_the_deadline_and_is_discarded(slow_pool: Any) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(InferenceError, match="late"):
+        await slow_pool.infer(FRAME, t0 + 0.02)
+    # Failed at the deadline, not when the (~100 ms) inference finished.
+    assert time.monotonic() - t0 < 0.02 + SLOW_S * 0.6
+    # The abandoned request frees its slot once the worker is done with it; the pool keeps serving.
+    r = await slow_pool.infer(FRAME, time.monotonic() + 5)
+    assert r.model_version == "slow-1"
+    assert slow_pool.healthy
+
+
+async def test_full_pool_refuses_at_once(slow_pool: Any) -> None:
+    deadline = time.monotonic() + 10
+    running = [asyncio.create_task(slow_pool.infer(FRAME, deadline)) for _ in range(2)]
+    await asyncio.sleep(0)  # let both get admitted
+    assert slow_pool.expected_latency_s == math.inf
+    t0 = time.monotonic()
+    with pytest.raises(InferenceError):
+        await slow_pool.infer(FRAME, deadline)
+    assert time.monotonic() - t0 < 0.05
+    results = await asyncio.gather(*running)
+    assert all(r.model_version == "slow-1" for r in results)
+    # Capacity is back.
+    assert math.isfinite(slow_pool.expected_latency_s)
+    await slow_pool.infer(FRAME, time.monotonic() + 5)
+
+
+async def test_expected_latency_grows_with_queue(slow_pool: Any) -> None:
+    await slow_pool.infer(FRAME, time.monotonic() + 5)
+    idle = slow_pool.expected_latency_s
+    assert SLOW_S * 0.3 < idle < 5.0
+    task = asyncio.create_task(slow_pool.infer(FRAME, time.monotonic() + 5))
+    await asyncio.sleep(0)
+    assert slow_pool.expected_latency_s >= 1.9 * idle
+    await task
+
+
+async def test_closed_pool_is_unhealthy_and_refuses(make_pool: Factory, models: dict[str, str]) -> None:
+    pool = make_pool(models["fast"])
+    with pytest.raises(InferenceError):
+        await pool.infer(FRAME, time.monotonic() + 1)  # not started yet
+    async with pool:
+        assert pool.healthy
+    assert not pool.healthy
+    assert pool.expected_latency_s == math.inf
+    with pytest.raises(InferenceError):
+        await pool.infer(FRAME, time.monotonic() + 1)
+
+
+async def test_missing_model_is_a_config_error_at_start(make_pool: Factory, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model file not found"):
+        await make_pool(tmp_path / "absent.onnx").start()
+
+
+# -- Ray only ----------------------------------------------------------------------------------
+
+
+async def test_ray_actor_killed_mid_flight(ray_cluster: Any, models: dict[str, str]) -> None:
+    from workers.ray_pool import RayInferencePool
+
+    async with RayInferencePool(models["slow"], num_actors=1, recovery_backoff_s=(0.05, 0.5)) as pool:
+        before = await pool.infer(FRAME, time.monotonic() + 5)
+        call = asyncio.create_task(pool.infer(FRAME, time.monotonic() + 10))
+        await asyncio.sleep(SLOW_S / 3)  # the actor is now busy with it
+        ray_cluster.kill(pool.actor_handles[0], no_restart=False)
+        with pytest.raises(InferenceError, match="actor infer-0"):
+            await call
+        assert not pool.healthy  # out of rotation until a canary succeeds
+        with pytest.raises(InferenceError, match="no inference actor has capacity"):
+            await pool.infer(FRAME, time.monotonic() + 5)
+        await wait_until(lambda: pool.healthy, limit_s=30)
+        after = await pool.infer(FRAME, time.monotonic() + 5)
+        assert after.model_version == "slow-1"
+        assert after.worker != before.worker  # a restarted process (the name carries the pid)
+
+
+async def test_ray_routes_to_least_outstanding_actor(ray_cluster: Any, models: dict[str, str]) -> None:
+    from workers.ray_pool import RayInferencePool
+
+    async with RayInferencePool(models["slow"], num_actors=2, max_in_flight_per_actor=1) as pool:
+        assert sorted(pool.healthy_actors) == ["infer-0", "infer-1"]
+        deadline = time.monotonic() + 10
+        results = await asyncio.gather(*(pool.infer(FRAME, deadline) for _ in range(2)))
+        assert len({r.worker.split("@")[0] for r in results}) == 2
+
+
+async def test_close_fails_queued_requests_cleanly(make_pool: Factory, models: dict[str, str]) -> None:
+    pool = make_pool(models["slow"])
+    await pool.start()
+    deadline = time.monotonic() + 10
+    calls = [asyncio.create_task(pool.infer(FRAME, deadline)) for _ in range(2)]
+    await asyncio.sleep(SLOW_S / 3)
+    await pool.close()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    # Each either finished before the close or failed as an InferenceError — never a stray
+    # CancelledError or a Ray exception type.
+    assert all(isinstance(o, InferenceError) or o.model_version == "slow-1" for o in outcomes)
+    assert any(isinstance(o, InferenceError) for o in outcomes)

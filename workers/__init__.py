@@ -1,0 +1,14 @@
+"""Inference workers: everything that turns a camera image into an `InferenceResult`.
+
+Modules, from the bottom up:
+
+- `model_meta`: reads and validates the model artifact's metadata (`ModelMeta`).
+- `preprocess`: the one image → tensor transform (NumPy or CuPy).
+- `onnx_engine`: a plain, synchronous ONNX Runtime engine (no asyncio, no Ray).
+- `local_pool`: `InferenceService` on threads in this process (machines without Ray).
+- `ray_pool`: `InferenceService` on Ray actors.
+- `tiny_model`: builds a small conforming ONNX model for tests and smoke checks (needs `onnx`).
+
+This package's `__init__` imports nothing on purpose: importing `workers.local_pool` must not
+pull in Ray, which some images (the GPU test machine) do not have.
+"""
