@@ -18,7 +18,7 @@ import contextlib
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -298,7 +298,7 @@ class LineController:
 
     # ------------------------------------------------------------------ outcomes
     def _finish_all(
-        self, finished: list[Finished | None], frame: Frame | None = None,
+        self, finished: Sequence[Finished | None], frame: Frame | None = None,
         result: InferenceResult | None = None, t_start: float | None = None, t_end: float | None = None,
     ) -> None:  # fmt: skip
         for done in finished:

@@ -118,7 +118,7 @@ async def run_controller(
                 poll_s=cfg.plc.poll_ms / 1000, heartbeat_s=cfg.plc.heartbeat_ms / 1000,
                 stale_s=cfg.plc.stale_ms / 1000, min_part_pitch_counts=d.min_part_pitch_counts,
             ),
-            on_status=lambda s: [p(s) for p in publishers] and None,
+            on_status=lambda status: _publish_all(publishers, status),
         )  # fmt: skip
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
         run = asyncio.create_task(controller.run(), name="controller")
@@ -129,6 +129,11 @@ async def run_controller(
         with contextlib.suppress(asyncio.CancelledError):
             await run
         return controller
+
+
+def _publish_all(publishers: list[Callable[[LineStatus], None]], status: LineStatus) -> None:
+    for publish in publishers:
+        publish(status)
 
 
 def _as_service(x: Any) -> InferenceService:

@@ -16,12 +16,16 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, fields
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
 from controller.errors import JournalError
 from controller.ports import PartRecord
+
+T = TypeVar("T")
 
 _COLUMNS = [f.name for f in fields(PartRecord) if f.name != "image"]
 
@@ -81,7 +85,7 @@ class SqliteJournal:
         except sqlite3.Error:
             pass  # the outcome itself is already durable; a missing timestamp is harmless
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
         # A dedicated thread per journal: sqlite3 connections are not shared across threads.
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 

@@ -92,7 +92,8 @@ def decode_plc_to_vision(data: bytes) -> PlcToVision:
     ring = tuple(
         _ENTRY.unpack_from(data, TRIGGER_RING_OFFSET + i * TRIGGER_ENTRY_SIZE) for i in range(TRIGGER_RING)
     )
-    return PlcToVision(*head, triggers=ring)
+    life, status, version, epoch, pos, speed, offset, tseq, dseq, rv, rf, late, trips = head
+    return PlcToVision(life, status, version, epoch, pos, speed, offset, tseq, dseq, rv, rf, late, trips, ring)
 
 
 def encode_plc_to_vision(msg: PlcToVision) -> bytes:

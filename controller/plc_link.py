@@ -36,6 +36,7 @@ class Snap7PlcLink:
         self.db_in, self.db_out = db_in, db_out
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self._client: snap7.AsyncClient | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.reconnects = 0
 
     @property
@@ -79,7 +80,7 @@ class Snap7PlcLink:
         try:
             await self._call(self._require().db_read(db, offset, 1))
         except PlcError:
-            await self.reconnect()  # an error reply leaves the link poisoned by our own rule
+            await self._connect()  # any failed request drops the connection, by our own rule
             return False
         return True
 
@@ -110,19 +111,18 @@ class Snap7PlcLink:
             self._poison()
             raise
         except TimeoutError as exc:
-            self._poison()
+            await self._drop()
             raise PlcError(f"{self.name}: request timed out after {self.timeout_s * 1000:.0f} ms") from exc
         except (S7Error, OSError, RuntimeError) as exc:
-            self._poison()
+            await self._drop()
             raise PlcError(f"{self.name}: {exc}") from exc
 
     def _poison(self) -> None:
-        """Never reuse a connection that may hold a stale reply; close it in the background."""
+        """Cancelled mid-request: the socket may hold a stale reply. Forget it now (no await is
+        allowed while being cancelled) and close it in the background; `_drop` reaps the closer."""
         client, self._client = self._client, None
         if client is not None:
-            task = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+            self._closing.add(asyncio.get_running_loop().create_task(_quiet_disconnect(client)))
 
     async def _connect(self) -> None:
         client = snap7.AsyncClient()
@@ -137,9 +137,8 @@ class Snap7PlcLink:
         client, self._client = self._client, None
         if client is not None:
             await _quiet_disconnect(client)
-
-
-_closing: set[asyncio.Task[None]] = set()
+        closing, self._closing = self._closing, set()
+        await asyncio.gather(*closing, return_exceptions=True)
 
 
 async def _quiet_disconnect(client: snap7.AsyncClient) -> None:

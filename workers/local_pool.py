@@ -87,12 +87,15 @@ class LocalInferencePool:
         self._engine = engine
 
     async def close(self) -> None:
-        """Stop admitting requests; running ones finish in the background."""
+        """Stop admitting requests, drop queued ones (their callers get InferenceError), and wait for
+        the running one(s) to finish so no worker thread outlives the pool."""
         self._closed = True
         self._engine = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            # Joining blocks for at most one inference; do it off the event loop.
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     async def __aenter__(self) -> LocalInferencePool:
         await self.start()

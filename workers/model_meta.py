@@ -206,9 +206,7 @@ def open_session(model_path: str | os.PathLike[str], options: Any = None, provid
     if not path.is_file():
         raise ConfigError(f"{path}: model file not found")
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several private exception types for a bad file
         raise _fail(str(path), "model", f"cannot be loaded by ONNX Runtime: {exc}") from exc
 

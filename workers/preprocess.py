@@ -67,8 +67,7 @@ def check_frame(shape: tuple[int, ...], meta: ModelMeta) -> None:
         x, y, w, h = meta.roi
         if x + w > shape[1] or y + h > shape[0]:
             raise ValueError(
-                f"model {meta.version} ROI [x={x}, y={y}, w={w}, h={h}] "
-                f"exceeds the {shape[1]}x{shape[0]} frame"
+                f"model {meta.version} ROI [x={x}, y={y}, w={w}, h={h}] exceeds the {shape[1]}x{shape[0]} frame"
             )
 
 

@@ -241,9 +241,7 @@ class RayInferencePool:
         try:
             # shield: a timeout abandons the late result; it must not cancel the future whose
             # completion releases the slot.
-            results: list[InferenceResult] = await asyncio.wait_for(
-                asyncio.shield(fut), deadline - time.monotonic()
-            )
+            results: list[InferenceResult] = await asyncio.wait_for(asyncio.shield(fut), deadline - time.monotonic())
         except TimeoutError:
             raise InferenceError(f"late: actor {slot.name} had no result by the deadline") from None
         except RayTaskError as exc:
@@ -257,6 +255,11 @@ class RayInferencePool:
         return results[0]
 
     # -- introspection (tests, status) -------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet finished by an actor (abandoned late ones included)."""
+        return sum(s.outstanding for s in self._slots)
 
     @property
     def actor_handles(self) -> list[Any]:
@@ -293,9 +296,7 @@ class RayInferencePool:
 
     def _begin_recovery(self, slot: _Slot) -> None:
         if slot.recovery is None or slot.recovery.done():
-            slot.recovery = asyncio.get_running_loop().create_task(
-                self._recover(slot), name=f"recover-{slot.name}"
-            )
+            slot.recovery = asyncio.get_running_loop().create_task(self._recover(slot), name=f"recover-{slot.name}")
 
     async def _probe(self, slot: _Slot, limit_s: float) -> None:
         """Wait for the actor to be up, then time one canary inference; marks the slot healthy on

@@ -1,0 +1,31 @@
+# The two commands of the README, and exactly what CI runs (.ci/run calls `make test`).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: sim test lint setup clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Run the whole simulated line (2000 parts) and print the judge's summary.
+sim: $(STAMP)
+	$(BIN)/lineinspect sim --parts $(or $(PARTS),2000) --json runs/latest/summary.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## Lint, type-check, architecture contracts, then the whole test suite.
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) runs

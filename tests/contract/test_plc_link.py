@@ -1,0 +1,110 @@
+"""Snap7PlcLink against a real S7 server (python-snap7's Server running the simulated PLC).
+
+With `--hil` style hardware absent, the wire-level emulator is the strongest peer we can run here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import snap7
+from snap7.type import SrvArea
+
+from controller import plc_codec as c
+from controller.errors import PlcContractError, PlcError
+from controller.plc_link import Snap7PlcLink
+from sim.plant import Plant, PlantConfig
+from sim.plc_server import SimPlc, _free_port
+
+
+@pytest.fixture
+def plc() -> Iterator[SimPlc]:
+    with SimPlc(Plant(PlantConfig(parts=3))) as sim:
+        yield sim
+
+
+async def test_reads_the_whole_block_and_writes_verdicts(plc: SimPlc) -> None:
+    async with Snap7PlcLink("127.0.0.1", plc.port) as link:
+        first = c.decode_plc_to_vision(await link.read_plc_to_vision())
+        assert first.version == 1 and first.epoch == plc.program.epoch
+        await asyncio.sleep(0.01)
+        assert c.decode_plc_to_vision(await link.read_plc_to_vision()).life != first.life  # the scan runs
+        entry = c.VerdictEntry(5, c.PASS, 0, 42)
+        await link.write_vision_to_plc(c.verdict_offset(5), c.encode_verdict(entry))
+        assert c.decode_verdict(bytes(plc.vision_db), c.verdict_offset(5)) == entry
+
+
+async def test_unreachable_plc_is_one_clear_error() -> None:
+    port = _free_port("127.0.0.1")
+    with pytest.raises(PlcError, match=f"PLC 127.0.0.1:{port} unreachable"):
+        async with Snap7PlcLink("127.0.0.1", port, connect_timeout_s=1.0):
+            pass
+
+
+def _server_with(plc_db: bytearray, vision_db: bytearray) -> tuple[snap7.server.Server, int]:
+    server = snap7.server.Server(log=False)
+    server.register_area(SrvArea.DB, 100, plc_db)
+    server.register_area(SrvArea.DB, 101, vision_db)
+    port = _free_port("127.0.0.1")
+    server.start_to("127.0.0.1", port)
+    return server, port
+
+
+@pytest.mark.parametrize(
+    ("plc_size", "vision_size", "version", "message"),
+    [
+        (170, 520, 1, r"DB 100 \(PlcToVision\) cannot be read as 172 bytes"),
+        (200, 520, 1, r"DB 100 \(PlcToVision\) is larger than 172 bytes"),
+        (172, 512, 1, r"DB 101 \(VisionToPlc\) cannot be read as 520 bytes"),
+        (172, 520, 2, r"PLC interface version is 2, this controller speaks 1"),
+    ],
+)
+async def test_contract_mismatch_is_refused_at_connect(plc_size: int, vision_size: int, version: int,
+                                                       message: str) -> None:  # fmt: skip
+    plc_db = bytearray(plc_size)
+    plc_db[3] = version
+    server, port = _server_with(plc_db, bytearray(vision_size))
+    try:
+        with pytest.raises(PlcContractError, match=message):
+            async with Snap7PlcLink("127.0.0.1", port):
+                pass
+    finally:
+        server.stop()
+
+
+async def test_timeout_poisons_the_connection_until_reconnect(plc: SimPlc) -> None:
+    """After a timeout the old socket may still deliver the late reply: never read from it again."""
+    async with Snap7PlcLink("127.0.0.1", plc.port, timeout_s=0.5) as link:
+        plc.program.start()  # hold nothing; now stall the server by locking a DB it must read
+        plc._server.lock_area(SrvArea.DB, 100)
+        try:
+            link.timeout_s = 0.05
+            with pytest.raises(PlcError, match="timed out"):
+                await link.read_plc_to_vision()
+        finally:
+            plc._server.unlock_area(SrvArea.DB, 100)
+        with pytest.raises(PlcError, match="not connected"):
+            await link.read_plc_to_vision()
+        link.timeout_s = 0.5
+        await link.reconnect()
+        data = c.decode_plc_to_vision(await link.read_plc_to_vision())
+        assert data.version == 1 and data.epoch == plc.program.epoch
+
+
+async def test_cancellation_mid_request_drops_the_connection(plc: SimPlc) -> None:
+    async with Snap7PlcLink("127.0.0.1", plc.port) as link:
+        plc._server.lock_area(SrvArea.DB, 100)
+        try:
+            task = asyncio.create_task(link.read_plc_to_vision())
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            plc._server.unlock_area(SrvArea.DB, 100)
+        with pytest.raises(PlcError, match="not connected"):
+            await link.read_plc_to_vision()
+        await link.reconnect()
+        assert len(await link.read_plc_to_vision()) == c.PLC_TO_VISION_SIZE

@@ -1,0 +1,102 @@
+"""The real entry point, observed from outside: exit codes, one-line errors, the judge's JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import snap7
+from snap7.type import SrvArea
+
+from sim.plc_server import _free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def lineinspect(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    from workers.tiny_model import build_tiny_model
+
+    return Path(build_tiny_model(tmp_path / "tiny.onnx"))
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "line.toml"
+    path.write_text(body)
+    return path
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lineinspect: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_key_and_wrong_type(tmp_path: Path) -> None:
+    proc = lineinspect("run", "--config", str(write_config(tmp_path, "[plc]\nhots = 'x'\n")), cwd=tmp_path)
+    assert_one_line_error(proc, "plc.hots", "Extra inputs are not permitted")
+    proc = lineinspect("run", "--config", str(write_config(tmp_path, "[plc]\nport = 'high'\n")), cwd=tmp_path)
+    assert_one_line_error(proc, "plc.port", "valid integer")
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "[inference]\ntype = 'local'\nmodel = 'nope.onnx'\n")
+    assert_one_line_error(lineinspect("run", "--config", str(cfg), cwd=tmp_path), "model file nope.onnx not found")
+
+
+def test_unreachable_plc(tmp_path: Path, tiny_model: Path) -> None:
+    port = _free_port("127.0.0.1")
+    cfg = write_config(tmp_path, f"[plc]\nport = {port}\nconnect_timeout_s = 1\n"
+                       f"[inference]\ntype = 'local'\nmodel = '{tiny_model}'\n[hmi]\nenabled = false\n")  # fmt: skip
+    proc = lineinspect("run", "--config", str(cfg), cwd=tmp_path)
+    assert_one_line_error(proc, f"plc: PLC 127.0.0.1:{port} unreachable")
+
+
+@pytest.fixture
+def wrong_plc() -> Iterator[int]:
+    """An S7 server whose PlcToVision DB has the wrong size."""
+    server = snap7.server.Server(log=False)
+    server.register_area(SrvArea.DB, 100, bytearray(100))
+    server.register_area(SrvArea.DB, 101, bytearray(520))
+    port = _free_port("127.0.0.1")
+    server.start_to("127.0.0.1", port)
+    yield port
+    server.stop()
+
+
+def test_db_of_the_wrong_size(tmp_path: Path, tiny_model: Path, wrong_plc: int) -> None:
+    cfg = write_config(tmp_path, f"[plc]\nport = {wrong_plc}\n"
+                       f"[inference]\ntype = 'local'\nmodel = '{tiny_model}'\n[hmi]\nenabled = false\n")  # fmt: skip
+    proc = lineinspect("run", "--config", str(cfg), cwd=tmp_path)
+    assert_one_line_error(proc, "DB 100 (PlcToVision) cannot be read as 172 bytes")
+
+
+@pytest.mark.slow
+def test_simulated_line_end_to_end(tmp_path: Path) -> None:
+    """`lineinspect sim`: simulator process over S7 + frame stream, controller with local Ray and the
+    shipped model, HMI on. Judged from outside: nothing lost, nothing misassociated."""
+    out = tmp_path / "summary.json"
+    proc = lineinspect("sim", "--parts", "80", "--json", str(out), "--workdir", str(tmp_path / "run"),
+                       cwd=tmp_path, timeout=280)  # fmt: skip
+    assert out.exists(), proc.stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["parts"] == 80
+    assert s["misassociations"] == 0 and s["frames_without_identity"] == 0
+    assert s["passed_without_own_in_time_pass"] == 0
+    assert s["triggers_without_outcome"] == 0 and s["outcomes_without_trigger"] == 0
+    assert s["journal_disagrees_with_gate"] == 0
+    assert s["gate"]["reject_failsafe"] == 0, s["failsafe_by_reason"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "misassociations" in proc.stderr  # the summary table is printed for people
