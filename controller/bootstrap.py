@@ -157,6 +157,20 @@ class SimRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def serve_simulated_line(
+    *, parts: int, seed: int, speed_mm_s: float, decision_mm: float, pitch_mm: float, out: Path,
+    plc_port: int, camera_port: int, wait_s: float,
+) -> int:  # fmt: skip
+    """`lineinspect sim-line`: the simulated PLC and camera for a controller in another process."""
+    from sim.line import serve
+    from sim.plant import PlantConfig
+
+    spread = pitch_mm * 0.3  # uniform pitch in ±30 % of the mean
+    cfg = PlantConfig(speed_mm_s=speed_mm_s, decision_mm=decision_mm, parts=parts, seed=seed,
+                      pitch_mm=(pitch_mm - spread, pitch_mm + spread))  # fmt: skip
+    return serve(cfg, out=out, plc_port=plc_port, camera_port=camera_port, wait_s=wait_s)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,10 +193,11 @@ async def run_simulated_line(run: SimRun, *, progress: Callable[[LineStatus, int
         "--speed", str(run.speed_mm_s), "--decision-mm", str(run.decision_mm),
         "--pitch-mm", str(mean_pitch), "--out", str(report_path),
     ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=subprocess.PIPE, stderr=(run.workdir / "sim-line.log").open("wb"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    with (run.workdir / "sim-line.log").open("wb") as sim_log:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sim_log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
     assert proc.stdout is not None
     try:
         hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
@@ -226,6 +241,8 @@ async def run_simulated_line(run: SimRun, *, progress: Callable[[LineStatus, int
         end = sim_task.result()
         stop.set()
         controller = await ctl_task
+        assert proc.stdin is not None
+        proc.stdin.close()  # the simulator may go now
         if end["event"] != "done":
             raise ControllerError(f"line simulator: {end.get('error')}")
         report = json.loads(report_path.read_text())

@@ -77,13 +77,13 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 
 
 def _sim_line(args: argparse.Namespace) -> int:
-    from sim.line import serve
-    from sim.plant import PlantConfig
+    from controller.bootstrap import serve_simulated_line
 
-    spread = args.pitch_mm * 0.3
-    cfg = PlantConfig(speed_mm_s=args.speed, decision_mm=args.decision_mm, parts=args.parts, seed=args.seed,
-                      pitch_mm=(args.pitch_mm - spread, args.pitch_mm + spread))  # fmt: skip
-    return serve(cfg, out=Path(args.out), plc_port=args.plc_port, camera_port=args.camera_port, wait_s=args.wait_s)
+    return serve_simulated_line(
+        parts=args.parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
+        pitch_mm=args.pitch_mm, out=Path(args.out), plc_port=args.plc_port, camera_port=args.camera_port,
+        wait_s=args.wait_s,
+    )  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -92,5 +92,17 @@ def serve(cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_
         done = line.run(timeout_s=budget)
         out.write_text(json.dumps(line.report()))
         print(json.dumps({"event": "done", "complete": done, "report": str(out)}), flush=True)
-        sys.stdout.flush()
+        _linger(10.0)
         return 0 if done else 3
+
+
+def _linger(timeout_s: float) -> None:
+    """Keep serving until the controller's side closes our stdin (it has stopped cleanly), so the
+    end of a run is not reported as a lost PLC link. Bounded: never blocks longer than timeout_s."""
+    import select
+
+    end = time.monotonic() + timeout_s
+    while (left := end - time.monotonic()) > 0:
+        ready, _, _ = select.select([sys.stdin], [], [], left)
+        if ready and not sys.stdin.buffer.read1(4096):
+            return
