@@ -181,6 +181,7 @@ async def run_simulated_line(run: SimRun, *, progress: Callable[[LineStatus, int
     """`lineinspect sim`: the line simulator as its own process over S7 and the frame stream, the
     controller here, then the judge's summary."""
     from sim.judge import judge
+    from sim.plots import plot_run
 
     run.workdir.mkdir(parents=True, exist_ok=True)
     journal_path = run.workdir / "journal.db"
@@ -254,6 +255,7 @@ async def run_simulated_line(run: SimRun, *, progress: Callable[[LineStatus, int
             "wall_s": time.monotonic() - started,
         }
         summary["journal"] = str(journal_path)
+        summary["plot"] = str(plot_run(report, run.workdir / "timing.png"))
         return summary
     finally:
         if proc.returncode is None:
