@@ -39,7 +39,7 @@ class InferenceResult:
     defect_class: int
     """Model class index; 0 = good."""
     score: float
-    """Defect confidence in [0, 1]: 1 - P(good), or the anomaly score, whichever is larger."""
+    """Defect confidence in [0, 1]: 1 − P(good) from the model's classifier."""
     reject: bool
     """True when the score is at or above the model's calibrated threshold."""
     model_version: str

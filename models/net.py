@@ -46,6 +46,9 @@ class InspectionNet(nn.Module):
         # Max pooling alongside the average: a small defect barely moves the mean of 64 cells.
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * c16 + 1, num_classes))
 
+    def head_modules(self) -> list[nn.Module]:
+        return [self.map_fine, self.map_coarse, self.map_out, self.classifier]
+
     def frozen_modules(self) -> list[nn.Module]:
         b = self.backbone
         return [b._conv_stem, b._bn0, *b._blocks[: LAST_FROZEN_BLOCK + 1]]
@@ -55,10 +58,10 @@ class InspectionNet(nn.Module):
         coarse = F.interpolate(self.map_coarse(f16), scale_factor=2.0, mode="nearest")
         defect_logits = self.map_out(F.relu(self.map_fine(f8) + coarse))
         # The strongest defect-map response is fed to the classifier, so the mask supervision helps
-        # the decision directly and not only as an auxiliary signal.
-        pooled = torch.cat(
-            [f16.mean(dim=(2, 3)), f16.amax(dim=(2, 3)), defect_logits.amax(dim=(1, 2, 3))[:, None]], dim=1
-        )
+        # the decision directly and not only as an auxiliary signal (as a probability: raw logits are
+        # unbounded and destabilise the first epochs).
+        peak = torch.sigmoid(defect_logits.amax(dim=(1, 2, 3)))[:, None]
+        pooled = torch.cat([f16.mean(dim=(2, 3)), f16.amax(dim=(2, 3)), peak], dim=1)
         return self.classifier(pooled), defect_logits
 
 

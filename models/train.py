@@ -174,7 +174,7 @@ def train(
     epochs: int = 10,
     seed: int = 0,
     batch_size: int = 32,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     val_fraction: float = 0.2,
     patience: int = 3,
     target_frr: float = 0.01,
@@ -197,10 +197,16 @@ def train(
     frozen = model.frozen_modules()
     for module in frozen:
         module.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    head = {id(p) for m in model.head_modules() for p in m.parameters()}
+    tuned = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in head]
+    # The new heads start from random weights and need a larger step than the pretrained layers,
+    # which only have to adapt from ImageNet photos to grey surfaces.
+    groups = [{"params": tuned, "lr": lr / 5}, {"params": [p for p in model.parameters() if id(p) in head]}]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, [lr / 5, lr], total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
 
     history, best_loss, best_state, stale = [], math.inf, None, 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -221,7 +227,7 @@ def train(
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
                 bar.advance(task)
             val_loss, val_acc = _validate(model, tensors, val_idx)
             history.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_loss": val_loss, "val_acc": val_acc})

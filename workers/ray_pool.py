@@ -320,7 +320,7 @@ class RayInferencePool:
                 await self._probe(slot, self._canary_timeout_s)
                 log.info("inference actor %s is healthy again", slot.name)
                 return
-            except (RayError, TimeoutError) as exc:
+            except Exception as exc:  # whatever the failure, this loop must keep probing
                 log.debug("inference actor %s still down: %s", slot.name, _first_line(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)

@@ -34,9 +34,7 @@ def expected_probs(frame: np.ndarray, model: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("level", [0, 60, 128, 200, 255])
-def test_score_class_and_reject_follow_the_contract(
-    engine: OnnxRuntimeEngine, model: str, level: int
-) -> None:
+def test_score_class_and_reject_follow_the_contract(engine: OnnxRuntimeEngine, model: str, level: int) -> None:
     frame = np.full((48, 40), level, np.uint8)
     (r,) = engine.infer_batch([frame])
     probs = expected_probs(frame, model)

@@ -86,9 +86,7 @@ def test_matches_reference(src: tuple[int, int], dst: tuple[int, int], color: st
         np.testing.assert_allclose(out[i], reference_preprocess(f, meta), atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("src", "dst"), [((160, 160), (128, 128)), ((50, 70), (128, 96)), ((33, 17), (8, 5))]
-)
+@pytest.mark.parametrize(("src", "dst"), [((160, 160), (128, 128)), ((50, 70), (128, 96)), ((33, 17), (8, 5))])
 def test_resize_matches_torch_bilinear(src: tuple[int, int], dst: tuple[int, int]) -> None:
     torch = pytest.importorskip("torch")
     batch = np.stack([rand_frame(*src) for _ in range(3)])
@@ -162,9 +160,7 @@ def test_rejects_frames_the_model_cannot_take(frames: list[np.ndarray], meta: Mo
     rgb=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_output_is_a_convex_combination_of_inputs(
-    h: int, w: int, oh: int, ow: int, rgb: bool, seed: int
-) -> None:
+def test_output_is_a_convex_combination_of_inputs(h: int, w: int, oh: int, ow: int, rgb: bool, seed: int) -> None:
     """Bilinear weights are non-negative and sum to 1: every output lies within the input's range."""
     g = np.random.default_rng(seed)
     frame = g.integers(0, 256, size=(h, w, 3) if rgb else (h, w), dtype=np.uint8)
