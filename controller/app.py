@@ -74,6 +74,8 @@ class LineController:
         self._plc_ok = False
         self._camera_ok = False
         self._snapshot: codec.PlcToVision | None = None
+        self._acked_epoch: int | None = None
+        """The epoch whose verdict ring we cleared; the only one we acknowledge and write for."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_version = ""
 
@@ -125,9 +127,12 @@ class LineController:
         last_life, life_changed_at = -1, time.monotonic()
         next_poll = time.monotonic()
         while True:
+            _stop_if_cancelled()
             started = time.monotonic()
             try:
                 snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
+                if snap.epoch != self._acked_epoch:
+                    await self._acknowledge_epoch(snap.epoch)
             except PlcError as exc:
                 await self._plc_lost(str(exc))
                 backoff = await self._reconnect(backoff)
@@ -145,6 +150,14 @@ class LineController:
             self._on_snapshot(snap, started, time.monotonic())
             next_poll = max(next_poll + self.timing.poll_s, time.monotonic())
             await asyncio.sleep(next_poll - time.monotonic())
+
+    async def _acknowledge_epoch(self, epoch: int) -> None:
+        """Clear the whole verdict ring, then acknowledge. A verdict written for the old epoch just
+        before we noticed the restart could otherwise sit in the slot of a new part with the same
+        sequence number; writes are serialized on the one connection, so the clear comes after it."""
+        empty = bytes(codec.VISION_TO_PLC_SIZE - codec.VERDICT_RING_OFFSET)
+        await self.plc.write_vision_to_plc(codec.VERDICT_RING_OFFSET, empty)
+        self._acked_epoch = epoch
 
     async def _plc_lost(self, why: str) -> None:
         if self._plc_ok:
@@ -186,10 +199,11 @@ class LineController:
     # ------------------------------------------------------------------ heartbeat
     async def _heartbeat_loop(self) -> None:
         while True:
-            if self._plc_ok and self.tracker.epoch is not None:
+            _stop_if_cancelled()
+            if self._plc_ok and self._acked_epoch is not None:
                 self._life = (self._life + 1) % 65536
                 header = codec.VisionHeader(
-                    self._life, codec.READY if self.ready else 0, codec.INTERFACE_VERSION, self.tracker.epoch
+                    self._life, codec.READY if self.ready else 0, codec.INTERFACE_VERSION, self._acked_epoch
                 )
                 try:
                     await self.plc.write_vision_to_plc(0, codec.encode_vision_header(header))
@@ -201,6 +215,7 @@ class LineController:
     # ------------------------------------------------------------------ camera
     async def _frame_loop(self) -> None:
         while True:
+            _stop_if_cancelled()
             try:
                 self._camera_ok = True
                 self.alarms.set("camera", False)
@@ -268,7 +283,7 @@ class LineController:
             return
         # The record says PASS/REJECT; if the write cannot happen now, the record is replaced.
         late = self.tracker.may_write(part.seq, time.monotonic())
-        if late is not None or self.tracker.epoch != part.epoch:
+        if late is not None or self._acked_epoch != part.epoch:
             self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, late or Reason.EPOCH_CHANGED)],
                              frame, result, t_start, t_end)  # fmt: skip
             return
@@ -363,6 +378,15 @@ class LineController:
         while True:
             self.on_status(self.status())
             await asyncio.sleep(0.2)
+
+
+def _stop_if_cancelled() -> None:
+    """Python 3.11's asyncio.wait_for, used inside python-snap7, can swallow a cancellation that
+    arrives as its inner await completes. Supervised loops check at every turn so that a
+    requested stop always ends them."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _trigger_instant(snap: codec.PlcToVision, part: Part, started: float, finished: float) -> float:

@@ -105,8 +105,11 @@ class Snap7PlcLink:
         return self._client
 
     async def _call(self, request: Awaitable[T]) -> T:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the request completes, and a supervised loop must always stop when told to.
         try:
-            return await asyncio.wait_for(request, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                return await request
         except asyncio.CancelledError:
             self._poison()
             raise
@@ -127,7 +130,8 @@ class Snap7PlcLink:
     async def _connect(self) -> None:
         client = snap7.AsyncClient()
         try:
-            await asyncio.wait_for(client.connect(self.host, self.rack, self.slot, self.port), self.connect_timeout_s)
+            async with asyncio.timeout(self.connect_timeout_s):
+                await client.connect(self.host, self.rack, self.slot, self.port)
         except (S7Error, OSError, TimeoutError) as exc:
             await _quiet_disconnect(client)
             raise PlcError(f"{self.name} unreachable: {exc or type(exc).__name__}") from exc
@@ -143,4 +147,5 @@ class Snap7PlcLink:
 
 async def _quiet_disconnect(client: snap7.AsyncClient) -> None:
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.disconnect(), 1.0)
+        async with asyncio.timeout(1.0):
+            await client.disconnect()

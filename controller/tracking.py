@@ -125,9 +125,10 @@ class Tracker:
             upd.epoch_changed = self.epoch is not None
             for part in list(self.parts.values()):
                 upd.finished.append(self._finish(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
+            # At start-up, parts decided before we ran are history, not ours to record. After a
+            # PLC restart every trigger of the new epoch is ours, even those already decided.
+            self.last_seen_seq = 0 if self.epoch is not None else snap.decided_seq
             self.epoch = snap.epoch
-            # Triggers decided before we knew this epoch are history, not ours to record.
-            self.last_seen_seq = snap.decided_seq
         self._pos, self._speed, self._pos_at = snap.encoder_pos, max(0.0, snap.speed), read_started
         self.trigger_seq, self.decided_seq = snap.trigger_seq, snap.decided_seq
 
@@ -136,7 +137,10 @@ class Tracker:
         for seq in range(first_new, snap.trigger_seq + 1):
             pos = snap.trigger_pos(seq) if seq >= oldest_in_ring else None
             part = Part(self.epoch, seq, pos or 0, (pos or 0) + snap.decision_offset, read_started)
-            if pos is None:
+            if seq <= snap.decided_seq:
+                # Decided before we acknowledged the epoch: the PLC rejected it (rule 5).
+                upd.finished.append(Finished(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
+            elif pos is None:
                 upd.overrun += 1
                 upd.finished.append(Finished(part, Outcome.FAILSAFE, Reason.RING_OVERRUN))
             elif not accept_parts:

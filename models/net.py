@@ -45,6 +45,11 @@ class InspectionNet(nn.Module):
         self.map_out = nn.Conv2d(32, 1, 3, padding=1)
         # Max pooling alongside the average: a small defect barely moves the mean of 64 cells.
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * c16 + 1, num_classes))
+        # Backbone activations reach tens; with default init the new heads start with huge logits
+        # (initial loss ~4 instead of log C). Zero output layers start them at "no opinion".
+        for layer in (self.classifier[1], self.map_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def head_modules(self) -> list[nn.Module]:
         return [self.map_fine, self.map_coarse, self.map_out, self.classifier]

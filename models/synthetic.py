@@ -56,7 +56,7 @@ def _surface(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     crop = np.rot90(tex[y0 : y0 + h, x0 : x0 + w], k=int(rng.integers(4)))
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    base, contrast = rng.uniform(80, 170), rng.uniform(6, 22)
+    base, contrast = rng.uniform(80, 170), rng.uniform(5, 16)
     gy, gx = rng.uniform(-25, 25, size=2)  # illumination falls off across the part
     ramp_y = np.linspace(-gy, gy, h, dtype=np.float32)[:, None]
     ramp_x = np.linspace(-gx, gx, w, dtype=np.float32)[None, :]
@@ -87,7 +87,7 @@ def _scratch(rng: np.random.Generator, shape: tuple[int, int], size: float) -> n
     p0 = rng.uniform(lo + 10, hi - 10, size=2)
     angle = rng.uniform(0, np.pi)
     p2 = np.clip(p0 + length * np.array([np.sin(angle), np.cos(angle)]), lo, hi)
-    bend = rng.normal(0, 0.25) * length * np.array([np.cos(angle), -np.sin(angle)])
+    bend = rng.normal(0, 0.15) * length * np.array([np.cos(angle), -np.sin(angle)])
     p1 = np.clip((p0 + p2) / 2 + bend, lo, hi)
     t = np.linspace(0, 1, 24)[:, None]
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
@@ -152,17 +152,25 @@ def render_frame(
     # same surface and background and differ only where the defect is.
     frame = np.full(FRAME_SHAPE, _BACKGROUND, np.float32)
     frame[y : y + h, x : x + w] = _surface(rng, h, w)
-    frame += rng.uniform(1.5, 4.0) * rng.standard_normal(FRAME_SHAPE, dtype=np.float32)
+    noise = rng.uniform(1.5, 4.0) * rng.standard_normal(FRAME_SHAPE, dtype=np.float32)
     mask = np.zeros(FRAME_SHAPE, np.uint8)
     if defect_class:
         d = float(np.clip(difficulty, 0.0, 1.0))
         hi, lo = _CONTRAST[defect_class]
         amplitude = (hi + (lo - hi) * d) * rng.uniform(0.8, 1.2)
         alpha = _PAINTERS[defect_class](rng, (h, w), 1.0 - 0.5 * d)
-        # Cracks are shadows (always dark); scratches and contamination may be brighter or darker.
-        sign = -1.0 if defect_class == 3 or rng.random() < 0.5 else 1.0
-        frame[y : y + h, x : x + w] += sign * amplitude * alpha
+        part = frame[y : y + h, x : x + w]
+        if defect_class == 2:
+            # Contamination covers the texture: blend towards a flat tone, more opaque when easy.
+            tone = part.mean() + rng.choice((-1.0, 1.0)) * amplitude
+            opacity = alpha * (0.9 - 0.3 * d)
+            part += opacity * (tone - part)
+        else:
+            # Scratches mostly catch the light (bright), sometimes shade; cracks are always shadows.
+            sign = 1.0 if defect_class == 1 and rng.random() < 0.7 else -1.0
+            part += sign * amplitude * alpha
         mask[y : y + h, x : x + w] = np.where(alpha >= _MASK_LEVEL, 255, 0)
+    frame += noise  # after the defect: the sensor sees stains and scratches through its own noise
     return np.clip(np.rint(frame), 0, 255).astype(np.uint8), mask
 
 

@@ -175,6 +175,7 @@ def train(
     seed: int = 0,
     batch_size: int = 32,
     lr: float = 3e-3,
+    backbone_lr_ratio: float = 0.2,
     val_fraction: float = 0.2,
     patience: int = 3,
     target_frr: float = 0.01,
@@ -201,11 +202,11 @@ def train(
     tuned = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in head]
     # The new heads start from random weights and need a larger step than the pretrained layers,
     # which only have to adapt from ImageNet photos to grey surfaces.
-    groups = [{"params": tuned, "lr": lr / 5}, {"params": [p for p in model.parameters() if id(p) in head]}]
+    groups = [{"params": tuned, "lr": lr * backbone_lr_ratio}, {"params": [p for p in model.parameters() if id(p) in head]}]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, [lr / 5, lr], total_steps=epochs * steps_per_epoch, pct_start=0.15
+        opt, [lr * backbone_lr_ratio, lr], total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
 
     history, best_loss, best_state, stale = [], math.inf, None, 0

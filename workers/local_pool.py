@@ -154,7 +154,9 @@ class LocalInferencePool:
         try:
             # shield: a timeout abandons the result but must not cancel the future, whose
             # completion releases the slot.
-            return await asyncio.wait_for(asyncio.shield(fut), deadline - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's cancellation.
+            async with asyncio.timeout(deadline - time.monotonic()):
+                return await asyncio.shield(fut)
         except TimeoutError:
             raise InferenceError(f"late: {engine.name} had no result by the deadline") from None
         except asyncio.CancelledError:

@@ -241,7 +241,9 @@ class RayInferencePool:
         try:
             # shield: a timeout abandons the late result; it must not cancel the future whose
             # completion releases the slot.
-            results: list[InferenceResult] = await asyncio.wait_for(asyncio.shield(fut), deadline - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's cancellation.
+            async with asyncio.timeout(deadline - time.monotonic()):
+                results: list[InferenceResult] = await asyncio.shield(fut)
         except TimeoutError:
             raise InferenceError(f"late: actor {slot.name} had no result by the deadline") from None
         except RayTaskError as exc:

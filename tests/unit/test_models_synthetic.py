@@ -1,0 +1,71 @@
+"""The synthetic frame generator: determinism, exact masks, and a class-blind outside of the ROI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from models.synthetic import CLASSES, FRAME_SHAPE, ROI, make_dataset, render_frame
+
+X, Y, W, H = ROI
+
+
+def _inside_roi() -> np.ndarray:
+    inside = np.zeros(FRAME_SHAPE, bool)
+    inside[Y : Y + H, X : X + W] = True
+    return inside
+
+
+@pytest.mark.parametrize("cls", range(len(CLASSES)))
+def test_same_seed_same_frame(cls: int) -> None:
+    a = render_frame(np.random.default_rng(7), cls, 0.3)
+    b = render_frame(np.random.default_rng(7), cls, 0.3)
+    c = render_frame(np.random.default_rng(8), cls, 0.3)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(seed=st.integers(0, 2**32 - 1), cls=st.integers(0, len(CLASSES) - 1), difficulty=st.floats(0, 1))
+def test_mask_marks_defects_only_inside_roi(seed: int, cls: int, difficulty: float) -> None:
+    frame, mask = render_frame(np.random.default_rng(seed), cls, difficulty)
+    assert frame.shape == mask.shape == FRAME_SHAPE
+    assert frame.dtype == mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255}
+    assert mask.any() == (cls != 0)
+    assert not mask[~_inside_roi()].any()
+
+
+@settings(max_examples=20, deadline=None, database=None)
+@given(seed=st.integers(0, 2**32 - 1), difficulty=st.floats(0, 1))
+def test_outside_roi_does_not_depend_on_class(seed: int, difficulty: float) -> None:
+    frames = [render_frame(np.random.default_rng(seed), c, difficulty)[0] for c in range(len(CLASSES))]
+    outside = ~_inside_roi()
+    for f in frames[1:]:
+        assert np.array_equal(f[outside], frames[0][outside])
+
+
+def test_defect_changes_only_masked_neighbourhood() -> None:
+    # Same seed, so "good" and the defect frame share the surface: the difference is the defect.
+    good, _ = render_frame(np.random.default_rng(3), 0)
+    for cls in range(1, len(CLASSES)):
+        frame, mask = render_frame(np.random.default_rng(3), cls)
+        changed = np.abs(frame.astype(int) - good) > 0
+        assert changed[mask > 0].mean() > 0.9
+
+
+def test_make_dataset_layout_and_determinism(tmp_path) -> None:
+    a = make_dataset(tmp_path / "a", per_class=2, seed=11)
+    b = make_dataset(tmp_path / "b", per_class=2, seed=11)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert [str(p) for p in files] == sorted(
+        [f"{c}/{i:04d}.png" for c in CLASSES for i in range(2)]
+        + [f"ground_truth/{c}/{i:04d}_mask.png" for c in CLASSES[1:] for i in range(2)]
+    )
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+    mask = np.asarray(Image.open(a / "ground_truth" / "crack" / "0000_mask.png"))
+    assert mask.shape == FRAME_SHAPE and mask.max() == 255
