@@ -304,12 +304,7 @@ class LineController:
             return  # expired while writing: already recorded as fail-safe
         self._count(done)
         self.latencies.append(t_written - part.seen_at)
-        self._spawn(self._note_written(part, t_written), name=f"written-{part.seq}")
-
-    async def _note_written(self, part: Part, t: float) -> None:
-        note = getattr(self.journal, "note_written", None)
-        if note is not None:
-            await note(part.epoch, part.seq, t)
+        self._spawn(self.journal.note_written(part.epoch, part.seq, t_written), name=f"written-{part.seq}")
 
     # ------------------------------------------------------------------ outcomes
     def _finish_all(

@@ -30,7 +30,7 @@ from controller.frame_matching import MatchWindow
 from controller.frame_stream import StreamCamera
 from controller.journal import SqliteJournal
 from controller.plc_link import Snap7PlcLink
-from controller.ports import FrameSource, InferenceService
+from controller.ports import FrameSource
 from controller.status import LineStatus
 from controller.tracking import Margins
 
@@ -111,7 +111,7 @@ async def run_controller(
             publishers.append(hmi.publish)
         d = cfg.deadline
         controller = LineController(
-            plc, camera, _as_service(inference), journal,
+            plc, camera, inference, journal,
             margins=Margins(write_s=d.write_margin_ms / 1000, plc_cycle_s=d.plc_cycle_ms / 1000),
             window=MatchWindow(cfg.match.frame_latency_ms / 1000, cfg.match.tolerance_ms / 1000),
             timing=Timing(
@@ -134,10 +134,6 @@ async def run_controller(
 def _publish_all(publishers: list[Callable[[LineStatus], None]], status: LineStatus) -> None:
     for publish in publishers:
         publish(status)
-
-
-def _as_service(x: Any) -> InferenceService:
-    return x  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------- the simulated line
@@ -171,22 +167,30 @@ def serve_simulated_line(
     return serve(cfg, out=out, plc_port=plc_port, camera_port=camera_port, wait_s=wait_s)
 
 
+def _fresh_workdir(workdir: Path) -> Path:
+    """A run's folder with no journal from an earlier run; returns the journal path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    journal_path = workdir / "journal.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    return journal_path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-async def run_simulated_line(run: SimRun, *, progress: Callable[[LineStatus, int], None] | None = None) -> dict[str, Any]:
+async def run_simulated_line(
+    run: SimRun, *, progress: Callable[[LineStatus, int], None] | None = None
+) -> dict[str, Any]:
     """`lineinspect sim`: the line simulator as its own process over S7 and the frame stream, the
     controller here, then the judge's summary."""
     from sim.judge import judge
     from sim.plots import plot_run
 
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    journal_path = run.workdir / "journal.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    journal_path = _fresh_workdir(run.workdir)
     report_path = run.workdir / "sim-report.json"
     mean_pitch = run.speed_mm_s / run.rate_parts_s
     cmd = [

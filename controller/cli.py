@@ -59,15 +59,15 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     rows = [
         ("parts", s["parts"]), ("defective parts", s["parts_defective"]),
         ("correct passes", s["correct_passes"]), ("correct rejects", s["correct_rejects"]),
-        ("escapes (model miss / other)", f"{s['escapes']['total']} ({s['escapes']['model_miss']} / {s['escapes']['other']})"),
+        ("escapes (model miss / other)", "{total} ({model_miss} / {other})".format(**s["escapes"])),
         ("false rejects", s["false_rejects"]),
         ("fail-safe rejects", f"{s['gate']['reject_failsafe']} {s['failsafe_by_reason'] or ''}"),
         ("misassociations", s["misassociations"]),
         ("passed without own in-time PASS", s["passed_without_own_in_time_pass"]),
         ("triggers without exactly one outcome", s["triggers_without_outcome"] + s["outcomes_without_trigger"]),
         ("journal ≠ gate", s["journal_disagrees_with_gate"]), ("deadline misses", s["deadline_misses"]),
-        ("latency trigger → verdict in PLC", f"p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"),
-        ("verdict margin before gate", f"min {margin['min']:.0f} ms  p1 {margin['p1']:.0f} ms  p50 {margin['p50']:.0f} ms"),
+        ("latency trigger → verdict in PLC", "p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {max:.1f} ms".format(**lat)),
+        ("verdict margin before gate", "min {min:.0f} ms  p1 {p1:.0f} ms  p50 {p50:.0f} ms".format(**margin)),
         ("throughput", f"{s['throughput_parts_per_s']:.1f} parts/s"),
         ("verdict", "[green]OK" if s["ok"] else "[red]FAILED"),
     ]  # fmt: skip

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, fields
 from pathlib import Path
-from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 

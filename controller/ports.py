@@ -120,5 +120,9 @@ class Journal(Protocol):
 
     async def record(self, rec: PartRecord) -> None: ...
 
+    async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
+        """When the verdict reached the PLC: diagnostic, not needed for durability."""
+        ...
+
     @property
     def healthy(self) -> bool: ...

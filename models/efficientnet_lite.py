@@ -104,9 +104,13 @@ class EfficientNetLite0Features(nn.Module):
     @staticmethod
     def _stride_after(block: int) -> int:
         stride = 2  # the stem
-        for k, s, *_ in _block_specs()[: block + 1]:
+        for _k, s, *_ in _block_specs()[: block + 1]:
             stride *= s
         return stride
+
+    def layers_through(self, block: int) -> list[nn.Module]:
+        """The stem and blocks 0..block: what a caller freezes to keep low-level features as trained."""
+        return [self._conv_stem, self._bn0, *self._blocks[: block + 1]]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))

@@ -55,8 +55,7 @@ class InspectionNet(nn.Module):
         return [self.map_fine, self.map_coarse, self.map_out, self.classifier]
 
     def frozen_modules(self) -> list[nn.Module]:
-        b = self.backbone
-        return [b._conv_stem, b._bn0, *b._blocks[: LAST_FROZEN_BLOCK + 1]]
+        return self.backbone.layers_through(LAST_FROZEN_BLOCK)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f8, f16 = self.backbone(x)

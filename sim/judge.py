@@ -35,7 +35,9 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
     try:
         rows = {
             (r[0], r[1]): r
-            for r in db.execute("SELECT epoch, seq, outcome, reason, frame_counter FROM parts WHERE epoch = ?", (epoch,))
+            for r in db.execute(
+                "SELECT epoch, seq, outcome, reason, frame_counter FROM parts WHERE epoch = ?", (epoch,)
+            )
         }
         misassociated, unreadable = 0, 0
         for (ep, seq), _row in rows.items():

@@ -63,7 +63,7 @@ class SimLine:
         return self.plant.all_triggered and not self.plc.program.fifo
 
     def report(self) -> dict[str, object]:
-        with self.plc._locked():
+        with self.plc.locked():
             snap = c.decode_plc_to_vision(bytes(self.plc.plc_db))
             log = list(self.plc.program.log)
         return {

@@ -68,23 +68,23 @@ class SimPlc:
 
     def controller_ready(self) -> bool:
         """The controller has acknowledged this epoch, is ready and its heartbeat is fresh."""
-        with self._locked():
+        with self.locked():
             v = c.decode_vision_header(self.vision_db)
             return bool(v.command & c.READY) and v.epoch_ack == self.program.epoch
 
     def restart(self) -> None:
         """PLC restart: new epoch, zeroed data (rule 5)."""
-        with self._locked():
+        with self.locked():
             self.program.start()
 
-    def _locked(self) -> _BothLocks:
+    def locked(self) -> _BothLocks:
         return _BothLocks(self._server, self.db_in, self.db_out)
 
     def _scan_loop(self) -> None:
         while not self._stop.is_set():
             t0 = time.monotonic()
             edges = self.plant.step(t0, running=self.running)
-            with self._locked():
+            with self.locked():
                 pulses = self.program.scan(
                     t0, self.plant.encoder_pos, self.plant.speed_counts_s, self.plant.speed_mm_s > 0,
                     [(e.part.part_id, e.part.truth, e.encoder_pos) for e in edges],

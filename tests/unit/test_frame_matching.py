@@ -47,7 +47,7 @@ def test_ambiguous_pairs_are_not_guessed() -> None:
 
 @given(
     st.lists(st.tuples(st.floats(0.035, 0.2), st.booleans(), st.booleans(), st.floats(-0.004, 0.004)),
-             min_size=1, max_size=60),  # fmt: skip
+             min_size=1, max_size=60),
     st.integers(0, 2**40),
 )
 def test_never_gives_a_part_another_parts_frame(events: list[tuple[float, bool, bool, float]], base: int) -> None:
