@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import platform
 import tempfile
 import time
@@ -25,7 +26,7 @@ from models.train import detection_metrics, train
 
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 DATA_SEED, PER_CLASS = 1, 300
-TRAIN_SEED, EPOCHS = 0, 12
+TRAIN_SEED, EPOCHS = 0, 15
 TEST_SEED, TEST_PER_CLASS = 2, 200
 DIFFICULTY = (0.1, 0.9)  # make_dataset's default range, also used for the test set
 
@@ -168,7 +169,7 @@ def build(work: Path) -> Path:
     test = detection_metrics(probs, labels, meta["threshold"], n)
     edges = np.linspace(*DIFFICULTY, 4)
     by_difficulty = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         # Good frames have no difficulty of their own; each bin reuses all of them for its FRR.
         sel = ((difficulty >= lo) & (difficulty < hi)) | (labels == 0)
         by_difficulty.append(((lo, hi), detection_metrics(probs[sel], labels[sel], meta["threshold"], n)))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from models import export, synthetic
+from models.net import preprocess
 from models.train import dataset_hash, load_checkpoint, train
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped" / "model.onnx"
@@ -41,8 +42,12 @@ def test_export_metadata(tiny_run) -> None:
     assert METADATA_KEYS <= props.keys()
     assert json.loads(props["lineinspect.classes"]) == list(synthetic.CLASSES)
     assert json.loads(props["lineinspect.input"]) == {
-        "height": 128, "width": 128, "channels": 3, "color": "gray",
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "height": 128,
+        "width": 128,
+        "channels": 3,
+        "color": "gray",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
     }
     assert json.loads(props["lineinspect.roi"]) == list(synthetic.ROI)
     assert float(props["lineinspect.threshold"]) == pytest.approx(result.threshold)
@@ -58,7 +63,7 @@ def test_onnx_outputs_and_parity(tiny_run) -> None:
     rng = np.random.default_rng(99)
     frames = np.stack([synthetic.render_frame(rng, c % 4)[0] for c in range(5)])
     assert export.parity(result.checkpoint, onnx_path, frames) < 1e-3
-    x = export.preprocess(frames, list(synthetic.ROI))
+    x = preprocess(frames, list(synthetic.ROI))
     probs, defect_map = export.session(onnx_path).run(None, {"image": x})  # batch 5: dynamic axis
     assert probs.shape == (5, 4) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -85,8 +90,13 @@ def test_shipped_model_contract_and_accuracy() -> None:
     rng = np.random.default_rng(4242)
     labels = np.arange(40) % 4
     frames = np.stack([synthetic.render_frame(rng, int(c))[0] for c in labels])
-    probs = export.onnx_predict(export.session(SHIPPED), frames, meta["roi"])
+    sess = export.session(SHIPPED)
+    probs = export.onnx_predict(sess, frames, meta["roi"])
     assert (probs.argmax(1) == labels).mean() >= 0.8
+    # The simulator stamps data into rows 0..7, outside the ROI: it must not change any output.
+    stamped = frames.copy()
+    stamped[:, :8] = rng.integers(0, 256, size=stamped[:, :8].shape, dtype=np.uint8)
+    np.testing.assert_array_equal(export.onnx_predict(sess, stamped, meta["roi"]), probs)
     # Reject decisions, as the runtime makes them, must separate good from defective too.
     reject = 1.0 - probs[:, 0] >= meta["threshold"]
     assert (reject == (labels > 0)).mean() >= 0.8
