@@ -115,6 +115,7 @@ class LineController:
         return self._plc_ok and self._camera_ok and self.inference.healthy and self.journal.healthy
 
     def _update_health(self) -> None:
+        self.alarms.set("inference", not self.inference.healthy, "no healthy inference worker")
         new = Health.READY if self.ready else (Health.STARTING if self.health is Health.STARTING
                                                  and not self._plc_ok else Health.DEGRADED)  # fmt: skip
         if new is not self.health:
@@ -248,6 +249,8 @@ class LineController:
                 continue
             part.frame_counter = m.frame_counter
             refused = self.tracker.admit(m.seq, now, self.inference.expected_latency_s)
+            if refused is Reason.NO_BUDGET and not self.inference.healthy:
+                refused = Reason.INFERENCE_UNAVAILABLE
             if refused is not None:
                 self._finish_all([self.tracker.finish(m.seq, Outcome.FAILSAFE, refused)], frame=frame)
                 continue

@@ -91,8 +91,11 @@ async def _connect_all(stack: AsyncExitStack, devices: dict[str, Any]) -> None:
 async def run_controller(
     cfg: LineConfig, *, stop: asyncio.Event | None = None,
     on_status: Callable[[LineStatus], None] | None = None,
+    started: asyncio.Future[tuple[LineController, Any]] | None = None,
 ) -> LineController:  # fmt: skip
-    """Connect everything, run until `stop` is set (or forever), and shut down cleanly."""
+    """Connect everything, run until `stop` is set (or forever), and shut down cleanly.
+    `started` receives (controller, inference service) once running: the simulator's fault
+    injection uses it to kill a worker or swap the model mid-run."""
     inference = _build_inference(cfg)
     plc = Snap7PlcLink(
         cfg.plc.host, cfg.plc.port, rack=cfg.plc.rack, slot=cfg.plc.slot, db_in=cfg.plc.db_plc_to_vision,
@@ -122,6 +125,8 @@ async def run_controller(
         )  # fmt: skip
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
         run = asyncio.create_task(controller.run(), name="controller")
+        if started is not None:
+            started.set_result((controller, inference))
         waiter = asyncio.create_task((stop or asyncio.Event()).wait(), name="stop")
         await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -150,7 +155,37 @@ class SimRun:
     model: Path | None = None
     """None: the shipped model."""
     hmi: bool = True
+    ray_address: str | None = None
+    kill_actor_after: int | None = None
+    """Fault: kill one inference actor once this many parts have their outcome."""
+    swap_model_after: int | None = None
+    swap_model: Path | None = None
+    """Hot-swap to this model once `swap_model_after` parts have their outcome."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _SimFaults:
+    """Faults injected into the controller's own side during a simulated run, by part count."""
+
+    def __init__(self, run: SimRun, started: asyncio.Future[tuple[LineController, Any]]) -> None:
+        self.run, self.started = run, started
+        self.done: dict[str, Any] = {}
+
+    async def inject(self, status: LineStatus) -> None:
+        if not self.started.done():
+            return
+        _, inference = self.started.result()
+        decided = status.passes + status.rejects + status.failsafe
+        run = self.run
+        if run.kill_actor_after is not None and "kill_actor" not in self.done and decided >= run.kill_actor_after:
+            import ray
+
+            ray.kill(inference.actor_handles[0], no_restart=False)  # Ray restarts it (max_restarts)
+            self.done["kill_actor"] = {"after_parts": decided}
+            log.warning("fault_injected", fault="kill_actor", after_parts=decided)
+        if run.swap_model is not None and "swap_model" not in self.done and decided >= (run.swap_model_after or 0):
+            self.done["swap_model"] = {"after_parts": decided, "version": await inference.swap_model(run.swap_model)}
+            log.info("model_swapped", after_parts=decided, version=self.done["swap_model"]["version"])
 
 
 def serve_simulated_line(
@@ -212,7 +247,8 @@ async def run_simulated_line(
             "plc": {"port": hello["plc_port"]},
             "camera": {"type": "stream", "port": hello["camera_port"], "host_clock": True},
             "inference": {
-                "type": run.inference, **({"actors": run.actors} if run.inference == "ray" else {}),
+                "type": run.inference,
+                **({"actors": run.actors, "ray_address": run.ray_address} if run.inference == "ray" else {}),
                 **({"model": str(run.model)} if run.model else {}),
             },
             "journal": {"path": str(journal_path)},
@@ -222,7 +258,9 @@ async def run_simulated_line(
         })  # fmt: skip
         stop = asyncio.Event()
         latest: list[LineStatus] = []
-        ctl_task = asyncio.create_task(run_controller(cfg, stop=stop, on_status=latest.append))
+        running: asyncio.Future[tuple[LineController, Any]] = asyncio.get_running_loop().create_future()
+        ctl_task = asyncio.create_task(run_controller(cfg, stop=stop, on_status=latest.append, started=running))
+        faults = _SimFaults(run, running)
 
         async def watch_sim() -> dict[str, Any]:
             assert proc.stdout is not None
@@ -239,8 +277,10 @@ async def run_simulated_line(
                 sim_task.cancel()
                 await ctl_task  # raises the controller's start-up error
                 raise ControllerError("controller stopped before the run ended")
-            if progress and latest:
-                progress(latest[-1], run.parts)
+            if latest:
+                if progress:
+                    progress(latest[-1], run.parts)
+                await faults.inject(latest[-1])
                 latest[:] = latest[-1:]
             await asyncio.sleep(0.25)
         end = sim_task.result()
@@ -258,6 +298,9 @@ async def run_simulated_line(
             "alarms_raised": controller.alarms.raised_count,
             "wall_s": time.monotonic() - started,
         }
+        summary["faults"] = faults.done
+        if faults.done:  # fail-safe rejects are then expected: judge on "nothing lost"
+            summary["ok"] = summary["nothing_lost"]
         summary["journal"] = str(journal_path)
         summary["plot"] = str(plot_run(report, run.workdir / "timing.png"))
         return summary

@@ -28,8 +28,12 @@ def _sim(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     logs.configure(args.log_level, file=workdir / "controller.log")
     console = Console(stderr=True)
-    run = SimRun(parts=parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
-                 rate_parts_s=args.rate, workdir=workdir, inference=args.inference, hmi=not args.no_hmi)  # fmt: skip
+    run = SimRun(
+        parts=parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm, rate_parts_s=args.rate,
+        workdir=workdir, inference=args.inference, actors=args.actors, hmi=not args.no_hmi,
+        ray_address=args.ray_address, kill_actor_after=args.kill_actor_after,
+        swap_model=Path(args.swap_model) if args.swap_model else None, swap_model_after=args.swap_model_after,
+    )  # fmt: skip
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decision-mm", type=float, default=400.0, help="photo-eye to decision point")
     s.add_argument("--rate", type=float, default=20.0, help="mean parts per second")
     s.add_argument("--inference", choices=("ray", "local"), default="ray")
+    s.add_argument("--actors", type=int, default=1, help="inference actors (Ray)")
+    s.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    s.add_argument("--kill-actor-after", type=int, metavar="N", help="fault: kill an inference actor after N parts")
+    s.add_argument("--swap-model", metavar="PATH", help="hot-swap to this model mid-run")
+    s.add_argument("--swap-model-after", type=int, default=0, metavar="N", help="… after N parts")
     s.add_argument("--no-hmi", action="store_true")
     s.add_argument("--workdir", default="runs/latest")
     s.add_argument("--json", metavar="PATH", help="write the summary as JSON")

@@ -14,6 +14,8 @@ import structlog
 
 def configure(level: str = "info", *, file: Path | None = None) -> None:
     stream: TextIO = file.open("a") if file else sys.stderr
+    # Libraries (and the workers) log through the standard library: same destination, warnings up.
+    logging.basicConfig(stream=stream, level=logging.WARNING, force=True)
     renderer = structlog.processors.JSONRenderer() if file else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[

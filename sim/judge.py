@@ -98,9 +98,14 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "plc": report["plc"],
         "plc_max_scan_ms": report["max_scan_ms"],
     }
-    summary["ok"] = (
+    # Nothing lost: whatever happened, no wrong frame, no pass without its own PASS, one outcome
+    # per trigger, the journal agrees with the gate, every fail-safe has its reason.
+    summary["nothing_lost"] = (
         misassociated == 0 and without_own_pass == 0 and summary["triggers_without_outcome"] == 0
-        and summary["outcomes_without_trigger"] == 0 and summary["gate"]["reject_failsafe"] == 0
-        and not failsafe_reasons and disagree == 0 and len(decisions) == len(report["parts"])
+        and summary["outcomes_without_trigger"] == 0 and disagree == 0
+        and len(decisions) == len(report["parts"])
+        and sum(failsafe_reasons.values()) == summary["gate"]["reject_failsafe"]
     )  # fmt: skip
+    # With no fault injected, also no fail-safe reject at all.
+    summary["ok"] = summary["nothing_lost"] and summary["gate"]["reject_failsafe"] == 0
     return summary
