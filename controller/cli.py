@@ -108,6 +108,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_engine(args: argparse.Namespace) -> int:
+    from workers.tensorrt_engine import build_engine
+
+    path = build_engine(Path(args.model), Path(args.cache), max_batch=args.max_batch, fp16=not args.fp32)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lineinspect", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_train)
+    e = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine for an ONNX model (needs 'gpu')")
+    e.add_argument("model")
+    e.add_argument("--cache", default="runs/engines", help="engine cache folder")
+    e.add_argument("--max-batch", type=int, default=8)
+    e.add_argument("--fp32", action="store_true", help="no FP16 (TensorRT 10; 11 follows the model's types)")
+    e.set_defaults(fn=_build_engine)
     return p
 
 

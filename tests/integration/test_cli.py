@@ -100,3 +100,8 @@ def test_simulated_line_end_to_end(tmp_path: Path) -> None:
     assert s["gate"]["reject_failsafe"] == 0, s["failsafe_by_reason"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "misassociations" in proc.stderr  # the summary table is printed for people
+
+
+def test_build_engine_without_tensorrt_says_how_to_get_it(tmp_path: Path, tiny_model: Path) -> None:
+    proc = lineinspect("build-engine", str(tiny_model), "--cache", str(tmp_path / "engines"), cwd=tmp_path)
+    assert_one_line_error(proc, "TensorRT is not installed", "lineinspect[gpu]")
