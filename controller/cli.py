@@ -108,6 +108,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Engine latency per batch size, then a short simulated line for the controller's overhead."""
+    from rich.console import Console
+
+    from controller import logs
+    from controller.bootstrap import SimRun, run_simulated_line
+    from controller.config import SHIPPED_MODEL
+    from workers.bench import bench_engines, controller_overhead, format_table, write_report
+
+    console = Console(stderr=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs.configure("info", file=out / "controller.log")
+    model = Path(args.model) if args.model else SHIPPED_MODEL
+    batches = tuple(int(b) for b in args.batch_sizes.split(","))
+    rows = bench_engines(model, engines=tuple(args.engines.split(",")), batch_sizes=batches,
+                         iterations=args.iterations, threads=args.threads, progress=console.print)  # fmt: skip
+    overhead = None
+    if args.line_parts > 0:
+        console.print(f"simulated line, {args.line_parts} parts, for the controller's overhead …")
+        summary = asyncio.run(run_simulated_line(SimRun(parts=args.line_parts, workdir=out / "line", model=model,
+                                                        hmi=False)))  # fmt: skip
+        overhead = controller_overhead(summary, rows)
+    print(format_table(rows, overhead))
+    files = write_report(rows, overhead, out)
+    console.print(f"report: {files['json']}  plot: {files['png']}")
+    return 0
+
+
 def _build_engine(args: argparse.Namespace) -> int:
     from workers.tensorrt_engine import build_engine
 
@@ -162,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_train)
+    b = sub.add_parser("bench", help="benchmark: engine latency per batch size and the controller's overhead")
+    b.add_argument("--model", help="ONNX model (default: the shipped one)")
+    b.add_argument("--engines", default="onnx,tensorrt", help="comma-separated; unavailable ones are skipped")
+    b.add_argument("--batch-sizes", default="1,2,4,8")
+    b.add_argument("--iterations", type=int, default=200)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--line-parts", type=int, default=300, help="simulated line length for the overhead; 0: skip")
+    b.add_argument("--out", default="runs/bench")
+    b.set_defaults(fn=_bench)
+
     e = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine for an ONNX model (needs 'gpu')")
     e.add_argument("model")
     e.add_argument("--cache", default="runs/engines", help="engine cache folder")
