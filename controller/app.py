@@ -193,6 +193,9 @@ class LineController:
         upd = self.tracker.on_snapshot(snap, started, accept_parts=self.ready)
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
         self._finish_all(upd.finished)
+        for written in upd.revoked:
+            self.outcomes[written.outcome.value] -= 1  # recorded again below, replacing the row
+        self._finish_all([w.revoked() for w in upd.revoked])
         now = time.monotonic()
         for part in upd.new_parts:
             self._dispatch(self.matcher.on_trigger(part.seq, _trigger_instant(snap, part, started, finished), now))

@@ -20,26 +20,44 @@ def _sim(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from controller import logs
-    from controller.bootstrap import SimRun, run_simulated_line
-    from controller.status import LineStatus
+    from controller.bootstrap import SimRun, scenario_names
 
     parts = args.parts if args.duration is None else max(1, round(args.duration * args.rate))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     logs.configure(args.log_level, file=workdir / "controller.log")
     console = Console(stderr=True)
-    run = SimRun(
-        parts=parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm, rate_parts_s=args.rate,
-        workdir=workdir, inference=args.inference, actors=args.actors, hmi=not args.no_hmi,
-        ray_address=args.ray_address, kill_actor_after=args.kill_actor_after,
-        swap_model=Path(args.swap_model) if args.swap_model else None, swap_model_after=args.swap_model_after,
-    )  # fmt: skip
+    names = scenario_names() if args.scenario == "all" else [args.scenario]
+    if not set(names) <= set(scenario_names()):
+        raise ControllerError(f"unknown scenario {args.scenario!r}; known: all, {', '.join(scenario_names())}")
+    summaries = []
+    for name in names:
+        run = SimRun(
+            parts=parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
+            rate_parts_s=args.rate, workdir=workdir / name if len(names) > 1 else workdir,
+            inference=args.inference, actors=args.actors, hmi=not args.no_hmi, scenario=name,
+            ray_address=args.ray_address, kill_actor_after=args.kill_actor_after,
+            swap_model=Path(args.swap_model) if args.swap_model else None, swap_model_after=args.swap_model_after,
+        )  # fmt: skip
+        summaries.append(_run_with_progress(run, console))
+        if len(names) == 1:
+            _print_summary(console, summaries[0])
+    if len(names) > 1:
+        _print_scenarios(console, summaries)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summaries[0] if len(names) == 1 else summaries, indent=2))
+    return 0 if all(s["ok"] for s in summaries) else 1
 
+
+def _run_with_progress(run: Any, console: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]line"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    from controller.bootstrap import run_simulated_line
+    from controller.status import LineStatus
+
+    with Progress(TextColumn(f"[bold]{run.scenario}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:  # fmt: skip
-        task = bar.add_task("parts", total=parts, info="starting: simulator, Ray, model…")
+        task = bar.add_task("parts", total=run.parts, info="starting: simulator, Ray, model…")
 
         def progress(s: LineStatus, total: int) -> None:
             done = s.passes + s.rejects + s.failsafe
@@ -47,12 +65,27 @@ def _sim(args: argparse.Namespace) -> int:
                 f"{s.state.value} pass {s.passes} reject {s.rejects} failsafe {s.failsafe} "
                 f"p99 {s.latency_p99_ms:.0f} ms"))
 
-        summary = asyncio.run(run_simulated_line(run, progress=progress))
-        bar.update(task, completed=summary["parts"], info="done")
-    _print_summary(console, summary)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-    return 0 if summary["ok"] else 1
+        summary: dict[str, Any] = asyncio.run(run_simulated_line(run, progress=progress))
+        bar.update(task, completed=summary["parts"], info="done" if summary["ok"] else "[red]FAILED")
+    return summary
+
+
+def _print_scenarios(console: Any, summaries: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title="scenarios")
+    for col in ("scenario", "parts", "fail-safe by reason", "misassoc.", "pass w/o PASS", "deadline misses",
+                "margin min / p1 ms", "latency p99 ms", "verdict"):
+        t.add_column(col)
+    for s in summaries:
+        m = s["verdict_margin_ms"]
+        t.add_row(
+            s["scenario"], str(s["parts"]), str(s["failsafe_by_reason"] or "-"), str(s["misassociations"]),
+            str(s["passed_without_own_in_time_pass"]), str(s["deadline_misses"]),
+            f"{m['min']:.0f} / {m['p1']:.0f}", f"{s['latency_ms']['p99']:.1f}",
+            "[green]pass" if s["ok"] else f"[red]FAIL {s['failsafe_unexplained'] or ''}",
+        )  # fmt: skip
+    console.print(t, width=160)
 
 
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
@@ -86,7 +119,7 @@ def _sim_line(args: argparse.Namespace) -> int:
     return serve_simulated_line(
         parts=args.parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
         pitch_mm=args.pitch_mm, out=Path(args.out), plc_port=args.plc_port, camera_port=args.camera_port,
-        wait_s=args.wait_s,
+        wait_s=args.wait_s, scenario=args.scenario,
     )  # fmt: skip
 
 
@@ -151,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sim", help="run the whole line simulated on loopback and judge the run")
     s.add_argument("--parts", type=int, default=2000)
+    s.add_argument("--scenario", default="steady", help="a named line condition or fault, or 'all'")
     s.add_argument("--duration", type=float, default=None, help="seconds (overrides --parts)")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--speed", type=float, default=1000.0, help="conveyor speed, mm/s")
@@ -178,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--camera-port", type=int, default=0)
     sl.add_argument("--wait-s", type=float, default=120.0, help="how long to wait for a controller")
     sl.add_argument("--out", default="sim-report.json")
+    sl.add_argument("--scenario", default="steady")
     sl.set_defaults(fn=_sim_line)
 
     r = sub.add_parser("run", help="run the controller against a real (or simulated) PLC and camera")

@@ -91,6 +91,10 @@ class Finished:
     outcome: Outcome
     reason: Reason
 
+    def revoked(self) -> Finished:
+        """The outcome that replaces this one when the PLC restarted before deciding the part."""
+        return Finished(self.part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED)
+
 
 @dataclass(slots=True)
 class SnapshotUpdate:
@@ -99,6 +103,9 @@ class SnapshotUpdate:
     epoch_changed: bool = False
     overrun: int = 0
     """Triggers lost to ring overrun in this snapshot (alarm-worthy)."""
+    revoked: list[Finished] = field(default_factory=list)
+    """Written outcomes of parts the PLC dropped undecided when it restarted. The PLC rejects what
+    it no longer tracks, so each becomes fail-safe `epoch_changed` (see `Finished.revoked`)."""
 
 
 class Tracker:
@@ -108,6 +115,8 @@ class Tracker:
         self.margins = margins
         self.epoch: int | None = None
         self.parts: dict[int, Part] = {}
+        self.awaiting_gate: dict[int, Finished] = {}
+        """Written verdicts whose part the PLC has not decided yet."""
         self.last_seen_seq = 0
         self.trigger_seq = 0
         self.decided_seq = 0
@@ -125,12 +134,16 @@ class Tracker:
             upd.epoch_changed = self.epoch is not None
             for part in list(self.parts.values()):
                 upd.finished.append(self._finish(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
+            upd.revoked = list(self.awaiting_gate.values())
+            self.awaiting_gate.clear()
             # At start-up, parts decided before we ran are history, not ours to record. After a
             # PLC restart every trigger of the new epoch is ours, even those already decided.
             self.last_seen_seq = 0 if self.epoch is not None else snap.decided_seq
             self.epoch = snap.epoch
         self._pos, self._speed, self._pos_at = snap.encoder_pos, max(0.0, snap.speed), read_started
         self.trigger_seq, self.decided_seq = snap.trigger_seq, snap.decided_seq
+        for seq in [s for s in self.awaiting_gate if wrap_diff(s, snap.decided_seq) <= 0]:
+            del self.awaiting_gate[seq]
 
         first_new = self.last_seen_seq + 1
         oldest_in_ring = snap.trigger_seq - TRIGGER_RING + 1
@@ -217,7 +230,10 @@ class Tracker:
 
     def _finish(self, part: Part, outcome: Outcome, reason: Reason) -> Finished:
         self.parts.pop(part.seq, None)
-        return Finished(part, outcome, reason)
+        done = Finished(part, outcome, reason)
+        if outcome is not Outcome.FAILSAFE:
+            self.awaiting_gate[part.seq] = done
+        return done
 
 
 def check_line_geometry(decision_offset_counts: int, min_pitch_counts: int) -> None:

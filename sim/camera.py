@@ -10,9 +10,11 @@ Not here: association with triggers (the controller's job).
 from __future__ import annotations
 
 import queue
+import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
@@ -22,9 +24,30 @@ from models import synthetic
 from sim import identity
 
 
+@dataclass(frozen=True, slots=True)
+class CameraFaults:
+    drop_rate: float = 0.0
+    """Probability that an exposure's frame is lost (the counter still advances)."""
+    drop_burst_every: int = 0
+    """Every N-th exposure starts a burst of 5 lost frames (0: never)."""
+    spurious_rate: float = 0.0
+    """Probability of an extra exposure (a trigger-line glitch) half a pitch after a real one."""
+
+
+NO_FAULTS = CameraFaults()
+
+
 class SimCamera:
-    def __init__(self, *, seed: int, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, *, seed: int, host: str = "127.0.0.1", port: int = 0, faults: CameraFaults = NO_FAULTS
+    ) -> None:
         self.seed = seed
+        self.faults = faults
+        self.dropped: list[int] = []
+        """Part ids whose frame was lost on purpose."""
+        self.spurious = 0
+        self._fault_rng = random.Random(seed)
+        self._burst_left = 0
         self.host, self.port = host, port
         self.counter = 0
         self.truth: dict[int, int] = {}
@@ -67,19 +90,38 @@ class SimCamera:
         identity.stamp(frame, part_id)
         return frame
 
+    def _lost(self) -> bool:
+        f = self.faults
+        if f.drop_burst_every and self.counter % f.drop_burst_every == 0:
+            self._burst_left = 5
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            return True
+        return self._fault_rng.random() < f.drop_rate
+
     def _render_loop(self) -> None:
         while (job := self._jobs.get()) is not None:
             part_id, at = job
             self.counter += 1
-            msg = encode_frame(self.counter, self.render(part_id), at)
-            with self._lock:
-                for s in list(self._clients):
-                    try:
-                        s.sendall(msg)
-                    except OSError:
-                        self._clients.remove(s)
-                        s.close()
-            self.frames_sent += 1
+            if self._lost():
+                self.dropped.append(part_id)
+            else:
+                self._send(encode_frame(self.counter, self.render(part_id), at))
+            if self._fault_rng.random() < self.faults.spurious_rate:
+                time.sleep(0.015)  # half the smallest pitch: between two parts, nobody's frame
+                self.counter += 1
+                self.spurious += 1
+                self._send(encode_frame(self.counter, self.render(0), time.monotonic()))
+
+    def _send(self, msg: bytes) -> None:
+        with self._lock:
+            for s in list(self._clients):
+                try:
+                    s.sendall(msg)
+                except OSError:
+                    self._clients.remove(s)
+                    s.close()
+        self.frames_sent += 1
 
     def _accept_loop(self) -> None:
         self._listener.settimeout(0.2)

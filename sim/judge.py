@@ -22,6 +22,10 @@ from sim.identity import read_stamp
 GATE_OF_OUTCOME = {"pass": "pass", "reject": "reject_vision", "failsafe": "reject_failsafe"}
 
 
+def _key(decision: dict[str, Any]) -> tuple[int, int]:
+    return decision["epoch"], decision["seq"]
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
@@ -29,15 +33,13 @@ def _pct(values: list[float], q: float) -> float:
 def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
     truth = {p["part_id"]: p["truth"] for p in report["parts"]}
     decisions = report["decisions"]
-    epoch = report["plc"]["epoch"]
-    part_of_seq = {d["seq"]: d["part_id"] for d in decisions}
+    # Keys are (epoch, seq): sequence numbers start again at 1 after a PLC restart.
+    part_of = {(d["epoch"], d["seq"]): d["part_id"] for d in decisions}
     db = sqlite3.connect(journal_path)
     try:
         rows = {
             (r[0], r[1]): r
-            for r in db.execute(
-                "SELECT epoch, seq, outcome, reason, frame_counter FROM parts WHERE epoch = ?", (epoch,)
-            )
+            for r in db.execute("SELECT epoch, seq, outcome, reason, frame_counter FROM parts")
         }
         misassociated, unreadable = 0, 0
         for (ep, seq), _row in rows.items():
@@ -45,7 +47,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
             if image is None:
                 continue
             stamped = read_stamp(image)
-            expected = part_of_seq.get(seq)
+            expected = part_of.get((ep, seq))
             if stamped is None:
                 unreadable += 1
             elif stamped != expected:
@@ -58,13 +60,12 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
     without_own_pass = sum(1 for d in passed if d["verdict"] != PASS or d["verdict_at"] is None
                            or d["verdict_at"] > d["decided_at"])  # fmt: skip
     escapes = [d for d in passed if d["truth"] != 0]
-    escapes_model = sum(1 for d in escapes if (rows.get((epoch, d["seq"])) or (0, 0, "", ""))[3] == "model_pass")
-    triggered = {d["seq"] for d in decisions}
-    recorded = {seq for (_, seq) in rows}
+    escapes_model = sum(1 for d in escapes if (rows.get(_key(d)) or (0, 0, "", ""))[3] == "model_pass")
+    triggered = {_key(d) for d in decisions}
+    recorded = set(rows)
     disagree = sum(
-        1 for d in decisions
-        if (r := rows.get((epoch, d["seq"]))) is not None and GATE_OF_OUTCOME[r[2]] != d["gate"]
-    )  # fmt: skip
+        1 for d in decisions if (r := rows.get(_key(d))) is not None and GATE_OF_OUTCOME[r[2]] != d["gate"]
+    )
     failsafe_reasons = Counter(r[3] for r in rows.values() if r[2] == "failsafe")
     latency = [(d["verdict_at"] - d["trigger_at"]) * 1000 for d in decisions if d["verdict_at"] is not None]
     margin = [(d["decided_at"] - d["verdict_at"]) * 1000 for d in decisions if d["verdict_at"] is not None]
@@ -89,7 +90,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "journal_disagrees_with_gate": disagree,
         "deadline_misses": report["plc"]["verdicts_late"] + sum(
             1 for d in decisions if d["verdict_at"] is None
-            and (r := rows.get((epoch, d["seq"]))) is not None and r[2] != "failsafe"
+            and (r := rows.get(_key(d))) is not None and r[2] != "failsafe"
         ),
         "latency_ms": {"p50": _pct(latency, 50), "p99": _pct(latency, 99), "max": max(latency, default=0.0)},
         "verdict_margin_ms": {"min": min(margin, default=0.0), "p1": _pct(margin, 1), "p50": _pct(margin, 50)},

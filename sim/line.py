@@ -14,16 +14,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 from controller import plc_codec as c
-from sim.camera import SimCamera
+from sim.camera import NO_FAULTS, CameraFaults, SimCamera
 from sim.plant import Plant, PlantConfig
 from sim.plc_server import SimPlc
+from sim.scenarios import SCENARIOS
 
 
 class SimLine:
-    def __init__(self, cfg: PlantConfig, *, plc_port: int = 0, camera_port: int = 0) -> None:
+    def __init__(
+        self, cfg: PlantConfig, *, plc_port: int = 0, camera_port: int = 0,
+        camera_faults: CameraFaults = NO_FAULTS, plc_restart_at_s: float | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
+        self.plc_restart_at_s = plc_restart_at_s
         self.plant = Plant(cfg)
-        self.camera = SimCamera(seed=cfg.seed, port=camera_port)
+        self.camera = SimCamera(seed=cfg.seed, port=camera_port, faults=camera_faults)
         self.camera.truth = {p.part_id: p.truth for p in self.plant.parts}
         self.plc = SimPlc(self.plant, port=plc_port, on_trigger=lambda seq, pid, at: self.camera.trigger(pid, at))
 
@@ -52,8 +57,13 @@ class SimLine:
     def run(self, *, timeout_s: float) -> bool:
         """Convey all parts past the gate; False if that took longer than `timeout_s`."""
         self.plc.running = True
-        end = time.monotonic() + timeout_s
+        started = time.monotonic()
+        end = started + timeout_s
+        restart_at = None if self.plc_restart_at_s is None else started + self.plc_restart_at_s
         while time.monotonic() < end:
+            if restart_at is not None and time.monotonic() >= restart_at:
+                self.plc.restart()
+                restart_at = None
             if self.plant.all_triggered and self.plant.travel_mm >= self.plant.end_mm and not self.plc.program.fifo:
                 break
             time.sleep(0.05)
@@ -76,19 +86,27 @@ class SimLine:
             },
             "max_scan_ms": self.plc.max_scan_s * 1000,
             "frames_sent": self.camera.frames_sent,
+            "frames_dropped_on_purpose": self.camera.dropped,
+            "spurious_frames_sent": self.camera.spurious,
             "seed": self.cfg.seed,
         }
 
 
-def serve(cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_s: float) -> int:
+def serve(
+    cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_s: float, scenario: str = "steady"
+) -> int:
     """`lineinspect sim-line`: announce endpoints as one JSON line, run, write the report."""
-    with SimLine(cfg, plc_port=plc_port, camera_port=camera_port) as line:
+    sc = SCENARIOS[scenario]
+    cfg = sc.plant_config(cfg)
+    with SimLine(cfg, plc_port=plc_port, camera_port=camera_port, camera_faults=sc.camera,
+                 plc_restart_at_s=sc.plc_restart_at_s) as line:  # fmt: skip
         print(json.dumps({"event": "listening", **line.endpoints}), flush=True)
         if not line.wait_for_controller(wait_s):
             print(json.dumps({"event": "error", "error": "no controller became ready"}), flush=True)
             return 2
         print(json.dumps({"event": "running", "parts": cfg.parts}), flush=True)
-        budget = cfg.parts * max(cfg.pitch_mm) / cfg.speed_mm_s + cfg.decision_mm / cfg.speed_mm_s + 30
+        stopped_s = sum(4.0 for _, f in cfg.speed_profile if f < 0.5)  # slow or stopped stretches
+        budget = cfg.parts * max(cfg.pitch_mm) / cfg.speed_mm_s + cfg.decision_mm / cfg.speed_mm_s + 30 + stopped_s
         done = line.run(timeout_s=budget)
         out.write_text(json.dumps(line.report()))
         print(json.dumps({"event": "done", "complete": done, "report": str(out)}), flush=True)

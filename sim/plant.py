@@ -29,6 +29,13 @@ class PlantConfig:
     """Defect classes 1..N (0 = good)."""
     parts: int = 100
     seed: int = 1
+    speed_profile: tuple[tuple[float, float], ...] = ()
+    """(seconds since the run started, target speed as a fraction of `speed_mm_s`), piecewise
+    constant; the conveyor follows with the ramp's acceleration. Empty: constant speed."""
+    encoder_start: int | None = None
+    """Encoder count at travel 0; None: random (a real encoder starts anywhere)."""
+    bursts: tuple[int, int] = (0, 0)
+    """(every N parts, L parts): every N-th part starts a burst of L parts at the smallest pitch."""
 
     @property
     def decision_counts(self) -> int:
@@ -66,17 +73,34 @@ class Plant:
     _t0: float | None = None
     _t: float = 0.0
     _encoder0: int = 0
+    _run_t0: float | None = None
+
+    def _profile(self, now: float) -> float:
+        factor = 1.0
+        for at, f in self.cfg.speed_profile:
+            if self._run_t0 is not None and now - self._run_t0 >= at:
+                factor = f
+        return factor
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.cfg.seed)
-        self._encoder0 = int(rng.integers(0, U32))  # a real encoder starts anywhere
-        eye = 100.0
+        self._encoder0 = int(rng.integers(0, U32))
+        if self.cfg.encoder_start is not None:
+            self._encoder0 = self.cfg.encoder_start % U32
+        every, length = self.cfg.bursts
+        eye, in_burst = 100.0, 0
         for i in range(self.cfg.parts):
             truth = 0
             if rng.random() < self.cfg.defect_rate:
                 truth = int(rng.integers(1, self.cfg.defect_classes + 1))
             self.parts.append(SimPart(part_id=i + 1, truth=truth, eye_mm=eye))
-            eye += float(rng.uniform(*self.cfg.pitch_mm))
+            if every and i % every == 0:
+                in_burst = length
+            pitch = float(rng.uniform(*self.cfg.pitch_mm))
+            if in_burst > 0:
+                in_burst -= 1
+                pitch = self.cfg.pitch_mm[0]
+            eye += pitch
 
     def encoder_at(self, travel_mm: float) -> int:
         return (self._encoder0 + int(travel_mm * self.cfg.counts_per_mm)) % U32
@@ -104,7 +128,9 @@ class Plant:
             self._t0 = self._t = now
         dt = max(0.0, now - self._t)
         self._t = now
-        target = self.cfg.speed_mm_s if running else 0.0
+        if running and self._run_t0 is None:
+            self._run_t0 = now
+        target = self.cfg.speed_mm_s * self._profile(now) if running else 0.0
         accel = self.cfg.speed_mm_s / max(self.cfg.ramp_s, 1e-3)
         prev_speed = self.speed_mm_s
         if self.speed_mm_s < target:

@@ -84,8 +84,12 @@ class PlcProgram:
         self.plc_db[2] = (s | bit) if on else (s & ~bit & 0xFF)
 
     # ------------------------------------------------------------------ rule 5: start
-    def start(self) -> None:
-        """PLC start or DB re-initialisation: zeroed DB, a new non-zero epoch, FIFO cleared."""
+    def start(self, now: float = 0.0) -> None:
+        """PLC start or DB re-initialisation: zeroed DB, a new non-zero epoch, FIFO cleared. Parts
+        still tracked reach the gate untracked, and a PLC rejects what it does not track."""
+        for t in self.fifo:
+            self.log.append(GateDecision(self.epoch, t.seq, t.part_id, t.truth, "reject_failsafe", 0, 0, 0,
+                                         t.trigger_at, t.verdict_at, now))  # fmt: skip
         self.plc_db[:] = bytes(len(self.plc_db))
         self.plc_db[3] = c.INTERFACE_VERSION
         self._put(">I", 4, self._rng.randrange(1, c.U32))

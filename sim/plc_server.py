@@ -75,7 +75,7 @@ class SimPlc:
     def restart(self) -> None:
         """PLC restart: new epoch, zeroed data (rule 5)."""
         with self.locked():
-            self.program.start()
+            self.program.start(time.monotonic())
 
     def locked(self) -> _BothLocks:
         return _BothLocks(self._server, self.db_in, self.db_out)

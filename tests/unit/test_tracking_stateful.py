@@ -41,7 +41,8 @@ class LineMachine(RuleBasedStateMachine):
         self.pending_edges: list[tuple[int, int, int]] = []
         self.outcomes: dict[tuple[int, int], str] = {}
         self.written: dict[tuple[int, int], int] = {}
-        self.late_written: list[tuple[int, int]] = []
+        self.dropped_by_restart: set[tuple[int, int]] = set()
+        """Parts the PLC stopped tracking at a restart: rejected at the gate whatever was written."""
 
     # ---------------------------------------------------------------- the plant and the PLC
     def _scan(self) -> None:
@@ -67,7 +68,8 @@ class LineMachine(RuleBasedStateMachine):
 
     @rule()
     def plc_restart(self) -> None:
-        self.prog.start()
+        self.dropped_by_restart |= {(self.prog.epoch, t.seq) for t in self.prog.fifo}
+        self.prog.start(self.t)
 
     # ---------------------------------------------------------------- the controller
     @initialize()
@@ -78,6 +80,8 @@ class LineMachine(RuleBasedStateMachine):
     def poll(self) -> None:
         snap = c.decode_plc_to_vision(bytes(self.prog.plc_db))
         upd = self.tracker.on_snapshot(snap, self.t, accept_parts=True)
+        for written in upd.revoked:  # the controller learns that its written verdict never acted
+            assert (written.part.epoch, written.part.seq) in self.dropped_by_restart
         if snap.epoch != self.acked:
             # As the controller does: clear the verdict ring, then acknowledge the epoch.
             self.vision[c.VERDICT_RING_OFFSET :] = bytes(c.VISION_TO_PLC_SIZE - c.VERDICT_RING_OFFSET)
@@ -120,7 +124,7 @@ class LineMachine(RuleBasedStateMachine):
             code = self.written.get((d.epoch, d.seq))
             if d.gate == "pass":
                 assert code == c.PASS, f"seq {d.seq} passed without its own PASS"
-            if code is not None and d.epoch == self.acked:
+            if code is not None and d.epoch == self.acked and (d.epoch, d.seq) not in self.dropped_by_restart:
                 # Written while allowed: it must have been there at the decision.
                 assert d.gate == ("pass" if code == c.PASS else "reject_vision"), f"seq {d.seq} {d.gate}"
 

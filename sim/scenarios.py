@@ -1,0 +1,52 @@
+"""Named, seeded line scenarios: each is a line condition or a fault, with what must hold.
+
+A scenario configures the plant, the camera and the PLC in the simulator process, and at most one
+fault on the controller's own side (killing an inference worker). Every scenario must end with
+nothing lost (sim/judge.py); `failsafe_allowed` names the fail-safe reasons its fault explains.
+Not here: running (sim/line.py, controller/bootstrap.py) or scoring (sim/judge.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from sim.camera import NO_FAULTS, CameraFaults
+from sim.plant import PlantConfig
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    plant: dict[str, object] = field(default_factory=dict)
+    """Overrides of PlantConfig."""
+    camera: CameraFaults = NO_FAULTS
+    plc_restart_at_s: float | None = None
+    kill_actor_after: int | None = None
+    failsafe_allowed: frozenset[str] = frozenset()
+    """Fail-safe reasons this scenario's fault explains; any other fail-safe fails it."""
+
+    def plant_config(self, base: PlantConfig) -> PlantConfig:
+        return replace(base, **self.plant)  # type: ignore[arg-type]
+
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("steady", "constant 1 m/s, random pitch"),
+    Scenario("speed-ramps", "speed ramps between 40 % and 150 % of nominal",
+             plant={"speed_profile": ((1.0, 1.5), (3.0, 0.4), (5.0, 1.2), (7.0, 0.6), (9.0, 1.0))}),
+    Scenario("stop-and-go", "the conveyor stops twice for 2 s with parts in flight",
+             plant={"speed_profile": ((2.0, 0.0), (4.0, 1.0), (6.0, 0.0), (8.0, 1.0))}),
+    Scenario("encoder-wrap", "the encoder count wraps through 2^32 mid-run",
+             plant={"encoder_start": 2**32 - 30_000}),
+    Scenario("trigger-bursts", "every 20th part starts a burst of 8 at the smallest pitch",
+             plant={"bursts": (20, 8)}),
+    Scenario("camera-drops", "1 % of frames lost, and a burst of 5 lost every 150 exposures",
+             camera=CameraFaults(drop_rate=0.01, drop_burst_every=150), failsafe_allowed=frozenset({"no_frame"})),
+    Scenario("spurious-frames", "3 % of exposures followed by an extra frame from a trigger glitch",
+             camera=CameraFaults(spurious_rate=0.03), failsafe_allowed=frozenset({"no_frame"})),
+    Scenario("plc-restart", "the PLC restarts mid-run: new epoch, zeroed data block",
+             plc_restart_at_s=4.0, failsafe_allowed=frozenset({"epoch_changed", "not_ready", "no_frame"})),
+    Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
+             kill_actor_after=60),  # the fault's reasons are allowed wherever a worker is killed
+]}  # fmt: skip
