@@ -19,7 +19,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,8 @@ class LineController:
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self.timing = timing
         self.tracker = Tracker(margins)
+        self._base_margins = margins
+        self._write_times: deque[float] = deque(maxlen=200)
         self.matcher = FrameMatcher(window)
         self.alarms = Alarms()
         self.on_status = on_status or (lambda s: None)
@@ -281,6 +283,7 @@ class LineController:
             return
         outcome, reason = (Outcome.REJECT, Reason.MODEL_REJECT) if result.reject else (Outcome.PASS, Reason.MODEL_PASS)
         done = Finished(part, outcome, reason)
+        t_commit = time.monotonic()
         try:
             await self._record(done, frame, result, t_start, t_end)
         except JournalError as exc:
@@ -306,11 +309,20 @@ class LineController:
                              frame, result, t_start, t_end)  # fmt: skip
             return
         t_written = time.monotonic()
+        self._learn_write_time(t_written - t_commit)
         if self.tracker.finish(part.seq, outcome, reason) is None:
             return  # expired while writing: already recorded as fail-safe
         self._count(done)
         self.latencies.append(t_written - part.seen_at)
         self._spawn(self.journal.note_written(part.epoch, part.seq, t_written), name=f"written-{part.seq}")
+
+    def _learn_write_time(self, seconds: float) -> None:
+        """The deadline margin must cover journal fsync + S7 write as this line really does them:
+        never below the configured margin, raised to 1.5 × the slowest of the last writes."""
+        self._write_times.append(seconds)
+        write_s = max(self._base_margins.write_s, 1.5 * max(self._write_times))
+        if write_s != self.tracker.margins.write_s:
+            self.tracker.margins = replace(self.tracker.margins, write_s=write_s)
 
     # ------------------------------------------------------------------ outcomes
     def _finish_all(

@@ -63,8 +63,9 @@ def _build_inference(cfg: LineConfig) -> Any:
     from workers.ray_pool import RayInferencePool
 
     if not ray.is_initialized():
+        # "local": always a fresh local Ray, never an unrelated cluster found running on this host.
         ray.init(
-            address=inf.ray_address, include_dashboard=False, log_to_driver=False,
+            address=inf.ray_address or "local", include_dashboard=False, log_to_driver=False,
             num_cpus=None if inf.ray_address else max(2, inf.actors), configure_logging=False,
         )  # fmt: skip
     return RayInferencePool(inf.model, num_actors=inf.actors, max_in_flight_per_actor=inf.max_in_flight_per_actor)

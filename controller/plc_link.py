@@ -62,7 +62,8 @@ class Snap7PlcLink:
         for db, size, name in ((self.db_in, PLC_TO_VISION_SIZE, "PlcToVision"),
                                (self.db_out, VISION_TO_PLC_SIZE, "VisionToPlc")):  # fmt: skip
             try:
-                data = await self._call(self._require().db_read(db, 0, size))
+                # A whole DB may take several PDUs: allow the connect timeout, not a poll's.
+                data = await self._call(self._require().db_read(db, 0, size), self.connect_timeout_s)
             except PlcError as exc:
                 raise PlcContractError(
                     f"{self.name}: DB {db} ({name}) cannot be read as {size} bytes "
@@ -78,7 +79,7 @@ class Snap7PlcLink:
 
     async def _readable(self, db: int, offset: int) -> bool:
         try:
-            await self._call(self._require().db_read(db, offset, 1))
+            await self._call(self._require().db_read(db, offset, 1), self.connect_timeout_s)
         except PlcError:
             await self._connect()  # any failed request drops the connection, by our own rule
             return False
@@ -104,18 +105,19 @@ class Snap7PlcLink:
             raise PlcError(f"{self.name}: not connected")
         return self._client
 
-    async def _call(self, request: Awaitable[T]) -> T:
+    async def _call(self, request: Awaitable[T], timeout_s: float | None = None) -> T:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
         # arrives as the request completes, and a supervised loop must always stop when told to.
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s or self.timeout_s):
                 return await request
         except asyncio.CancelledError:
             self._poison()
             raise
         except TimeoutError as exc:
             await self._drop()
-            raise PlcError(f"{self.name}: request timed out after {self.timeout_s * 1000:.0f} ms") from exc
+            waited_ms = (timeout_s or self.timeout_s) * 1000
+            raise PlcError(f"{self.name}: request timed out after {waited_ms:.0f} ms") from exc
         except (S7Error, OSError, RuntimeError) as exc:
             await self._drop()
             raise PlcError(f"{self.name}: {exc}") from exc

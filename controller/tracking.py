@@ -53,6 +53,8 @@ class Reason(StrEnum):
     PLC_WRITE_FAILED = "plc_write_failed"
     JOURNAL_FAILED = "journal_failed"
     CONTROLLER_STOPPED = "controller_stopped"
+    PLC_LINK_LOST = "plc_link_lost"
+    """Triggered and decided while the controller could not read the PLC."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,9 @@ class Tracker:
         projecting from it over-estimates the position, which is the safe direction.
         With `accept_parts` False (controller not ready) new triggers fail safe at once."""
         upd = SnapshotUpdate()
+        unseen = Reason.PLC_LINK_LOST
         if snap.epoch != self.epoch:
+            unseen = Reason.EPOCH_CHANGED
             upd.epoch_changed = self.epoch is not None
             for part in list(self.parts.values()):
                 upd.finished.append(self._finish(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
@@ -151,8 +155,9 @@ class Tracker:
             pos = snap.trigger_pos(seq) if seq >= oldest_in_ring else None
             part = Part(self.epoch, seq, pos or 0, (pos or 0) + snap.decision_offset, read_started)
             if seq <= snap.decided_seq:
-                # Decided before we acknowledged the epoch: the PLC rejected it (rule 5).
-                upd.finished.append(Finished(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
+                # Decided before we could see it: before we acknowledged a new epoch (rule 5), or
+                # while the link was down. Either way the PLC had no verdict from us.
+                upd.finished.append(Finished(part, Outcome.FAILSAFE, unseen))
             elif pos is None:
                 upd.overrun += 1
                 upd.finished.append(Finished(part, Outcome.FAILSAFE, Reason.RING_OVERRUN))

@@ -17,6 +17,7 @@ from controller import plc_codec as c
 from sim.camera import NO_FAULTS, CameraFaults, SimCamera
 from sim.plant import Plant, PlantConfig
 from sim.plc_server import SimPlc
+from sim.s7_proxy import LinkFaults, S7Proxy
 from sim.scenarios import SCENARIOS
 
 
@@ -24,26 +25,36 @@ class SimLine:
     def __init__(
         self, cfg: PlantConfig, *, plc_port: int = 0, camera_port: int = 0,
         camera_faults: CameraFaults = NO_FAULTS, plc_restart_at_s: float | None = None,
+        link_faults: LinkFaults | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.plc_restart_at_s = plc_restart_at_s
         self.plant = Plant(cfg)
         self.camera = SimCamera(seed=cfg.seed, port=camera_port, faults=camera_faults)
         self.camera.truth = {p.part_id: p.truth for p in self.plant.parts}
-        self.plc = SimPlc(self.plant, port=plc_port, on_trigger=lambda seq, pid, at: self.camera.trigger(pid, at))
+        self.plc = SimPlc(self.plant, port=0 if link_faults else plc_port,
+                          on_trigger=lambda seq, pid, at: self.camera.trigger(pid, at))  # fmt: skip
+        self.proxy = S7Proxy(0, link_faults, port=plc_port, seed=cfg.seed) if link_faults else None
+        """Between the controller and the PLC when the scenario disturbs the link."""
 
     def __enter__(self) -> SimLine:
         self.camera.__enter__()
         self.plc.__enter__()
+        if self.proxy is not None:
+            self.proxy.upstream = (self.plc.host, self.plc.port)
+            self.proxy.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.proxy is not None:
+            self.proxy.__exit__(None, None, None)
         self.plc.__exit__(None, None, None)
         self.camera.__exit__(None, None, None)
 
     @property
     def endpoints(self) -> dict[str, int]:
-        return {"plc_port": self.plc.port, "camera_port": self.camera.port}
+        plc_port = self.proxy.port if self.proxy is not None else self.plc.port
+        return {"plc_port": plc_port, "camera_port": self.camera.port}
 
     def wait_for_controller(self, timeout_s: float) -> bool:
         """Components start in any order: the conveyor starts only once the controller is ready."""
@@ -57,6 +68,8 @@ class SimLine:
     def run(self, *, timeout_s: float) -> bool:
         """Convey all parts past the gate; False if that took longer than `timeout_s`."""
         self.plc.running = True
+        if self.proxy is not None:
+            self.proxy.start_clock()
         started = time.monotonic()
         end = started + timeout_s
         restart_at = None if self.plc_restart_at_s is None else started + self.plc_restart_at_s
@@ -98,8 +111,9 @@ def serve(
     """`lineinspect sim-line`: announce endpoints as one JSON line, run, write the report."""
     sc = SCENARIOS[scenario]
     cfg = sc.plant_config(cfg)
+    link = sc.link if sc.link != LinkFaults() else None
     with SimLine(cfg, plc_port=plc_port, camera_port=camera_port, camera_faults=sc.camera,
-                 plc_restart_at_s=sc.plc_restart_at_s) as line:  # fmt: skip
+                 plc_restart_at_s=sc.plc_restart_at_s, link_faults=link) as line:  # fmt: skip
         print(json.dumps({"event": "listening", **line.endpoints}), flush=True)
         if not line.wait_for_controller(wait_s):
             print(json.dumps({"event": "error", "error": "no controller became ready"}), flush=True)

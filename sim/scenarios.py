@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, replace
 
 from sim.camera import NO_FAULTS, CameraFaults
 from sim.plant import PlantConfig
+from sim.s7_proxy import LinkFaults
+
+NO_LINK_FAULTS = LinkFaults()
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class Scenario:
     """Overrides of PlantConfig."""
     camera: CameraFaults = NO_FAULTS
     plc_restart_at_s: float | None = None
+    link: LinkFaults = NO_LINK_FAULTS
     kill_actor_after: int | None = None
     failsafe_allowed: frozenset[str] = frozenset()
     """Fail-safe reasons this scenario's fault explains; any other fail-safe fails it."""
@@ -47,6 +51,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              camera=CameraFaults(spurious_rate=0.03), failsafe_allowed=frozenset({"no_frame"})),
     Scenario("plc-restart", "the PLC restarts mid-run: new epoch, zeroed data block",
              plc_restart_at_s=4.0, failsafe_allowed=frozenset({"epoch_changed", "not_ready", "no_frame"})),
+    Scenario("s7-slow-jittery", "S7 traffic delayed 20 ± 10 ms each way and fragmented",
+             link=LinkFaults(latency_ms=(20.0, 10.0), fragment=True)),
+    Scenario("plc-link-silent", "the PLC link goes silent for 10 s with the socket open",
+             plant={"parts": 400}, link=LinkFaults(silent_at_s=4.0, silent_s=10.0),
+             # After the silence the ring's last 16 triggers arrive at once: admission refuses some.
+             failsafe_allowed=frozenset({"plc_link_lost", "ring_overrun", "late", "no_frame", "not_ready",
+                                         "plc_write_failed", "no_budget", "inference_failed"})),
     Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
              kill_actor_after=60),  # the fault's reasons are allowed wherever a worker is killed
 ]}  # fmt: skip
