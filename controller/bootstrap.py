@@ -68,7 +68,11 @@ def _build_inference(cfg: LineConfig) -> Any:
             address=inf.ray_address or "local", include_dashboard=False, log_to_driver=False,
             num_cpus=None if inf.ray_address else max(2, inf.actors), configure_logging=False,
         )  # fmt: skip
-    return RayInferencePool(inf.model, num_actors=inf.actors, max_in_flight_per_actor=inf.max_in_flight_per_actor)
+    return RayInferencePool(
+        inf.model, num_actors=inf.actors, max_in_flight_per_actor=max(inf.max_in_flight_per_actor, inf.max_batch),
+        engine=inf.engine, num_gpus=inf.num_gpus, max_batch=inf.max_batch, spread=inf.spread,
+        engine_cache_dir=inf.engine_cache_dir if inf.engine == "tensorrt" else None,
+    )  # fmt: skip
 
 
 async def _connect_all(stack: AsyncExitStack, devices: dict[str, Any]) -> None:

@@ -58,8 +58,13 @@ class MatchConfig(_Strict):
 class RayInferenceConfig(_Strict):
     type: Literal["ray"] = "ray"
     model: Path = SHIPPED_MODEL
+    engine: Literal["onnx", "tensorrt"] = "onnx"
     actors: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0, description="per actor: 1 = one actor per GPU, 0.5 = two per GPU")
+    max_batch: int = Field(1, ge=1, description="micro-batch size; on CPUs batching only adds latency")
     max_in_flight_per_actor: int = Field(2, ge=1)
+    spread: bool = Field(False, description="place actors on different Ray nodes")
+    engine_cache_dir: Path = Path("runs/engines")
     ray_address: str | None = None
     """None: start a local Ray; otherwise join that cluster."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -46,6 +47,10 @@ class InferenceResult:
     infer_s: float
     """Seconds the engine spent on this frame (preprocessing included, queueing excluded)."""
     worker: str = ""
+    defect_map: npt.NDArray[np.float16] | None = field(default=None, compare=False, repr=False)
+    """The model's per-pixel defect probability over the ROI (the whole frame without one), shape
+    (h, w) at the model's map resolution; float16 to keep it small on the wire. None where the
+    engine gives none. Excluded from comparison (arrays have no single truth value) and repr."""
 
 
 class PlcLink(Protocol):
@@ -86,6 +91,11 @@ class InferenceService(Protocol):
     async def infer(self, image: Image, deadline: float) -> InferenceResult:
         """Infer `image`; `deadline` is controller monotonic time after which the result is useless.
         Raises InferenceError when it cannot deliver in time or the worker failed."""
+        ...
+
+    async def swap_model(self, model_path: Path) -> str:
+        """Load and warm `model_path` beside the current model, then switch between two requests.
+        Returns the new model version; on failure raises and keeps serving the old model."""
         ...
 
 

@@ -1,9 +1,10 @@
 """`InferenceService` on a thread pool in this process, for machines and images without Ray.
 
 Responsible for: bounded in-flight admission, deadlines, turning engine failures into
-InferenceError, and the latency estimate. Not responsible for: isolating a crashing runtime (a
-segfault in ONNX Runtime takes the controller with it — use `ray_pool` where that matters) or
-restarting anything.
+InferenceError, the latency estimate, and swapping the model while serving. Not responsible for:
+isolating a crashing runtime (a segfault in ONNX Runtime takes the controller with it — use
+`ray_pool` where that matters), restarting anything, or micro-batching (each request is one engine
+call; batching pays on GPUs, which this pool does not drive).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class LocalInferencePool:
         self._in_flight = 0
         self._latency = LatencyWindow()
         self._closed = False
+        self._swap_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Load and warm the model (in a thread: loading a real model takes seconds).
@@ -66,16 +68,7 @@ class LocalInferencePool:
         self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="infer")
         loop = asyncio.get_running_loop()
         try:
-            engine = await loop.run_in_executor(
-                self._executor,
-                lambda: OnnxRuntimeEngine(
-                    self._model_path,
-                    intra_op_threads=self._intra_op_threads,
-                    providers=self._providers,
-                    name=f"local@{os.getpid()}",
-                ),
-            )
-            await loop.run_in_executor(self._executor, engine.warmup, self._warmup_runs)
+            engine = await loop.run_in_executor(self._executor, self._load, self._model_path)
             # Seed the estimate with a measured canary through the same path requests take.
             t0 = time.monotonic()
             await loop.run_in_executor(self._executor, engine.canary)
@@ -85,6 +78,41 @@ class LocalInferencePool:
             self._executor = None
             raise
         self._engine = engine
+
+    async def swap_model(self, model_path: str | os.PathLike[str]) -> str:
+        """Serve `model_path` instead of the current model, without a gap; returns its version.
+
+        Loads and warms the new engine in a thread of its own (the inference threads keep serving),
+        then switches: requests admitted from then on run on it, those already admitted finish on
+        the old one. Raises ConfigError (invalid model) or InferenceError (it fails its warm-up);
+        either way the old model keeps serving. One swap runs at a time.
+        """
+        async with self._swap_lock:
+            if not self.healthy:
+                raise InferenceError("local inference pool is not running")
+            path = os.fspath(model_path)
+
+            def load_and_time() -> tuple[OnnxRuntimeEngine, float]:
+                engine = self._load(path)
+                t0 = time.monotonic()
+                engine.canary()
+                return engine, time.monotonic() - t0
+
+            engine, canary_s = await asyncio.to_thread(load_and_time)
+            if not self.healthy:
+                raise InferenceError("local inference pool closed during the model swap")
+            # The old model's service times say nothing about the new one's.
+            latency = LatencyWindow()
+            latency.add(canary_s)
+            self._engine, self._latency, self._model_path = engine, latency, path
+            return engine.meta.version
+
+    def _load(self, path: str) -> OnnxRuntimeEngine:
+        engine = OnnxRuntimeEngine(
+            path, intra_op_threads=self._intra_op_threads, providers=self._providers, name=f"local@{os.getpid()}"
+        )
+        engine.warmup(self._warmup_runs)
+        return engine
 
     async def close(self) -> None:
         """Stop admitting requests, drop queued ones (their callers get InferenceError), and wait for
@@ -111,6 +139,11 @@ class LocalInferencePool:
         return self._engine is not None and not self._closed
 
     @property
+    def model_version(self) -> str:
+        """Version of the model that new requests run on ("" before start)."""
+        return self._engine.meta.version if self._engine is not None else ""
+
+    @property
     def in_flight(self) -> int:
         return self._in_flight
 
@@ -123,7 +156,8 @@ class LocalInferencePool:
         return self._latency.expected(math.ceil(ahead / self._threads))
 
     async def infer(self, image: Image, deadline: float) -> InferenceResult:
-        engine, executor = self._engine, self._executor
+        # Bound once: a model swap while this request runs leaves it on the engine it started on.
+        engine, executor, latency = self._engine, self._executor, self._latency
         if engine is None or executor is None or self._closed:
             raise InferenceError("local inference pool is not running")
         now = time.monotonic()
@@ -148,7 +182,7 @@ class LocalInferencePool:
         def finished(f: asyncio.Future[InferenceResult]) -> None:
             self._in_flight -= 1
             if not f.cancelled() and f.exception() is None:
-                self._latency.add(time.monotonic() - started[0])
+                latency.add(time.monotonic() - started[0])
 
         fut.add_done_callback(finished)
         try:

@@ -2,8 +2,9 @@
 
 Responsible for: opening and validating the model, tuning the session for low latency on few cores,
 preprocessing, running, scoring (score = max(0, 1 - P(good)), class = argmax, reject = score >=
-threshold) and timing. Not responsible for: concurrency, deadlines, queueing or health — the pools
-(`local_pool`, `ray_pool`) own those. Plain class, usable without Ray or asyncio.
+threshold), the per-frame defect map (float16) and timing. Not responsible for: concurrency,
+deadlines, queueing or health — the pools (`local_pool`, `ray_pool`) own those. Plain class, usable
+without Ray or asyncio.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import onnxruntime as ort
 
 from controller.errors import InferenceError
 from controller.ports import Image, InferenceResult
-from workers.model_meta import INPUT_NAME, PROBS_NAME, ModelMeta, meta_from_session, open_session
+from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, ModelMeta, meta_from_session, open_session
 from workers.preprocess import preprocess
 
 
@@ -90,24 +91,31 @@ class OnnxRuntimeEngine:
         t0 = time.perf_counter()
         try:
             x = preprocess(frames, self.meta)
-            # Only class_probs decides the verdict; not fetching defect_map keeps its copy-out off
-            # the critical path.
-            (probs,) = self._session.run([PROBS_NAME], {INPUT_NAME: x})
+            probs, maps = self._session.run([PROBS_NAME, DEFECT_MAP_NAME], {INPUT_NAME: x})
         except ValueError as exc:
             raise InferenceError(f"{self.name}: {exc}") from exc
         except Exception as exc:  # ORT raises its own private exception types
             raise InferenceError(f"{self.name}: ONNX Runtime failed: {exc}") from exc
-        per_frame = (time.perf_counter() - t0) / len(frames)
-        scores = np.maximum(0.0, 1.0 - probs[:, 0])
-        classes = np.argmax(probs, axis=1)
-        return [
-            InferenceResult(
-                defect_class=int(c),
-                score=float(s),
-                reject=bool(s >= self.meta.threshold),
-                model_version=self.meta.version,
-                infer_s=per_frame,
-                worker=self.name,
-            )
-            for c, s in zip(classes, scores, strict=True)
-        ]
+        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name)
+
+
+def score(
+    probs: np.ndarray, maps: np.ndarray, meta: ModelMeta, per_frame_s: float, worker: str
+) -> list[InferenceResult]:
+    """Results from a batch's class_probs (N, classes) and defect_map (N, 1, h, w); shared with
+    TensorRTEngine, because the two engines must give the same verdicts."""
+    scores = np.maximum(0.0, 1.0 - probs[:, 0])
+    classes = np.argmax(probs, axis=1)
+    small = maps[:, 0].astype(np.float16)
+    return [
+        InferenceResult(
+            defect_class=int(c),
+            score=float(s),
+            reject=bool(s >= meta.threshold),
+            model_version=meta.version,
+            infer_s=per_frame_s,
+            worker=worker,
+            defect_map=m,
+        )
+        for c, s, m in zip(classes, scores, small, strict=True)
+    ]

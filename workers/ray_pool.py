@@ -1,11 +1,18 @@
-"""`InferenceService` on Ray actors: each actor holds one `OnnxRuntimeEngine` in its own process,
-so a crash in the runtime costs one actor (which Ray restarts), not the controller.
+"""`InferenceService` on Ray actors: each actor holds one engine (ONNX Runtime, or TensorRT on a GPU)
+in its own process, so a crash in the runtime costs one actor (which Ray restarts), not the controller.
 
-Responsible for: creating and warming actors, least-outstanding routing, bounded in-flight
-admission, deadlines, translating Ray failures into InferenceError, health (an actor that failed is
-out of rotation until a canary inference succeeds on it again) and the latency estimate.
-Not responsible for: preprocessing or scoring (the engine), or what to do with a failed frame (the
+Responsible for: creating and warming actors (on GPUs, spread over nodes, where asked),
+least-outstanding routing, bounded in-flight admission, micro-batching, deadlines, translating Ray
+failures into InferenceError, health (an actor that failed is out of rotation until a canary
+inference succeeds on it again), the latency estimate, and swapping the model while serving.
+Not responsible for: preprocessing or scoring (the engines), or what to do with a failed frame (the
 controller). Ray itself is the caller's to initialise; see `RayInferencePool.start`.
+
+Micro-batching, per actor (which runs one call at a time): a frame for an idle actor is sent at
+once, alone. Frames that arrive while the actor is busy form the next batch, which is sent when the
+actor frees up, when it holds `max_batch` frames, or when its earliest deadline can wait no longer
+(that deadline minus the actor's p95 call time), whichever comes first. A batch sent while the actor
+is still busy waits in Ray's queue for it, and later frames start a new batch.
 
 Both `controller` and `workers` must be importable in Ray's worker processes (installed package, or
 the driver's working directory, which Ray puts on the workers' path for a local cluster).
@@ -14,16 +21,18 @@ the driver's working directory, which Ray puts on the workers' path for a local 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -33,31 +42,46 @@ from controller.ports import Image, InferenceResult
 from workers._latency import LatencyWindow
 from workers.model_meta import load_model_meta
 from workers.onnx_engine import OnnxRuntimeEngine
+from workers.tensorrt_engine import TensorRTEngine
 
 log = logging.getLogger(__name__)
+
+EngineKind = Literal["onnx", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine an actor builds, and how (sent to the actor, so it rebuilds the same one when
+    Ray restarts it)."""
+
+    kind: EngineKind = "onnx"
+    intra_op_threads: int = 1
+    providers: tuple[str, ...] | None = None
+    engine_cache_dir: str | None = None
+    max_batch: int = 4
+    warmup_runs: int = 3
+
+    def build(self, model_path: str, name: str) -> OnnxRuntimeEngine | TensorRTEngine:
+        if self.kind == "tensorrt":
+            assert self.engine_cache_dir is not None  # checked by the pool
+            # Ray sets CUDA_VISIBLE_DEVICES for the actor: its GPU is device 0 here.
+            return TensorRTEngine(
+                model_path, engine_cache_dir=self.engine_cache_dir, max_batch=self.max_batch, name=name
+            )
+        return OnnxRuntimeEngine(
+            model_path, intra_op_threads=self.intra_op_threads, providers=self.providers, name=name
+        )
 
 
 @ray.remote(num_cpus=1)
 class InferenceActor:
-    """One engine in one Ray worker process. The pool creates it with `max_concurrency=1`: requests
+    """One engine in one Ray worker process. The pool creates it with `max_concurrency=1`: calls
     run one after another, in submission order, which is what its queue-depth arithmetic assumes."""
 
-    def __init__(
-        self,
-        model_path: str,
-        name: str,
-        intra_op_threads: int = 1,
-        providers: Sequence[str] | None = None,
-        warmup_runs: int = 3,
-    ) -> None:
-        self._engine = OnnxRuntimeEngine(
-            model_path,
-            intra_op_threads=intra_op_threads,
-            providers=providers,
-            name=f"{name}@{socket.gethostname()}:{os.getpid()}",
-        )
+    def __init__(self, model_path: str, name: str, spec: EngineSpec) -> None:
+        self._engine = spec.build(model_path, f"{name}@{socket.gethostname()}:{os.getpid()}")
         # Warm up here, not on request: after a restart the actor must be fast before its first frame.
-        self._engine.warmup(warmup_runs)
+        self._engine.warmup(spec.warmup_runs)
 
     def infer_batch(self, frames: list[Image]) -> list[InferenceResult]:
         return self._engine.infer_batch(frames)
@@ -68,6 +92,18 @@ class InferenceActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+@dataclass(eq=False)
+class _Request:
+    """One admitted frame; its caller awaits `result` (and cancels it on giving up)."""
+
+    image: Image
+    deadline: float
+    result: asyncio.Future[InferenceResult]
+
 
 @dataclass(eq=False)
 class _Slot:
@@ -75,26 +111,63 @@ class _Slot:
 
     name: str
     handle: Any
-    outstanding: int = 0
+    latency: LatencyWindow = field(default_factory=LatencyWindow)
+    """Service time of this actor's calls: its own, because actors may sit on different hardware."""
+    queued: list[_Request] = field(default_factory=list)
+    """Admitted frames not sent yet: the batch being formed."""
+    calls: int = 0
+    """Calls sent to the actor and not finished (one runs, any others wait in Ray's queue)."""
+    sent: int = 0
+    """Frames in those calls."""
     healthy: bool = False
     last_done: float = 0.0
-    """Monotonic time the actor last finished a request (for service-time samples)."""
+    """Monotonic time the actor last finished a call (for service-time samples)."""
+    timer: asyncio.TimerHandle | None = None
+    """When the forming batch must be sent at the latest."""
     recovery: asyncio.Task[None] | None = None
+
+    @property
+    def outstanding(self) -> int:
+        return self.sent + len(self.queued)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
+    if isinstance(exc, RayActorError) and exc.actor_init_failed:
+        # "The actor died because of an error raised in its creation task", then a traceback whose
+        # last line is the exception that __init__ raised: that one says what is wrong.
+        return text.splitlines()[-1]
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _inference_error(actor: str, exc: BaseException) -> InferenceError:
+    """A fresh InferenceError for one caller (one exception object must not be raised in several tasks)."""
+    if isinstance(exc, RayTaskError):
+        # An exception raised inside the engine (e.g. a frame the model cannot take).
+        cause = exc.cause if exc.cause is not None else exc
+        message = f"actor {actor} failed: {_first_line(cause)}"
+    elif isinstance(exc, RayActorError):
+        message = f"actor {actor} died or is unreachable: {_first_line(exc)}"
+    elif isinstance(exc, RayError):
+        message = f"actor {actor}: ray error: {_first_line(exc)}"
+    else:
+        message = f"actor {actor}: submit failed: {_first_line(exc)}"
+    error = InferenceError(message)
+    error.__cause__ = exc
+    return error
 
 
 class RayInferencePool:
     """`InferenceService` over `num_actors` Ray actors, for asyncio callers on one event loop.
 
-    Each actor takes at most `max_in_flight_per_actor` requests (default 2: one running, one queued
-    behind it, so the next frame is already there when the actor frees up). With every healthy actor
-    full, `infer` fails at once: a frame that has to queue is a frame that will be late.
-    Actors are created with `max_task_retries=0` — a retried inference would be late anyway — and
-    `max_restarts` (default -1: Ray restarts a dead actor for as long as the pool lives).
+    Each actor takes at most `max_in_flight_per_actor` frames (default 2: one running, one waiting
+    behind it; raise it to let batches of up to `max_batch` form). With every healthy actor full,
+    `infer` fails at once: a frame that has to queue is a frame that will be late.
+    `engine` picks the actors' engine; "tensorrt" needs `engine_cache_dir` and `num_gpus` > 0 (1:
+    one actor per GPU; a fraction: several actors share one). `spread` asks Ray to place the actors
+    on different nodes. Actors are created with `max_task_retries=0` — a retried inference would be
+    late anyway — and `max_restarts` (default -1: Ray restarts a dead actor for as long as the pool
+    lives).
     """
 
     def __init__(
@@ -103,6 +176,11 @@ class RayInferencePool:
         *,
         num_actors: int = 1,
         max_in_flight_per_actor: int = 2,
+        max_batch: int = 4,
+        engine: EngineKind = "onnx",
+        num_gpus: float = 0,
+        engine_cache_dir: str | os.PathLike[str] | None = None,
+        spread: bool = False,
         intra_op_threads: int = 1,
         providers: Sequence[str] | None = None,
         max_restarts: int = -1,
@@ -112,21 +190,38 @@ class RayInferencePool:
         recovery_backoff_s: tuple[float, float] = (0.2, 5.0),
         actor_name_prefix: str = "infer",
     ) -> None:
-        if num_actors < 1 or max_in_flight_per_actor < 1:
-            raise ValueError("num_actors and max_in_flight_per_actor must be >= 1")
+        if num_actors < 1 or max_in_flight_per_actor < 1 or max_batch < 1:
+            raise ValueError("num_actors, max_in_flight_per_actor and max_batch must be >= 1")
+        if engine not in ("onnx", "tensorrt"):
+            raise ValueError(f"unknown engine {engine!r}")
+        if engine == "tensorrt" and (engine_cache_dir is None or num_gpus <= 0):
+            raise ValueError("engine='tensorrt' needs engine_cache_dir and num_gpus > 0")
         self._model_path = os.fspath(model_path)
+        self._model_version = ""
         self._num_actors = num_actors
         self._max_in_flight = max_in_flight_per_actor
-        self._intra_op_threads = intra_op_threads
-        self._providers = list(providers) if providers else None
+        self._max_batch = max_batch
+        self._spec = EngineSpec(
+            kind=engine,
+            intra_op_threads=intra_op_threads,
+            providers=tuple(providers) if providers else None,
+            engine_cache_dir=os.fspath(engine_cache_dir) if engine_cache_dir is not None else None,
+            max_batch=max_batch,
+            warmup_runs=warmup_runs,
+        )
+        self._num_gpus = num_gpus
+        self._spread = spread
         self._max_restarts = max_restarts
-        self._warmup_runs = warmup_runs
         self._start_timeout_s = start_timeout_s
         self._canary_timeout_s = canary_timeout_s
         self._backoff = recovery_backoff_s
         self._prefix = actor_name_prefix
         self._slots: list[_Slot] = []
-        self._latency = LatencyWindow()
+        self._generation = 0
+        self._swap_lock = asyncio.Lock()
+        self._batch_sizes: Counter[int] = Counter()
+        self._call_done = asyncio.Event()
+        """Set whenever an actor finishes a call (or the pool closes): what draining waits for."""
         self._running = False
         self._owns_ray = False
 
@@ -136,28 +231,22 @@ class RayInferencePool:
         """Validate the model, create the actors and wait until each answers a canary inference.
 
         Raises ConfigError for a missing or invalid model, InferenceError when no actor is ready
-        within `start_timeout_s`. Actors not ready by then stay in recovery (probed in the background).
+        within `start_timeout_s` (a TensorRT engine not in the cache yet is built then: build it
+        ahead for a real model). Actors not ready by then stay in recovery (probed in the background).
         If Ray is not initialised yet, this initialises a local instance (`include_dashboard=False`,
-        `log_to_driver=False`, `num_cpus=num_actors`), blocking the event loop while it starts, and
-        `close()` shuts it down again; normally the caller initialises Ray.
+        `log_to_driver=False`, `num_cpus=2 * num_actors`: room for a swap's second set of actors),
+        blocking the event loop while it starts, and `close()` shuts it down again; normally the
+        caller initialises Ray.
         """
         if self._running:
             return
         # Fail in the driver with a clear ConfigError rather than as an actor that dies in __init__.
-        await asyncio.to_thread(load_model_meta, self._model_path)
+        meta = await asyncio.to_thread(load_model_meta, self._model_path)
         if not ray.is_initialized():
-            ray.init(num_cpus=self._num_actors, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=2 * self._num_actors, include_dashboard=False, log_to_driver=False)
             self._owns_ray = True
-        actor_cls = InferenceActor.options(  # type: ignore[attr-defined]
-            max_restarts=self._max_restarts, max_task_retries=0, max_concurrency=1
-        )
-        self._slots = []
-        for i in range(self._num_actors):
-            name = f"{self._prefix}-{i}"
-            handle = actor_cls.remote(
-                self._model_path, name, self._intra_op_threads, self._providers, self._warmup_runs
-            )
-            self._slots.append(_Slot(name=name, handle=handle))
+        self._model_version = meta.version
+        self._slots = self._create_slots(self._model_path)
         self._running = True
         outcomes = await asyncio.gather(
             *(self._probe(s, self._start_timeout_s) for s in self._slots), return_exceptions=True
@@ -172,18 +261,16 @@ class RayInferencePool:
                 self._begin_recovery(slot)
 
     async def close(self) -> None:
-        """Stop admitting requests, stop probing, kill the actors (in-flight requests fail)."""
+        """Stop admitting requests, stop probing, kill the actors (queued and in-flight requests fail)."""
         self._running = False
+        self._call_done.set()  # a swap draining the old actors stops waiting
         for slot in self._slots:
             slot.healthy = False
             if slot.recovery is not None:
                 slot.recovery.cancel()
+            self._fail_queued(slot, "the inference pool closed")
         await asyncio.gather(*(s.recovery for s in self._slots if s.recovery), return_exceptions=True)
-        for slot in self._slots:
-            try:
-                ray.kill(slot.handle, no_restart=True)
-            except Exception as exc:  # already gone, or Ray already shut down: nothing to free
-                log.debug("killing %s: %s", slot.name, exc)
+        self._kill(self._slots)
         self._slots = []
         if self._owns_ray:
             ray.shutdown()
@@ -198,6 +285,42 @@ class RayInferencePool:
     ) -> None:
         await self.close()
 
+    async def swap_model(self, model_path: str | os.PathLike[str]) -> str:
+        """Serve `model_path` instead of the current model, without a gap; returns its version.
+
+        Starts a new set of actors beside the serving ones and waits until every one answers a
+        canary; then routes requests to them from the next request on (one assignment on the event
+        loop, so the switch falls between two requests). Requests already admitted finish on the old
+        actors, which are killed once drained. Raises ConfigError (invalid model) or InferenceError (a
+        new actor not ready within `start_timeout_s`); either way the old model keeps serving. Needs
+        room (CPUs, GPU fractions) for both sets of actors at once; one swap runs at a time.
+        """
+        async with self._swap_lock:
+            if not self._running:
+                raise InferenceError("ray inference pool is not running")
+            path = os.fspath(model_path)
+            meta = await asyncio.to_thread(load_model_meta, path)
+            self._generation += 1
+            new = self._create_slots(path)
+            try:
+                outcomes = await asyncio.gather(
+                    *(self._probe(s, self._start_timeout_s) for s in new), return_exceptions=True
+                )
+            except asyncio.CancelledError:
+                self._kill(new)
+                raise
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failed is not None or not self._running:
+                self._kill(new)
+                why = _first_line(failed) if failed is not None else "the pool closed"
+                raise InferenceError(
+                    f"model {meta.version} not swapped in, {self._model_version} still serving: {why}"
+                ) from failed
+            old, self._slots = self._slots, new
+            self._model_path, self._model_version = path, meta.version
+            await self._retire(old)
+            return meta.version
+
     # -- InferenceService --------------------------------------------------------------------
 
     @property
@@ -206,12 +329,12 @@ class RayInferencePool:
 
     @property
     def expected_latency_s(self) -> float:
-        """Recent p95 service time × (1 + requests queued on the least-loaded actor); +inf when no
+        """The least-loaded actor's p95 call time × (1 + calls ahead of a new frame); +inf when no
         actor would admit a request now."""
         open_slots = self._usable_slots()
         if not open_slots:
             return math.inf
-        return self._latency.expected(min(s.outstanding for s in open_slots))
+        return self._expected(self._pick(open_slots))
 
     async def infer(self, image: Image, deadline: float) -> InferenceResult:
         if not self._running:
@@ -226,42 +349,39 @@ class RayInferencePool:
                 f"no inference actor has capacity ({healthy}/{len(self._slots)} healthy, "
                 f"max {self._max_in_flight} in flight each)"
             )
-        slot = min(slots, key=lambda s: s.outstanding)
-        slot.outstanding += 1
-        submitted = time.monotonic()
+        slot = self._pick(slots)
+        request = _Request(image, deadline, asyncio.get_running_loop().create_future())
+        slot.queued.append(request)
+        self._dispatch(slot)
         try:
-            ref = slot.handle.infer_batch.remote([image])
-        except Exception as exc:
-            slot.outstanding -= 1
-            raise InferenceError(f"actor {slot.name}: submit failed: {_first_line(exc)}") from exc
-        fut = asyncio.wrap_future(ref.future())
-        # The slot stays occupied until the actor really finishes, even if the caller gives up:
-        # the actor is still busy with it, and admission must not overcommit it.
-        fut.add_done_callback(partial(self._finished, slot, submitted))
-        try:
-            # shield: a timeout abandons the late result; it must not cancel the future whose
-            # completion releases the slot.
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the caller's cancellation.
+            # Giving up cancels `request.result`, which tells the dispatcher not to send the frame.
             async with asyncio.timeout(deadline - time.monotonic()):
-                results: list[InferenceResult] = await asyncio.shield(fut)
+                return await request.result
         except TimeoutError:
             raise InferenceError(f"late: actor {slot.name} had no result by the deadline") from None
-        except RayTaskError as exc:
-            # An exception raised inside the engine (e.g. a frame the model cannot take).
-            cause = exc.cause if exc.cause is not None else exc
-            raise InferenceError(f"actor {slot.name} failed: {_first_line(cause)}") from exc
-        except RayActorError as exc:
-            raise InferenceError(f"actor {slot.name} died or is unreachable: {_first_line(exc)}") from exc
-        except RayError as exc:
-            raise InferenceError(f"actor {slot.name}: ray error: {_first_line(exc)}") from exc
-        return results[0]
+        finally:
+            # Not sent yet: free its place now. Sent: it keeps its place in `sent` until the actor
+            # is done with it, so admission never overcommits the actor.
+            if request in slot.queued:
+                slot.queued.remove(request)
 
     # -- introspection (tests, status) -------------------------------------------------------
 
     @property
+    def model_version(self) -> str:
+        """Version of the model that new requests are routed to."""
+        return self._model_version
+
+    @property
     def in_flight(self) -> int:
-        """Requests submitted and not yet finished by an actor (abandoned late ones included)."""
+        """Frames admitted and not yet finished by an actor (abandoned late ones included)."""
         return sum(s.outstanding for s in self._slots)
+
+    @property
+    def batch_sizes(self) -> Counter[int]:
+        """How many engine calls of each batch size the pool has made (canaries excluded)."""
+        return self._batch_sizes.copy()
 
     @property
     def actor_handles(self) -> list[Any]:
@@ -271,30 +391,139 @@ class RayInferencePool:
     def healthy_actors(self) -> list[str]:
         return [s.name for s in self._slots if s.healthy]
 
-    # -- internals ---------------------------------------------------------------------------
+    # -- internals: actors -------------------------------------------------------------------
+
+    def _create_slots(self, model_path: str) -> list[_Slot]:
+        options: dict[str, Any] = {
+            "num_cpus": 1,
+            "num_gpus": self._num_gpus,
+            "max_restarts": self._max_restarts,
+            "max_task_retries": 0,
+            "max_concurrency": 1,
+        }
+        if self._spread:
+            options["scheduling_strategy"] = "SPREAD"
+        actor_cls = InferenceActor.options(**options)  # type: ignore[attr-defined]
+        suffix = f"-g{self._generation}" if self._generation else ""
+        slots = []
+        for i in range(self._num_actors):
+            name = f"{self._prefix}-{i}{suffix}"
+            slots.append(_Slot(name=name, handle=actor_cls.remote(model_path, name, self._spec)))
+        return slots
+
+    def _kill(self, slots: Sequence[_Slot]) -> None:
+        for slot in slots:
+            if slot.timer is not None:
+                slot.timer.cancel()
+            try:
+                ray.kill(slot.handle, no_restart=True)
+            except Exception as exc:  # already gone, or Ray already shut down: nothing to free
+                log.debug("killing %s: %s", slot.name, exc)
+
+    async def _retire(self, slots: Sequence[_Slot]) -> None:
+        """Let replaced actors finish the frames they were given, then kill them. Bounded by
+        `canary_timeout_s`: an actor that hangs is killed anyway (its callers have given up)."""
+        for slot in slots:
+            slot.healthy = False
+            if slot.recovery is not None:
+                slot.recovery.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._canary_timeout_s):
+                while self._running and any(s.outstanding for s in slots):
+                    self._call_done.clear()
+                    await self._call_done.wait()
+        self._kill(slots)
+
+    # -- internals: routing and batching -----------------------------------------------------
 
     def _usable_slots(self) -> list[_Slot]:
         if not self._running:
             return []
         return [s for s in self._slots if s.healthy and s.outstanding < self._max_in_flight]
 
-    def _finished(self, slot: _Slot, submitted: float, fut: asyncio.Future[Any]) -> None:
-        slot.outstanding -= 1
+    @staticmethod
+    def _pick(slots: list[_Slot]) -> _Slot:
+        return min(slots, key=lambda s: s.outstanding)
+
+    def _expected(self, slot: _Slot) -> float:
+        # A new frame joins the forming batch, behind the calls already sent and any full batches.
+        return slot.latency.expected(slot.calls + len(slot.queued) // self._max_batch)
+
+    def _dispatch(self, slot: _Slot) -> None:
+        """Send the forming batch if it should not wait; otherwise look again when it must go."""
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        slot.queued = [r for r in slot.queued if not r.result.done()]  # drop frames given up on
+        while slot.queued:
+            # Only frames of one shape and type share a batch, so an odd frame fails alone.
+            first = slot.queued[0].image
+            batch = [r for r in slot.queued if r.image.shape == first.shape and r.image.dtype == first.dtype]
+            batch = batch[: self._max_batch]
+            if slot.calls and len(batch) < self._max_batch:
+                # The actor is busy: wait for more frames, but only while the earliest deadline allows.
+                delay = min(r.deadline for r in batch) - slot.latency.p95() - time.monotonic()
+                if delay > 0:
+                    slot.timer = asyncio.get_running_loop().call_later(delay, self._dispatch, slot)
+                    return
+            slot.queued = [r for r in slot.queued if r not in batch]
+            self._send(slot, batch)
+
+    def _send(self, slot: _Slot, batch: list[_Request]) -> None:
+        slot.calls += 1
+        slot.sent += len(batch)
+        self._batch_sizes[len(batch)] += 1
+        submitted = time.monotonic()
+        fut: asyncio.Future[list[InferenceResult]]
+        try:
+            ref = slot.handle.infer_batch.remote([r.image for r in batch])
+            fut = asyncio.wrap_future(ref.future())
+        except Exception as exc:  # e.g. Ray shut down under the pool
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+        fut.add_done_callback(partial(self._finished, slot, batch, submitted))
+
+    def _finished(
+        self, slot: _Slot, batch: list[_Request], submitted: float, fut: asyncio.Future[list[InferenceResult]]
+    ) -> None:
+        slot.calls -= 1
+        slot.sent -= len(batch)
         now = time.monotonic()
-        if fut.cancelled():
-            return
-        exc = fut.exception()  # also marks it retrieved: an abandoned late failure is not an error
+        # exception() also marks it retrieved: an abandoned late failure is not an error.
+        exc = InferenceError("call cancelled") if fut.cancelled() else fut.exception()
         if exc is None:
-            # The actor is serial: a request queued behind another starts when that one finishes,
-            # so its own service time runs from the later of submission and the previous completion.
-            self._latency.add(now - max(submitted, slot.last_done))
+            # The actor is serial: a call queued behind another starts when that one finishes, so
+            # its own service time runs from the later of submission and the previous completion.
+            slot.latency.add(now - max(submitted, slot.last_done))
             slot.last_done = now
-        elif isinstance(exc, RayActorError) and self._running:
-            slot.last_done = now
-            if slot.healthy:
-                log.warning("inference actor %s failed: %s", slot.name, _first_line(exc))
-            slot.healthy = False
-            self._begin_recovery(slot)
+            for request, result in zip(batch, fut.result(), strict=True):
+                if not request.result.done():
+                    request.result.set_result(result)
+        else:
+            for request in batch:
+                if not request.result.done():
+                    request.result.set_exception(_inference_error(slot.name, exc))
+            if isinstance(exc, RayActorError) and self._running and slot in self._slots:
+                slot.last_done = now
+                if slot.healthy:
+                    log.warning("inference actor %s failed: %s", slot.name, _first_line(exc))
+                slot.healthy = False
+                # Frames waiting for it would only wait for a restart; fail them now.
+                self._fail_queued(slot, f"actor {slot.name} failed before the frame was sent")
+                self._begin_recovery(slot)
+        self._dispatch(slot)
+        self._call_done.set()
+
+    def _fail_queued(self, slot: _Slot, why: str) -> None:
+        for request in slot.queued:
+            if not request.result.done():
+                request.result.set_exception(InferenceError(why))
+        slot.queued = []
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+
+    # -- internals: health -------------------------------------------------------------------
 
     def _begin_recovery(self, slot: _Slot) -> None:
         if slot.recovery is None or slot.recovery.done():
@@ -310,7 +539,7 @@ class RayInferencePool:
         ref = slot.handle.canary.remote()
         await asyncio.wait_for(asyncio.wrap_future(ref.future()), max(0.0, t_end - submitted))
         now = time.monotonic()
-        self._latency.add(now - submitted)
+        slot.latency.add(now - submitted)
         slot.last_done = now
         slot.healthy = True
 

@@ -3,9 +3,10 @@
 Responsible for: building a TensorRT engine from the ONNX model once per (model, GPU, TensorRT
 release, max batch, precision) and caching it on disk; preprocessing on the GPU with CuPy (the same
 `preprocess` code as the CPU engine); running with preallocated device buffers on one CUDA stream;
-scoring exactly as the ONNX engine does. Not responsible for: concurrency beyond serialising calls,
-deadlines, queueing or health (the pools own those), or making a model FP16 on TensorRT 11 (there,
-precision comes from the ONNX model's own types).
+copying class_probs and the defect map back; scoring exactly as the ONNX engine does. Not
+responsible for: concurrency beyond serialising calls, deadlines, queueing or health (the pools own
+those), or making a model FP16 on TensorRT 11 (there, precision comes from the ONNX model's own
+types).
 
 `tensorrt` and `cupy` are imported lazily (the `gpu` extra); tests inject fakes through `trt=`/`cp=`.
 Engine files are executable GPU code: the cache directory must only ever hold engines built here.
@@ -30,8 +31,8 @@ import numpy as np
 
 from controller.errors import ConfigError, InferenceError
 from controller.ports import Image, InferenceResult
-from workers.model_meta import INPUT_NAME, PROBS_NAME, ModelMeta, load_model_meta
-from workers.onnx_engine import canary_frame
+from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, ModelMeta, load_model_meta
+from workers.onnx_engine import canary_frame, score
 from workers.preprocess import preprocess
 
 WORKSPACE_BYTES = 1 << 30
@@ -136,23 +137,6 @@ def _serialize(trt: ModuleType, path: Path, onnx_bytes: bytes, max_batch: int, f
     return plan
 
 
-def _results(probs: np.ndarray, meta: ModelMeta, per_frame_s: float, worker: str) -> list[InferenceResult]:
-    # Same scoring as OnnxRuntimeEngine.infer_batch: the two engines must give the same verdicts.
-    scores = np.maximum(0.0, 1.0 - probs[:, 0])
-    classes = np.argmax(probs, axis=1)
-    return [
-        InferenceResult(
-            defect_class=int(c),
-            score=float(s),
-            reject=bool(s >= meta.threshold),
-            model_version=meta.version,
-            infer_s=per_frame_s,
-            worker=worker,
-        )
-        for c, s in zip(classes, scores, strict=True)
-    ]
-
-
 class TensorRTEngine:
     """One TensorRT execution context on one GPU, with device buffers for `max_batch` frames.
 
@@ -203,7 +187,7 @@ class TensorRTEngine:
                 # Bound once: the buffers never move, and a smaller batch uses their leading rows.
                 self._context.set_tensor_address(tensor, int(self._buffers[tensor].data.ptr))
         inputs = [t for t in self._buffers if self._engine.get_tensor_mode(t) == trt.TensorIOMode.INPUT]
-        if inputs != [INPUT_NAME] or PROBS_NAME not in self._buffers:
+        if inputs != [INPUT_NAME] or not {PROBS_NAME, DEFECT_MAP_NAME} <= set(self._buffers):
             raise ConfigError(f"{plan}: engine I/O {sorted(self._buffers)} does not match the model contract")
 
     def warmup(self, runs: int = 3) -> float:
@@ -229,14 +213,14 @@ class TensorRTEngine:
         t0 = time.perf_counter()
         try:
             with self._lock:
-                probs = self._run(frames)
+                probs, maps = self._run(frames)
         except ValueError as exc:
             raise InferenceError(f"{self.name}: {exc}") from exc
         except Exception as exc:  # CuPy and TensorRT raise their own exception types
             raise InferenceError(f"{self.name}: TensorRT failed: {exc}") from exc
-        return _results(probs, self.meta, (time.perf_counter() - t0) / len(frames), self.name)
+        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name)
 
-    def _run(self, frames: Sequence[Image]) -> np.ndarray:
+    def _run(self, frames: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
         cp = self._cp
         # Everything on our stream: CuPy work on the legacy default stream would not be ordered
         # before TensorRT's kernels on a non-blocking stream.
@@ -247,7 +231,9 @@ class TensorRTEngine:
             self._context.set_input_shape(INPUT_NAME, x.shape)
             if not self._context.execute_async_v3(self._stream.ptr):
                 raise RuntimeError("execute_async_v3 failed (see the TensorRT log)")
-            # Only class_probs decides the verdict; the defect map stays on the GPU.
+            # Both outputs are results; copied as float32 (a map is a few KB, so converting it to
+            # float16 on the GPU first would save nothing measurable).
             probs = self._buffers[PROBS_NAME][:n].get(stream=self._stream)
+            maps = self._buffers[DEFECT_MAP_NAME][:n].get(stream=self._stream)
             self._stream.synchronize()
-        return probs
+        return probs, maps

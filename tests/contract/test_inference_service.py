@@ -1,8 +1,10 @@
 """The `InferenceService` contract, for every implementation: LocalInferencePool (threads) and
 RayInferencePool (real local Ray; skipped where Ray is not installed, e.g. the GPU test machine).
+Also what both pools add beyond the protocol (hot model swap), and the Ray pool's micro-batching.
 
 'slow' model: ~100 ms per inference on one core, long enough to keep a request in flight while a
-test times it out, fills the pool or kills its actor.
+test times it out, fills the pool or kills its actor. The tiny models' score rises with the image's
+brightness, so frames of different gray levels tell which result went to which caller.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 from controller.errors import ConfigError, InferenceError
 from controller.ports import InferenceService
 from workers.local_pool import LocalInferencePool
+from workers.onnx_engine import OnnxRuntimeEngine
 from workers.tiny_model import build_tiny_model
 
 FRAME = np.zeros((160, 160), np.uint8)
@@ -30,10 +33,33 @@ SLOW_S = 0.1  # rough per-inference time of the slow model; only used for genero
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("models")
+    fast = build_tiny_model(d / "fast.onnx", version="fast-1")
     return {
-        "fast": build_tiny_model(d / "fast.onnx", version="fast-1"),
+        "fast": fast,
+        "fast2": build_tiny_model(d / "fast2.onnx", version="fast-2"),
         "slow": build_tiny_model(d / "slow.onnx", slow_layers=4, version="slow-1"),
+        "unrunnable": build_unrunnable_model(d / "unrunnable.onnx", like=fast),
     }
+
+
+def build_unrunnable_model(path: Path, like: str) -> str:
+    """A model with valid metadata and I/O whose graph fails when run (a reshape that never fits),
+    as a wrongly exported model would: it loads, and fails its warm-up."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(like)
+    graph = model.graph
+    (softmax,) = [n for n in graph.node if n.output[0] == "class_probs"]
+    softmax.output[0] = "probs_ok"
+    shapes = {"shape5": [-1, 5], "shape3": [-1, 3]}
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), k) for k, v in shapes.items()])
+    graph.node.extend([helper.make_node("Reshape", ["probs_ok", "shape5"], ["probs_5"]),
+                       helper.make_node("Reshape", ["probs_5", "shape3"], ["class_probs"])])  # fmt: skip
+    (version,) = [p for p in model.metadata_props if p.key == "lineinspect.version"]
+    version.value = "unrunnable-1"
+    onnx.save(model, path)
+    return str(path)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,6 +137,11 @@ async def test_result_fields(fast_pool: Any) -> None:
     assert good.model_version == "fast-1"
     assert good.worker
     assert 0 < good.infer_s < 1.0
+    # The defect map: one float16 probability per cell of the model's 16x16 map over the image.
+    assert good.defect_map is not None and bad.defect_map is not None
+    assert good.defect_map.shape == bad.defect_map.shape == (16, 16)
+    assert good.defect_map.dtype == np.float16
+    assert float(good.defect_map.max()) < 0.5 < float(bad.defect_map.min())
 
 
 async def test_deadline_already_past_fails_without_blocking(fast_pool: Any) -> None:
@@ -234,3 +265,131 @@ async def test_close_fails_queued_requests_cleanly(make_pool: Factory, models: d
     # CancelledError or a Ray exception type.
     assert all(isinstance(o, InferenceError) or o.model_version == "slow-1" for o in outcomes)
     assert any(isinstance(o, InferenceError) for o in outcomes)
+
+
+# -- hot model swap (both pools) -----------------------------------------------------------------
+
+
+async def test_swap_under_a_stream_of_requests(make_pool: Factory, models: dict[str, str]) -> None:
+    """Two callers infer back to back while the model is swapped: nothing fails, and in submission
+    order every result before the switch comes from the old model, every one after from the new."""
+    async with make_pool(models["fast"]) as pool:
+        old_handles = list(getattr(pool, "actor_handles", []))
+        versions: list[tuple[int, str]] = []  # (submission number, model version), in completion order
+        failures: list[BaseException] = []
+        submitted = 0
+        swapped = asyncio.Event()
+
+        async def stream() -> None:
+            nonlocal submitted
+            after_swap = 0
+            while after_swap < 5:  # bounded: the swap takes seconds, then 5 more requests
+                n, submitted = submitted, submitted + 1
+                try:
+                    r = await pool.infer(FRAME, time.monotonic() + 10)
+                    versions.append((n, r.model_version))
+                except InferenceError as exc:
+                    failures.append(exc)
+                after_swap += swapped.is_set()
+                await asyncio.sleep(0.005)  # leave the 2 cores to the new model's loading
+
+        streams = [asyncio.create_task(stream()) for _ in range(2)]
+        await wait_until(lambda: len(versions) >= 4, limit_s=10)
+        assert await pool.swap_model(models["fast2"]) == "fast-2"
+        swapped.set()
+        await asyncio.wait_for(asyncio.gather(*streams), timeout=30)
+
+        assert failures == []
+        in_submission_order = [v for _, v in sorted(versions)]
+        switch = in_submission_order.index("fast-2")
+        assert switch >= 4
+        assert in_submission_order == ["fast-1"] * switch + ["fast-2"] * (len(versions) - switch)
+        assert pool.model_version == "fast-2" and pool.healthy
+        if old_handles:  # Ray: the old actors are killed once drained
+            import ray
+
+            with pytest.raises(ray.exceptions.RayActorError):
+                await asyncio.wait_for(asyncio.wrap_future(old_handles[0].pid.remote().future()), timeout=30)
+
+
+@pytest.mark.parametrize("broken", ["missing", "unrunnable"])
+async def test_swap_to_a_broken_model_keeps_the_old_one(
+    make_pool: Factory, models: dict[str, str], tmp_path: Path, broken: str
+) -> None:
+    async with make_pool(models["fast"]) as pool:
+        if broken == "missing":
+            with pytest.raises(ConfigError, match="model file not found"):
+                await pool.swap_model(tmp_path / "absent.onnx")
+        else:
+            with pytest.raises(InferenceError, match="ONNX Runtime failed"):
+                await pool.swap_model(models["unrunnable"])
+        assert pool.healthy and pool.model_version == "fast-1"
+        assert (await pool.infer(FRAME, time.monotonic() + 5)).model_version == "fast-1"
+
+
+# -- micro-batching (Ray only: the local pool makes one engine call per request) -----------------
+
+
+def levels_frames(levels: list[int]) -> list[np.ndarray]:
+    return [np.full((160, 160), v, np.uint8) for v in levels]
+
+
+async def test_ray_burst_is_batched_and_each_caller_gets_its_own_result(
+    ray_cluster: Any, models: dict[str, str]
+) -> None:
+    need_ray(ray_cluster)
+    from workers.ray_pool import RayInferencePool
+
+    frames = levels_frames([0, 50, 100, 150, 200, 255])
+    # The slow model scores exactly like the fast one (its extra layers are multiplied by zero).
+    want = OnnxRuntimeEngine(models["fast"]).infer_batch(frames)
+    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4) as pool:
+        deadline = time.monotonic() + 30
+        got = await asyncio.gather(*(pool.infer(f, deadline) for f in frames))
+        sizes = pool.batch_sizes
+    for g, w in zip(got, want, strict=True):
+        assert (g.defect_class, g.reject, g.model_version) == (w.defect_class, w.reject, "slow-1")
+        assert g.score == pytest.approx(w.score, abs=1e-5)
+    # The first frame found the actor idle and went alone; the next four filled a batch, sent at
+    # once to wait in the actor's queue; the last one waited for the actor, then went alone.
+    assert sizes == {1: 2, 4: 1}
+
+
+async def test_ray_lone_request_goes_at_once(ray_cluster: Any, models: dict[str, str]) -> None:
+    need_ray(ray_cluster)
+    from workers.ray_pool import RayInferencePool
+
+    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4) as pool:
+        t0 = time.monotonic()
+        # A deadline far away: a batcher holding the frame for company would hold it for seconds.
+        await pool.infer(FRAME, t0 + 20)
+        assert time.monotonic() - t0 < 3.0
+        assert pool.batch_sizes == {1: 1}
+
+
+async def test_ray_frame_with_a_near_deadline_is_not_held_back_for_batching(
+    ray_cluster: Any, models: dict[str, str]
+) -> None:
+    need_ray(ray_cluster)
+    from workers.ray_pool import RayInferencePool
+
+    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4) as pool:
+        await pool.infer(FRAME, time.monotonic() + 10)  # a service-time sample beside the canary's
+        call_s = pool.expected_latency_s  # the idle actor's p95 call time
+        far = time.monotonic() + 30
+        running = asyncio.create_task(pool.infer(FRAME, far))  # keeps the actor busy ~100 ms
+        await asyncio.sleep(0)
+        # Due before the actor could even finish another call: it must go now, alone, not wait
+        # for the actor (or for company).
+        urgent = asyncio.create_task(pool.infer(BRIGHT, time.monotonic() + call_s / 2))
+        await asyncio.sleep(0)
+        assert pool.batch_sizes == {1: 3}  # the warm-up request, the running one, the urgent one
+        # Frames with time to spare do wait while the actor is busy, and share one call.
+        relaxed = [asyncio.create_task(pool.infer(FRAME, far)) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert pool.batch_sizes == {1: 3}
+        outcome = (await asyncio.gather(urgent, return_exceptions=True))[0]
+        # Sent in time, but behind a running call; whether it makes its deadline is the actor's speed.
+        assert isinstance(outcome, InferenceError) or outcome.reject
+        await asyncio.gather(running, *relaxed)
+        assert pool.batch_sizes == {1: 3, 2: 1}

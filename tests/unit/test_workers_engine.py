@@ -104,3 +104,19 @@ def test_wrong_frame_kind_is_an_inference_error(engine: OnnxRuntimeEngine) -> No
 def test_missing_model_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model file not found"):
         OnnxRuntimeEngine(tmp_path / "absent.onnx")
+
+
+def test_defect_map_is_the_models_map_per_frame_in_float16(engine: OnnxRuntimeEngine) -> None:
+    # The tiny model's map is sigmoid(mean of the normalised image over each 8x8 cell).
+    frame = np.zeros((32, 32), np.uint8)
+    frame[8:16, 16:24] = 255  # exactly cell (1, 2) of the 4x4 map
+    dark, marked = engine.infer_batch([np.zeros((32, 32), np.uint8), frame])
+    for r in (dark, marked):
+        assert r.defect_map is not None
+        assert r.defect_map.dtype == np.float16 and r.defect_map.shape == (4, 4)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    low, high = sigmoid((0 - 0.5) / 0.25), sigmoid((1 - 0.5) / 0.25)
+    np.testing.assert_allclose(dark.defect_map, np.full((4, 4), low), atol=1e-3)
+    want = np.full((4, 4), low)
+    want[1, 2] = high
+    np.testing.assert_allclose(marked.defect_map, want, atol=1e-3)

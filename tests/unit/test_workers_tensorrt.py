@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 
 from controller.errors import ConfigError, InferenceError
-from workers.model_meta import INPUT_NAME, PROBS_NAME
+from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME
 from workers.onnx_engine import OnnxRuntimeEngine
 from workers.tensorrt_engine import WORKSPACE_BYTES, TensorRTEngine, build_engine, engine_cache_key
 from workers.tiny_model import build_tiny_model
@@ -334,6 +334,9 @@ def test_results_match_onnx_runtime(models: dict, tmp_path: Path, version: str, 
         assert len(got) == n
         for g, w in zip(got, want, strict=True):
             assert g.score == pytest.approx(w.score, abs=1e-5)
+            assert g.defect_map is not None and w.defect_map is not None
+            assert g.defect_map.dtype == np.float16 and g.defect_map.shape == w.defect_map.shape == (4, 4)
+            np.testing.assert_allclose(g.defect_map, w.defect_map, atol=1e-3)
             assert (g.defect_class, g.reject, g.model_version, g.worker) == (
                 w.defect_class, w.reject, w.model_version, w.worker)  # fmt: skip
             assert g.infer_s > 0
@@ -343,14 +346,15 @@ def test_results_match_onnx_runtime(models: dict, tmp_path: Path, version: str, 
     # Bound memory is the preallocated buffers, sized for max_batch, for every I/O tensor.
     context = trt.engines[0].contexts[0]
     assert context.addresses == {name: buf.data.ptr for name, buf in engine._buffers.items()}
-    assert set(context.addresses) == {INPUT_NAME, PROBS_NAME, "defect_map"}
+    assert set(context.addresses) == {INPUT_NAME, PROBS_NAME, DEFECT_MAP_NAME}
     assert engine._buffers[INPUT_NAME].shape == (8, 3, 32, 32)
     # Preprocessing uploads, execution and the copy back all ran on the engine's one stream ...
     stream = engine._stream
     assert stream.non_blocking and set(cp.uploads) == {stream}
     assert context.executions == [stream.ptr] * 3 and stream.synchronized == 3
-    # ... and only class_probs came back to the host.
-    assert cp.gets == [(engine._buffers[PROBS_NAME].data.ptr, stream)] * 3
+    # ... and both results, class_probs and the defect map, came back to the host on it.
+    copies = [(engine._buffers[PROBS_NAME].data.ptr, stream), (engine._buffers[DEFECT_MAP_NAME].data.ptr, stream)]
+    assert cp.gets == copies * 3
 
 
 def test_trt10_builder_sets_fp16_flag_when_the_gpu_has_fast_fp16(models: dict, tmp_path: Path) -> None:
@@ -446,3 +450,59 @@ def test_missing_tensorrt_says_how_to_install(models: dict, tmp_path: Path, monk
         TensorRTEngine(models["rgb"][0], engine_cache_dir=tmp_path, cp=FakeCupy())
     with pytest.raises(InferenceError, match=message):
         build_engine(models["rgb"][0], tmp_path, gpu_name="A")
+
+
+# --- the Ray pool's GPU actors (no Ray cluster: only what the pool asks of Ray and of the engine) ---
+
+
+def test_ray_actor_engine_spec_builds_tensorrt_for_the_pools_batch_size(
+    models: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray")
+    from workers.ray_pool import EngineSpec
+
+    trt, cp = fakes()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    model, shape = models["rgb"]
+    engine = EngineSpec(kind="tensorrt", engine_cache_dir=str(tmp_path), max_batch=4).build(model, "infer-0@h:1")
+    assert isinstance(engine, TensorRTEngine) and (engine.max_batch, engine.name) == (4, "infer-0@h:1")
+    assert trt.builds[0]["profile"][2][0] == 4  # the engine is built for the largest batch the pool sends
+    results = engine.infer_batch(random_frames(np.random.default_rng(1), 4, shape))
+    assert [r.model_version for r in results] == ["c-1"] * 4
+
+
+def test_ray_pool_passes_gpus_and_spread_to_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from workers import ray_pool
+
+    created: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
+
+    class FakeActorClass:
+        def options(self, **options: Any) -> Any:
+            return SimpleNamespace(remote=lambda *args: created.append((options, args)) or object())
+
+    monkeypatch.setattr(ray_pool, "InferenceActor", FakeActorClass())
+    pool = ray_pool.RayInferencePool(
+        "m.onnx", num_actors=2, engine="tensorrt", num_gpus=0.5, engine_cache_dir=tmp_path, spread=True, max_batch=6
+    )
+    slots = pool._create_slots("m.onnx")
+    assert [s.name for s in slots] == ["infer-0", "infer-1"]
+    (options, (path, name, spec)), _ = created
+    assert options == {"num_cpus": 1, "num_gpus": 0.5, "max_restarts": -1, "max_task_retries": 0,
+                       "max_concurrency": 1, "scheduling_strategy": "SPREAD"}  # fmt: skip
+    assert (path, name, spec.kind, spec.max_batch, spec.engine_cache_dir) == (
+        "m.onnx", "infer-0", "tensorrt", 6, str(tmp_path))  # fmt: skip
+    pool._generation = 1  # a swapped-in set of actors is told apart by name
+    assert [s.name for s in pool._create_slots("n.onnx")] == ["infer-0-g1", "infer-1-g1"]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"engine": "tensorrt", "num_gpus": 1}, {"engine": "tensorrt", "engine_cache_dir": "c"}, {"engine": "x"}]
+)
+def test_ray_pool_refuses_an_engine_it_cannot_build(kwargs: dict[str, Any]) -> None:
+    pytest.importorskip("ray")
+    from workers.ray_pool import RayInferencePool
+
+    with pytest.raises(ValueError, match="engine"):
+        RayInferencePool("m.onnx", **kwargs)
