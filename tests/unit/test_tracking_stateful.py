@@ -142,5 +142,5 @@ class LineMachine(RuleBasedStateMachine):
         assert triggered <= recorded, f"triggers without outcome: {sorted(triggered - recorded)[:5]}"
 
 
-LineMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+LineMachine.TestCase.settings = settings(max_examples=500, stateful_step_count=40, deadline=None)
 TestLine = LineMachine.TestCase
