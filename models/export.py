@@ -90,9 +90,10 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
     onnx.save(proto, str(onnx_path))
 
     frames = np.stack([synthetic.render_frame(np.random.default_rng(i), i % 4)[0] for i in range(8)])
-    diff = parity(checkpoint, onnx_path, frames)
-    if diff >= PARITY_TOL:
-        raise RuntimeError(f"ONNX Runtime disagrees with PyTorch: max |score diff| {diff:.2e}")
+    score_diff, map_diff = parity_with_maps(checkpoint, onnx_path, frames)
+    if score_diff >= PARITY_TOL or map_diff >= PARITY_TOL:
+        raise RuntimeError(f"ONNX Runtime disagrees with PyTorch: max |score diff| {score_diff:.2e}, "
+                           f"max |defect-map diff| {map_diff:.2e}")  # fmt: skip
     return onnx_path
 
 
@@ -123,9 +124,16 @@ def onnx_predict(sess: ort.InferenceSession, frames: np.ndarray, roi: list[int] 
 
 def parity(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) -> float:
     """Max |score difference| between PyTorch and ONNX Runtime on `frames` (Mono8, (N, H, W))."""
+    return parity_with_maps(checkpoint, onnx_path, frames)[0]
+
+
+def parity_with_maps(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) -> tuple[float, float]:
+    """Max |score difference| and max |defect-map difference| (both probabilities in [0, 1])
+    between PyTorch and ONNX Runtime on `frames`."""
     model, ckpt = load_checkpoint(checkpoint)
     x = preprocess(frames, ckpt["roi"])
     with torch.no_grad():
-        torch_probs = model(torch.from_numpy(x))[0].softmax(1).numpy()
-    onnx_probs = session(onnx_path).run(["class_probs"], {"image": x})[0]
-    return float(np.abs((1 - torch_probs[:, 0]) - (1 - onnx_probs[:, 0])).max())
+        torch_probs, torch_map = (t.numpy() for t in _Deployed(model).eval()(torch.from_numpy(x)))
+    onnx_probs, onnx_map = session(onnx_path).run(["class_probs", "defect_map"], {"image": x})
+    score_diff = float(np.abs((1 - torch_probs[:, 0]) - (1 - onnx_probs[:, 0])).max())
+    return score_diff, float(np.abs(torch_map - onnx_map).max())

@@ -62,7 +62,8 @@ def test_onnx_outputs_and_parity(tiny_run) -> None:
     _, result, onnx_path = tiny_run
     rng = np.random.default_rng(99)
     frames = np.stack([synthetic.render_frame(rng, c % 4)[0] for c in range(5)])
-    assert export.parity(result.checkpoint, onnx_path, frames) < 1e-3
+    score_diff, map_diff = export.parity_with_maps(result.checkpoint, onnx_path, frames)
+    assert score_diff < 1e-3 and map_diff < 1e-3  # the parity gate: scores and maps within 1e-3
     x = preprocess(frames, list(synthetic.ROI))
     probs, defect_map = export.session(onnx_path).run(None, {"image": x})  # batch 5: dynamic axis
     assert probs.shape == (5, 4) and probs.dtype == np.float32
