@@ -259,7 +259,6 @@ class LineController:
             if refused is not None:
                 self._finish_all([self.tracker.finish(m.seq, Outcome.FAILSAFE, refused)], frame=frame)
                 continue
-            part.dispatched = True
             self._spawn(self._judge(part, frame), name=f"judge-{part.epoch}-{part.seq}")
 
     async def _judge(self, part: Part, frame: Frame) -> None:
@@ -311,7 +310,7 @@ class LineController:
         t_written = time.monotonic()
         self._learn_write_time(t_written - t_commit)
         if self.tracker.finish(part.seq, outcome, reason) is None:
-            return  # expired while writing: already recorded as fail-safe
+            return  # the epoch changed while writing: already recorded as fail-safe
         self._count(done)
         self.latencies.append(t_written - part.seen_at)
         self._spawn(self.journal.note_written(part.epoch, part.seq, t_written), name=f"written-{part.seq}")

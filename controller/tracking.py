@@ -80,7 +80,6 @@ class Part:
     decision_pos: int
     seen_at: float
     frame_counter: int | None = None
-    dispatched: bool = False
     writing: bool = False
     """Its verdict write is in flight: the write's own outcome decides, not expiry."""
 
