@@ -50,7 +50,31 @@ def canary_frame(meta: ModelMeta) -> Image:
     return np.full(shape, 128, dtype=np.uint8)
 
 
-class OnnxRuntimeEngine:
+class CanaryWarmup:
+    """Warm-up and health check shared by every engine: both run the model's canary frame."""
+
+    meta: ModelMeta
+
+    def infer_batch(self, frames: Sequence[Image]) -> list[InferenceResult]:
+        raise NotImplementedError
+
+    def warmup(self, runs: int = 3) -> float:
+        """Run the canary frame `runs` times (the first runs allocate memory and pick kernels);
+        returns the seconds the last run took."""
+        frame = canary_frame(self.meta)
+        elapsed = 0.0
+        for _ in range(max(1, runs)):
+            t0 = time.perf_counter()
+            self.infer_batch([frame])
+            elapsed = time.perf_counter() - t0
+        return elapsed
+
+    def canary(self) -> InferenceResult:
+        """One inference of the canary frame (used by pools to prove a worker is alive and warm)."""
+        return self.infer_batch([canary_frame(self.meta)])[0]
+
+
+class OnnxRuntimeEngine(CanaryWarmup):
     """One ONNX Runtime session and the model's metadata. `infer_batch` is safe to call from several
     threads at once (ONNX Runtime sessions are); everything else is set at construction."""
 
@@ -69,21 +93,6 @@ class OnnxRuntimeEngine:
         )
         self.meta: ModelMeta = meta_from_session(self._session, self.model_path)
         self.name: str = name or f"onnxruntime@{socket.gethostname()}:{os.getpid()}"
-
-    def warmup(self, runs: int = 3) -> float:
-        """Run the canary frame `runs` times (first runs allocate and pick kernels); returns the
-        seconds the last run took."""
-        frame = canary_frame(self.meta)
-        elapsed = 0.0
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            self.infer_batch([frame])
-            elapsed = time.perf_counter() - t0
-        return elapsed
-
-    def canary(self) -> InferenceResult:
-        """One inference of the canary frame (used by pools to prove a worker is alive and warm)."""
-        return self.infer_batch([canary_frame(self.meta)])[0]
 
     def infer_batch(self, frames: Sequence[Image]) -> list[InferenceResult]:
         """Infer same-shaped frames in one run. Raises InferenceError for frames the model cannot

@@ -32,7 +32,7 @@ import numpy as np
 from controller.errors import ConfigError, InferenceError
 from controller.ports import Image, InferenceResult
 from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, ModelMeta, load_model_meta
-from workers.onnx_engine import canary_frame, score
+from workers.onnx_engine import CanaryWarmup, score
 from workers.preprocess import preprocess
 
 WORKSPACE_BYTES = 1 << 30
@@ -137,7 +137,7 @@ def _serialize(trt: ModuleType, path: Path, onnx_bytes: bytes, max_batch: int, f
     return plan
 
 
-class TensorRTEngine:
+class TensorRTEngine(CanaryWarmup):
     """One TensorRT execution context on one GPU, with device buffers for `max_batch` frames.
 
     `infer_batch` may be called from several threads; calls are serialised, because they share one
@@ -189,21 +189,6 @@ class TensorRTEngine:
         inputs = [t for t in self._buffers if self._engine.get_tensor_mode(t) == trt.TensorIOMode.INPUT]
         if inputs != [INPUT_NAME] or not {PROBS_NAME, DEFECT_MAP_NAME} <= set(self._buffers):
             raise ConfigError(f"{plan}: engine I/O {sorted(self._buffers)} does not match the model contract")
-
-    def warmup(self, runs: int = 3) -> float:
-        """Run the canary frame `runs` times (the first runs load kernels); returns the seconds the
-        last run took."""
-        frame = canary_frame(self.meta)
-        elapsed = 0.0
-        for _ in range(max(1, runs)):
-            t0 = time.perf_counter()
-            self.infer_batch([frame])
-            elapsed = time.perf_counter() - t0
-        return elapsed
-
-    def canary(self) -> InferenceResult:
-        """One inference of the canary frame (used by pools to prove a worker is alive and warm)."""
-        return self.infer_batch([canary_frame(self.meta)])[0]
 
     def infer_batch(self, frames: Sequence[Image]) -> list[InferenceResult]:
         """Infer up to `max_batch` same-shaped frames in one run. Raises InferenceError for frames
