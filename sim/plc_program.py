@@ -1,5 +1,5 @@
 """The PLC program of the interface contract (shared/spec/plc-interface.md, rules 1–5), executed
-once per scan over the two data blocks as byte arrays — the same rules as plc/LineInspect.scl.
+once per scan over the two data blocks as byte arrays — the same rules as controller/plc/LineInspect.scl.
 
 It owns `PlcToVision` and only reads `VisionToPlc`. Pure: the caller passes the time, the encoder
 state and the photo-eye edges, and holds the DB locks. Every decision is logged for the judge.
