@@ -170,6 +170,14 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_check(args: argparse.Namespace) -> int:
+    from models.dataset_check import check_dataset
+
+    report = check_dataset(Path(args.path))
+    print(report.text())
+    return 0 if report.ok else 1
+
+
 def _build_engine(args: argparse.Namespace) -> int:
     from workers.tensorrt_engine import build_engine
 
@@ -235,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--line-parts", type=int, default=300, help="simulated line length for the overhead; 0: skip")
     b.add_argument("--out", default="runs/bench")
     b.set_defaults(fn=_bench)
+
+    ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
+    dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
+    dc.add_argument("path")
+    dc.set_defaults(fn=_dataset_check)
 
     e = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine for an ONNX model (needs 'gpu')")
     e.add_argument("model")

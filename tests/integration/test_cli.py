@@ -105,3 +105,14 @@ def test_simulated_line_end_to_end(tmp_path: Path) -> None:
 def test_build_engine_without_tensorrt_says_how_to_get_it(tmp_path: Path, tiny_model: Path) -> None:
     proc = lineinspect("build-engine", str(tiny_model), "--cache", str(tmp_path / "engines"), cwd=tmp_path)
     assert_one_line_error(proc, "TensorRT is not installed", "lineinspect[gpu]")
+
+
+def test_dataset_check_reports_and_fails_on_a_malformed_folder(tmp_path: Path) -> None:
+    from models.synthetic import make_dataset
+
+    good = make_dataset(tmp_path / "parts", per_class=2, seed=3)
+    ok = lineinspect("dataset", "check", str(good), cwd=tmp_path)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+    (good / "spot" / "broken.png").write_bytes(b"\x89PNG broken")
+    bad = lineinspect("dataset", "check", str(good), cwd=tmp_path)
+    assert bad.returncode == 1 and "error: spot/broken.png cannot be read" in bad.stdout
