@@ -21,9 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from skimage import data, transform
+from skimage import data, draw, transform
+
+from models.dataset import write_info
 
 CLASSES = ("good", "scratch", "spot", "crack")
+"""The classes a model is trained on (and the simulated line's parts)."""
+UNSEEN = ("dent", "chip")
+"""Defect types kept out of training entirely, to measure how a model copes with the unexpected."""
+ALL_CLASSES = CLASSES + UNSEEN
 FRAME_SHAPE = (160, 160)
 ROI = (16, 16, 128, 128)
 """(x, y, w, h) of the part surface on the frame."""
@@ -134,18 +140,57 @@ def _crack(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.
     return _rasterize(paths, shape, width=1)
 
 
-_PAINTERS = {1: _scratch, 2: _spot, 3: _crack}
-_CONTRAST = {1: (70.0, 18.0), 2: (70.0, 25.0), 3: (80.0, 25.0)}  # at difficulty 0 and 1
+def _dent(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
+    """A shallow dent under light from one side: no edge, only a bright flank facing the light and a
+    dark one away from it (the derivative of a smooth bump), signed in [-1, 1]."""
+    radius = size * rng.uniform(7, 15)
+    m = int(radius * 2.2) + 2
+    cy, cx = rng.uniform(_MARGIN + m, shape[0] - _MARGIN - m, size=2)
+    y0, x0 = int(cy) - m, int(cx) - m
+    yy, xx = np.mgrid[y0 : y0 + 2 * m, x0 : x0 + 2 * m].astype(np.float32)
+    light = rng.uniform(0, 2 * np.pi)
+    along = ((yy - cy) * np.sin(light) + (xx - cx) * np.cos(light)) / radius
+    bump = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / radius**2))
+    alpha = np.zeros(shape, np.float32)
+    alpha[y0 : y0 + 2 * m, x0 : x0 + 2 * m] = -2.33 * along * bump  # peak |alpha| = 1
+    # The far tails (under ~3 grey levels) are cut: they are no visible defect, and a defect must
+    # stay near its mask.
+    return np.where(np.abs(alpha) < 0.05, 0.0, np.clip(alpha, -1.0, 1.0)).astype(np.float32)
 
 
-def render_frame(rng: np.random.Generator, defect_class: int, difficulty: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Render one camera frame of class `defect_class` (index into CLASSES).
+def _chip(rng: np.random.Generator, shape: tuple[int, int], size: float) -> np.ndarray:
+    """Material broken out: a small sharp-edged irregular polygon (the cavity lies in shadow)."""
+    radius = size * rng.uniform(6, 12)
+    m = int(radius) + 3
+    cy, cx = rng.uniform(_MARGIN + m, shape[0] - _MARGIN - m, size=2)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(5, 9))))
+    radii = radius * rng.uniform(0.5, 1.0, size=len(angles))
+    rr, cc = draw.polygon(cy + radii * np.sin(angles), cx + radii * np.cos(angles), shape)
+    alpha = np.zeros(shape, np.float32)
+    alpha[rr, cc] = 1.0
+    return np.minimum(ndimage.gaussian_filter(alpha, 0.4, truncate=2.0) * 1.2, 1.0)
+
+
+_PAINTERS = {"scratch": _scratch, "spot": _spot, "crack": _crack, "dent": _dent, "chip": _chip}
+_CONTRAST = {"scratch": (70.0, 18.0), "spot": (70.0, 25.0), "crack": (80.0, 25.0), "dent": (60.0, 20.0),
+             "chip": (80.0, 30.0)}  # at difficulty 0 and 1  # fmt: skip
+
+
+def render_frame(
+    rng: np.random.Generator, defect_class: int | str, difficulty: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one camera frame of class `defect_class` (a name in ALL_CLASSES or an index into it;
+    the first indices are those of CLASSES).
 
     Returns (frame, mask), both uint8 of FRAME_SHAPE; mask is 255 on the defect and all zero for
     "good". `difficulty` in [0, 1] lowers the defect's contrast and size as it grows.
     """
-    if not 0 <= defect_class < len(CLASSES):
-        raise ValueError(f"defect_class must be in 0..{len(CLASSES) - 1}, got {defect_class}")
+    if isinstance(defect_class, int):
+        if not 0 <= defect_class < len(ALL_CLASSES):
+            raise ValueError(f"defect_class must be in 0..{len(ALL_CLASSES) - 1}, got {defect_class}")
+        defect_class = ALL_CLASSES[defect_class]
+    elif defect_class not in ALL_CLASSES:
+        raise ValueError(f"defect_class must be one of {ALL_CLASSES}, got {defect_class!r}")
     x, y, w, h = ROI
     # Every class-independent draw comes first, so for one seed the frames of all classes share the
     # same surface and background and differ only where the defect is.
@@ -153,40 +198,78 @@ def render_frame(rng: np.random.Generator, defect_class: int, difficulty: float 
     frame[y : y + h, x : x + w] = _surface(rng, h, w)
     noise = rng.uniform(1.5, 4.0) * rng.standard_normal(FRAME_SHAPE, dtype=np.float32)
     mask = np.zeros(FRAME_SHAPE, np.uint8)
-    if defect_class:
+    if defect_class != "good":
         d = float(np.clip(difficulty, 0.0, 1.0))
         hi, lo = _CONTRAST[defect_class]
         amplitude = (hi + (lo - hi) * d) * rng.uniform(0.8, 1.2)
         alpha = _PAINTERS[defect_class](rng, (h, w), 1.0 - 0.5 * d)
         part = frame[y : y + h, x : x + w]
-        if defect_class == 2:
+        if defect_class == "spot":
             # Contamination covers the texture: blend towards a flat tone, more opaque when easy.
             tone = part.mean() + rng.choice((-1.0, 1.0)) * amplitude
             opacity = alpha * (0.9 - 0.3 * d)
             part += opacity * (tone - part)
         else:
-            # Scratches mostly catch the light (bright), sometimes shade; cracks are always shadows.
-            sign = 1.0 if defect_class == 1 and rng.random() < 0.7 else -1.0
+            # Scratches mostly catch the light (bright), sometimes shade; cracks and chips are
+            # shadows; a dent's alpha carries its own sign (lit and shaded flanks).
+            sign = 1.0 if defect_class == "scratch" and rng.random() < 0.7 else -1.0
             part += sign * amplitude * alpha
-        mask[y : y + h, x : x + w] = np.where(alpha >= _MASK_LEVEL, 255, 0)
+        mask[y : y + h, x : x + w] = np.where(np.abs(alpha) >= _MASK_LEVEL, 255, 0)
     frame += noise  # after the defect: the sensor sees stains and scratches through its own noise
     return np.clip(np.rint(frame), 0, 255).astype(np.uint8), mask
 
 
-def make_dataset(path: str | Path, per_class: int, seed: int, difficulty: tuple[float, float] = (0.1, 0.9)) -> Path:
-    """Write `per_class` frames of every class to `path/<class>/<i:04d>.png`, and each defect's mask
-    to `path/ground_truth/<class>/<i:04d>_mask.png` (none for "good", as in MVTec AD). Difficulty is
-    drawn uniformly from the `difficulty` range per frame. Same arguments, same bytes."""
+def render_set(
+    seed: int, counts: dict[str, int], difficulty: tuple[float, float] = (0.1, 0.9)
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(frames (N, H, W), class names, difficulties) rendered in memory, classes interleaved as in
+    make_dataset; for test sets that never touch the disk."""
+    rng = np.random.default_rng(seed)
+    frames, names, difficulties = [], [], []
+    for i in range(max(counts.values(), default=0)):
+        for name, n in counts.items():
+            if i < n:
+                d = rng.uniform(*difficulty)
+                frames.append(render_frame(rng, name, d)[0])
+                names.append(name)
+                difficulties.append(d if name != "good" else 0.0)
+    return np.stack(frames), names, np.array(difficulties)
+
+
+def make_dataset(
+    path: str | Path,
+    per_class: int,
+    seed: int,
+    difficulty: tuple[float, float] = (0.1, 0.9),
+    *,
+    classes: tuple[str, ...] = CLASSES,
+    good: int | None = None,
+) -> Path:
+    """Write `per_class` frames of every class in `classes` (`good` frames of "good", default
+    `per_class`) to `path/<class>/<i:04d>.png`, and each defect's mask to
+    `path/ground_truth/<class>/<i:04d>_mask.png` (none for "good", as in MVTec AD). Difficulty is
+    drawn uniformly from the `difficulty` range per frame and recorded in dataset.json with the ROI.
+    Same arguments, same bytes."""
     root = Path(path)
     rng = np.random.default_rng(seed)
-    for name in CLASSES:
+    count = {name: (good if good is not None and name == "good" else per_class) for name in classes}
+    difficulties = {}
+    for name in classes:
         (root / name).mkdir(parents=True, exist_ok=True)
         if name != "good":
             (root / "ground_truth" / name).mkdir(parents=True, exist_ok=True)
-    for i in range(per_class):
-        for cls, name in enumerate(CLASSES):
-            frame, mask = render_frame(rng, cls, rng.uniform(*difficulty))
+    # Classes interleaved frame by frame, so a longer "good" run does not shift the defects' draws.
+    for i in range(max(count.values(), default=0)):
+        for name in classes:
+            if i >= count[name]:
+                continue
+            d = rng.uniform(*difficulty)
+            frame, mask = render_frame(rng, name, d)
             Image.fromarray(frame).save(root / name / f"{i:04d}.png")
-            if cls:
+            if name != "good":
+                difficulties[f"{name}/{i:04d}.png"] = round(d, 4)
+            if name != "good":
                 Image.fromarray(mask).save(root / "ground_truth" / name / f"{i:04d}_mask.png")
+    # The part fills ROI; the rest of the frame is belt (and, on the line, data).
+    write_info(root, ROI, classes=list(classes), difficulty=difficulties)
     return root
