@@ -4,8 +4,9 @@ What it does: writes an opset-17 ONNX file with a dynamic batch axis,
   input  `image`       float32 (N, 3, 128, 128), ImageNet-normalized grey replicated to 3 channels
   output `class_probs` float32 (N, C) softmax, class 0 = good
   output `defect_map`  float32 (N, 1, 16, 16) in [0, 1]
+  output `score`       float32 (N,) reject score in [0, 1] (classifier and anomaly, net.Decision)
 plus the `lineinspect.*` metadata (classes, input convention, ROI, threshold, version, training-data
-hash), and verifies that ONNX Runtime agrees with PyTorch on the reject score (1 - P(good)).
+hash), and verifies that ONNX Runtime agrees with PyTorch on the reject score and the defect map.
 
 What it does not: quantize or optimize the graph (fp32 as trained), or serve it (workers/ do that).
 """
@@ -21,7 +22,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from models import synthetic
 from models.net import INPUT_SIZE, MEAN, STD, preprocess
@@ -29,18 +29,6 @@ from models.train import load_checkpoint
 
 OPSET = 17
 PARITY_TOL = 1e-3
-
-
-class _Deployed(nn.Module):
-    """The network with its output activations, as the runtime consumes it."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, defect_logits = self.net(image)
-        return logits.softmax(dim=1), torch.sigmoid(defect_logits)
 
 
 def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
@@ -56,14 +44,14 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
         # pads (ONNX Runtime folds them at load). Neither says anything wrong about this model.
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         torch.onnx.export(
-            _Deployed(model),
+            model,
             (dummy,),
             str(onnx_path),
             dynamo=False,
             opset_version=OPSET,
             input_names=["image"],
-            output_names=["class_probs", "defect_map"],
-            dynamic_axes={"image": batch, "class_probs": batch, "defect_map": batch},
+            output_names=["class_probs", "defect_map", "score"],
+            dynamic_axes={"image": batch, "class_probs": batch, "defect_map": batch, "score": batch},
         )
     proto = onnx.load(str(onnx_path))
     # Version names the exact graph + weights: the hash is taken before metadata is attached.
@@ -117,9 +105,10 @@ def session(onnx_path: str | Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_predict(sess: ort.InferenceSession, frames: np.ndarray, roi: list[int] | None) -> np.ndarray:
-    """Class probabilities (N, C) for Mono8 camera frames (N, H, W)."""
-    return sess.run(["class_probs"], {"image": preprocess(frames, roi)})[0]
+def onnx_predict(sess: ort.InferenceSession, frames: np.ndarray, roi: list[int] | None) -> tuple[np.ndarray, ...]:
+    """(class_probs (N, C), defect_map (N, 1, 16, 16), score (N,)) for Mono8 camera frames (N, H, W)."""
+    probs, maps, scores = sess.run(["class_probs", "defect_map", "score"], {"image": preprocess(frames, roi)})
+    return probs, maps, scores
 
 
 def parity(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) -> float:
@@ -128,12 +117,11 @@ def parity(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) ->
 
 
 def parity_with_maps(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) -> tuple[float, float]:
-    """Max |score difference| and max |defect-map difference| (both probabilities in [0, 1])
-    between PyTorch and ONNX Runtime on `frames`."""
+    """Max |score difference| and max |defect-map difference| (both in [0, 1]) between PyTorch and
+    ONNX Runtime on `frames`."""
     model, ckpt = load_checkpoint(checkpoint)
     x = preprocess(frames, ckpt["roi"])
     with torch.no_grad():
-        torch_probs, torch_map = (t.numpy() for t in _Deployed(model).eval()(torch.from_numpy(x)))
-    onnx_probs, onnx_map = session(onnx_path).run(["class_probs", "defect_map"], {"image": x})
-    score_diff = float(np.abs((1 - torch_probs[:, 0]) - (1 - onnx_probs[:, 0])).max())
-    return score_diff, float(np.abs(torch_map - onnx_map).max())
+        _, torch_map, torch_score = (t.numpy() for t in model(torch.from_numpy(x)))
+    onnx_map, onnx_score = session(onnx_path).run(["defect_map", "score"], {"image": x})
+    return float(np.abs(torch_score - onnx_score).max()), float(np.abs(torch_map - onnx_map).max())

@@ -1,7 +1,10 @@
 """The inspection network and its input convention, shared by training and export.
 
 What it does: `InspectionNet` = truncated EfficientNet-Lite0 backbone + a classification head
-(good + defect classes) + a light per-pixel defect-map head at 1/8 resolution. `preprocess` turns
+(good + defect classes) + a light per-pixel defect-map head at 1/8 resolution, and it exposes the
+per-cell features that `GoodFeatureModel` compares with good parts' features (the anomaly score
+that catches defect types never seen in training). `Decision` merges the classifier's and the
+anomaly score into the one reject score the line compares with its threshold. `preprocess` turns
 Mono8 camera frames into the normalized 3-channel tensor the network (and the ONNX model) takes.
 
 What it does not: training, calibration or file I/O (see train.py and export.py).
@@ -12,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from models.efficientnet_lite import EfficientNetLite0Features
+from workers.model_meta import ModelMeta
+from workers.preprocess import preprocess as runtime_preprocess
+from workers.preprocess import resize_bilinear
 
 INPUT_SIZE = 128  # square network input (pixels); the synthetic ROI is exactly this size
 MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +60,11 @@ class InspectionNet(nn.Module):
         return self.backbone.layers_through(LAST_FROZEN_BLOCK)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, defect_logits, _ = self.forward_with_features(x)
+        return logits, defect_logits
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class logits, defect logits, cell features (N, c8 + c16, 16, 16) for the anomaly score)."""
         f8, f16 = self.backbone(x)
         coarse = F.interpolate(self.map_coarse(f16), scale_factor=2.0, mode="nearest")
         defect_logits = self.map_out(F.relu(self.map_fine(f8) + coarse))
@@ -63,16 +73,88 @@ class InspectionNet(nn.Module):
         # unbounded and destabilise the first epochs).
         peak = torch.sigmoid(defect_logits.amax(dim=(1, 2, 3)))[:, None]
         pooled = torch.cat([f16.mean(dim=(2, 3)), f16.amax(dim=(2, 3)), peak], dim=1)
-        return self.classifier(pooled), defect_logits
+        # Fine and coarse features side by side per 8 px cell: fine ones see texture detail, coarse
+        # ones the context that tells a defect from an unusual patch of surface.
+        cells = torch.cat([f8, F.interpolate(f16, scale_factor=2.0, mode="nearest")], dim=1)
+        return self.classifier(pooled), defect_logits, cells
+
+    @property
+    def cell_feature_dim(self) -> int:
+        return sum(self.backbone.tap_channels)
+
+
+class GoodFeatureModel(nn.Module):
+    """A Gaussian over the cell features of good parts (one for all positions: a surface texture has
+    no preferred place). Its output is each cell's squared Mahalanobis distance; far means unlike
+    any good surface, whatever the defect type. `fit` sets it from good parts' features."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("whiten", torch.eye(dim))  # W with W^T W = inverse covariance
+
+    @torch.no_grad()
+    def fit(self, cells: torch.Tensor, shrinkage: float = 0.01) -> None:
+        """`cells`: (N, D) feature vectors of good parts. Shrinkage towards a scaled identity keeps
+        the inverse stable where a few feature directions hardly vary on good surfaces."""
+        x = cells.double()
+        mean = x.mean(0)
+        cov = torch.cov((x - mean).T)
+        cov += shrinkage * cov.diagonal().mean() * torch.eye(len(mean), dtype=cov.dtype)
+        # cov = L L^T  =>  cov^-1 = L^-T L^-1, so W = L^-1 whitens.
+        w = torch.linalg.inv(torch.linalg.cholesky(cov))
+        self.mean.copy_(mean.float())
+        self.whiten.copy_(w.float())
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, D, H, W) features -> (N, H, W) squared distances (a 1x1 convolution, ONNX friendly)."""
+        z = F.conv2d(cells - self.mean.view(1, -1, 1, 1), self.whiten[:, :, None, None])
+        return (z * z).sum(dim=1)
+
+
+class Decision(nn.Module):
+    """One reject score in [0, 1] from the classifier (1 - P(good)) and the anomaly distance (the
+    largest cell distance), each divided by its own calibrated limit: score = min(1, max(...) / 2),
+    so a part is rejected (score >= THRESHOLD) when either signal reaches its limit."""
+
+    THRESHOLD = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("class_limit", torch.tensor(1.0))
+        self.register_buffer("anomaly_limit", torch.tensor(float("inf")))
+
+    def forward(self, class_probs: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
+        class_score = (1.0 - class_probs[:, 0]) / self.class_limit
+        anomaly_score = cell_distances.amax(dim=(1, 2)) / self.anomaly_limit
+        return (torch.maximum(class_score, anomaly_score) * self.THRESHOLD).clamp(0.0, 1.0)
+
+
+class Inspector(nn.Module):
+    """The whole model the line runs: network, good parts' feature model and decision.
+    Output: (class_probs (N, C), defect_map (N, 1, 16, 16) in [0, 1], score (N,) in [0, 1])."""
+
+    def __init__(self, num_classes: int, pretrained: bool = True) -> None:
+        super().__init__()
+        self.net = InspectionNet(num_classes, pretrained=pretrained)
+        self.good = GoodFeatureModel(self.net.cell_feature_dim)
+        self.decision = Decision()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, defect_logits, cells = self.net.forward_with_features(image)
+        probs = logits.softmax(dim=1)
+        return probs, torch.sigmoid(defect_logits), self.decision(probs, self.good(cells))
 
 
 def crop_resize(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    """Cut the ROI (x, y, w, h) out of a Mono8 image and bring it to INPUT_SIZE squared (uint8)."""
+    """Cut the ROI (x, y, w, h) out of a Mono8 image and bring it to INPUT_SIZE squared (uint8), with
+    the runtime's own resize (workers.preprocess), so training sees what the line will feed."""
     if roi is not None:
         x, y, w, h = roi
         image = image[y : y + h, x : x + w]
     if image.shape != (INPUT_SIZE, INPUT_SIZE):
-        image = np.asarray(Image.fromarray(image).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR))
+        resized = resize_bilinear(image[None], INPUT_SIZE, INPUT_SIZE)[0]
+        image = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return image
 
 
@@ -85,7 +167,14 @@ def normalize(gray: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (g - mean) / std
 
 
-def preprocess(frames: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    """Mono8 frames (N, H, W) -> float32 (N, 3, 128, 128), exactly what the ONNX input `image` wants."""
-    crops = np.stack([crop_resize(f, roi) for f in frames]).astype(np.float32) / 255.0
-    return normalize(crops).numpy()
+def input_meta(roi: tuple[int, int, int, int] | list[int] | None) -> ModelMeta:
+    """The runtime's description of this network's input, for workers.preprocess."""
+    return ModelMeta(source="models.net", classes=("good",), height=INPUT_SIZE, width=INPUT_SIZE, channels=3,
+                     color="gray", mean=MEAN, std=STD, roi=tuple(roi) if roi is not None else None,  # type: ignore[arg-type]
+                     threshold=Decision.THRESHOLD, version="models.net")  # fmt: skip
+
+
+def preprocess(frames: np.ndarray, roi: tuple[int, int, int, int] | list[int] | None) -> np.ndarray:
+    """Mono8 frames (N, H, W) -> float32 (N, 3, 128, 128), exactly what the ONNX input `image` wants:
+    the line's own preprocessing, so export checks and evaluation cannot drift from it."""
+    return runtime_preprocess(list(frames), input_meta(roi))

@@ -3,8 +3,9 @@
 What it does: loads a class-per-folder image set (`<dataset>/<class>/*.png`, optional MVTec-style
 masks in `<dataset>/ground_truth/<class>/<name>_mask.png`), crops the ROI, splits off a stratified
 validation set, fine-tunes `InspectionNet` (classification + defect map where masks exist) with
-flip/rotate, brightness/contrast and noise augmentation, stops early on validation loss, and
-calibrates the reject threshold on validation "good" images for a target false-reject rate.
+flip/rotate, brightness/contrast, blur and noise augmentation and class-balanced loss, stops early
+on validation loss, fits the good parts' feature model (the anomaly score), and calibrates the
+reject score on validation "good" images for a target false-reject rate.
 Writes `model.pt` (weights + everything export needs) and `train_report.json` to the output folder.
 Same data, seed and thread count give the same weights.
 
@@ -28,11 +29,17 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from models import synthetic
-from models.net import INPUT_SIZE, MAP_STRIDE, InspectionNet, crop_resize, normalize
+from models.dataset import Layout, list_dataset
+from models.net import INPUT_SIZE, MAP_STRIDE, Decision, InspectionNet, Inspector, crop_resize, normalize
 
 _MAP_POS_WEIGHT = 4.0  # defect cells are a few % of the map; without this the head predicts all-clear
 _MAP_LOSS_WEIGHT = 0.5
+# Augmentation strength. Kept mild: a faint defect's label must stay true after augmentation (strong
+# blur, contrast loss or noise can erase a 1 px scratch of 20 grey levels and teach label noise).
+_CONTRAST = (0.85, 1.15)
+_BRIGHTNESS = 0.12
+_BLUR_P, _BLUR_SIGMA = 0.2, (0.3, 0.6)
+_NOISE_MAX = 0.015
 
 
 @dataclass
@@ -62,15 +69,12 @@ def dataset_hash(dataset_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_data(dataset_dir: str | Path, classes: tuple[str, ...], roi: tuple[int, int, int, int] | None) -> Data:
-    root = Path(dataset_dir)
+def load_data(layout: Layout, roi: tuple[int, int, int, int] | None) -> Data:
+    root = layout.root
     images, labels, maps, has_map = [], [], [], []
     cells = INPUT_SIZE // MAP_STRIDE
-    for label, name in enumerate(classes):
-        files = sorted((root / name).glob("*.png"))
-        if not files:
-            raise FileNotFoundError(f"no images in {root / name}")
-        for f in files:
+    for label, name in enumerate(layout.classes):
+        for f in layout.images[name]:
             images.append(crop_resize(np.asarray(Image.open(f).convert("L")), roi))
             labels.append(label)
             mask_file = root / "ground_truth" / name / f"{f.stem}_mask.png"
@@ -99,39 +103,59 @@ def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Gen
     return np.concatenate(train_idx), np.concatenate(val_idx)
 
 
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of one (H, W) image, 5x5 separable, edges replicated."""
+    t = torch.arange(-2, 3, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    y = F.pad(x[None, None], (2, 2, 2, 2), mode="replicate")
+    y = F.conv2d(y, k.view(1, 1, 1, 5))
+    return F.conv2d(y, k.view(1, 1, 5, 1))[0, 0]
+
+
 def augment(images: torch.Tensor, maps: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (B, H, W) crops and their maps -> normalized (B, 3, H, W) inputs and matching maps.
     Random dihedral transform (surfaces and defects have no preferred orientation), brightness and
-    contrast around the image mean (lighting drifts), and sensor noise."""
+    contrast around the image mean (lighting drifts), slight defocus on a third of the images (the
+    part is not always at the focal plane), and sensor noise."""
     b = images.shape[0]
     x = images.float() / 255.0
     k = torch.randint(0, 4, (b,), generator=gen)
     flip = torch.rand(b, generator=gen) < 0.5
+    blur = torch.rand(b, generator=gen) < _BLUR_P
+    sigma_blur = torch.empty(b).uniform_(*_BLUR_SIGMA, generator=gen)
     xs, ms = [], []
     for i in range(b):
         xi, mi = torch.rot90(x[i], int(k[i])), torch.rot90(maps[i], int(k[i]))
         if flip[i]:
             xi, mi = xi.flip(-1), mi.flip(-1)
+        if blur[i]:
+            xi = _blur(xi, float(sigma_blur[i]))
         xs.append(xi)
         ms.append(mi)
     x, m = torch.stack(xs), torch.stack(ms)
-    contrast = torch.empty(b, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    brightness = torch.empty(b, 1, 1).uniform_(-0.12, 0.12, generator=gen)
+    contrast = torch.empty(b, 1, 1).uniform_(*_CONTRAST, generator=gen)
+    brightness = torch.empty(b, 1, 1).uniform_(-_BRIGHTNESS, _BRIGHTNESS, generator=gen)
     mean = x.mean(dim=(1, 2), keepdim=True)
     x = (x - mean) * contrast + mean + brightness
-    sigma = torch.empty(b, 1, 1).uniform_(0.0, 0.03, generator=gen)
+    sigma = torch.empty(b, 1, 1).uniform_(0.0, _NOISE_MAX, generator=gen)
     x = x + sigma * torch.randn(x.shape, generator=gen)
     return normalize(x.clamp(0.0, 1.0)), m
 
 
 def _losses(
-    model: InspectionNet, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, w: torch.Tensor
+    model: InspectionNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    m: torch.Tensor,
+    w: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(classification + weighted defect-map loss, class logits); `w` is 1 where the map is known."""
     logits, defect_logits = model(x)
     # Label smoothing keeps P(good) off exactly 0/1, so the threshold quantile is not taken among
     # saturated scores that all round to the same float.
-    ce = F.cross_entropy(logits, y, label_smoothing=0.05)
+    ce = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=0.05)
     per_pixel = F.binary_cross_entropy_with_logits(
         defect_logits[:, 0], m, reduction="none", pos_weight=torch.tensor(_MAP_POS_WEIGHT)
     )
@@ -139,26 +163,63 @@ def _losses(
     return ce + _MAP_LOSS_WEIGHT * seg, logits
 
 
+@dataclass
+class Outputs:
+    """What the deployed model says about a batch of ROI crops."""
+
+    probs: np.ndarray  # (N, C) class probabilities
+    maps: np.ndarray  # (N, 16, 16) defect probability per 8 px cell
+    scores: np.ndarray  # (N,) reject score in [0, 1]; reject when >= Decision.THRESHOLD
+    class_scores: np.ndarray  # (N,) 1 - P(good)
+    anomaly: np.ndarray  # (N,) largest squared cell distance to the good parts' features
+
+
 @torch.no_grad()
-def predict(model: InspectionNet, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, C) for uint8 ROI crops (N, 128, 128)."""
+def predict(model: Inspector, images: np.ndarray, batch_size: int = 64) -> Outputs:
+    """Run the deployed model (PyTorch) on uint8 ROI crops (N, 128, 128)."""
     model.eval()
-    out = [
-        model(normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0))[0].softmax(1)
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out).numpy()
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0)
+        logits, defect_logits, cells = model.net.forward_with_features(x)
+        probs = logits.softmax(1)
+        distances = model.good(cells)
+        parts.append((probs, torch.sigmoid(defect_logits)[:, 0], model.decision(probs, distances),
+                      distances.amax(dim=(1, 2))))  # fmt: skip
+    probs, maps, scores, anomaly = (torch.cat(t).numpy() for t in zip(*parts, strict=True))
+    return Outputs(probs, maps, scores, 1.0 - probs[:, 0], anomaly)
 
 
-def calibrate_threshold(good_scores: np.ndarray, target_frr: float) -> float:
-    """Reject threshold such that a fraction `target_frr` of good parts score at or above it."""
-    return float(np.quantile(good_scores, 1.0 - target_frr))
+@torch.no_grad()
+def fit_good_model(model: Inspector, good_images: np.ndarray, batch_size: int = 64) -> None:
+    """Fit the good parts' feature Gaussian on uint8 crops of good parts, each also seen flipped and
+    turned (free extra samples of a texture with no preferred orientation)."""
+    model.eval()
+    cells = []
+    for i in range(0, len(good_images), batch_size):
+        x = torch.from_numpy(good_images[i : i + batch_size]).float() / 255.0
+        for view in (x, x.flip(-1), torch.rot90(x, 1, (1, 2))):
+            feats = model.net.forward_with_features(normalize(view))[2]
+            cells.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
+    model.good.fit(torch.cat(cells))
 
 
-def detection_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float, n_classes: int) -> dict:
-    """Detection rate, false-reject rate and confusion matrix (rows: true, cols: predicted)."""
-    scores = 1.0 - probs[:, 0]
+def calibrate(model: Inspector, good: Outputs, target_frr: float) -> dict:
+    """Set the decision's two limits from validation good parts so that together they reject at most
+    `target_frr` of them: half the budget each to the classifier and to the anomaly score (the
+    union of two rejections of rate r/2 has rate <= r)."""
+    q = 1.0 - target_frr / 2
+    class_limit = max(float(np.quantile(good.class_scores, q)), 1e-6)
+    anomaly_limit = max(float(np.quantile(good.anomaly, q)), 1e-6)
+    model.decision.class_limit.fill_(class_limit)
+    model.decision.anomaly_limit.fill_(anomaly_limit)
+    return {"class_limit": class_limit, "anomaly_limit": anomaly_limit, "n_good": len(good.scores)}
+
+
+def detection_metrics(scores: np.ndarray, probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Detection rate, false-reject rate and confusion matrix (rows: true, cols: predicted class)."""
     reject = scores >= threshold
+    n_classes = probs.shape[1]
     confusion = np.zeros((n_classes, n_classes), int)
     np.add.at(confusion, (labels, probs.argmax(1)), 1)
     good = labels == 0
@@ -181,48 +242,67 @@ def train(
     val_fraction: float = 0.2,
     patience: int = 4,
     target_frr: float = 0.01,
-    classes: tuple[str, ...] = synthetic.CLASSES,
-    roi: tuple[int, int, int, int] | None = synthetic.ROI,
+    roi: tuple[int, int, int, int] | None = None,
+    pretrained: bool = True,
+    min_steps: int = 300,
     threads: int = 2,
     progress: bool = True,
 ) -> TrainResult:
     """Train on `dataset_dir`, write `out_dir/model.pt` and `out_dir/train_report.json`.
-    Sets torch's process-wide thread count to `threads` (results are reproducible per thread count)."""
+
+    `epochs` counts rounds: a round is one pass over the training set, or several when the set is
+    so small that `epochs` passes would give fewer than `min_steps` updates (25 images per class
+    must still train). Early stopping and the learning-rate schedule work in rounds.
+    Classes come from the dataset's folders ("good" first); `roi` (x, y, w, h) overrides the
+    dataset's own (dataset.json). Raises DatasetError for a malformed dataset.
+    `pretrained=False` starts from random weights and trains every layer (the learning curve's
+    baseline). Sets torch's process-wide thread count to `threads` (results are reproducible per
+    thread count)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     console = Console(quiet=not progress)
 
-    data = load_data(dataset_dir, classes, roi)
+    layout = list_dataset(dataset_dir)
+    classes, roi = layout.classes, roi or layout.roi
+    data = load_data(layout, roi)
     train_idx, val_idx = stratified_split(data.labels, val_fraction, rng)
     tensors = [torch.from_numpy(a) for a in (data.images, data.labels, data.maps, data.has_map)]
-    model = InspectionNet(len(classes)).to(memory_format=torch.channels_last)
-    frozen = model.frozen_modules()
+    inspector = Inspector(len(classes), pretrained=pretrained)
+    model = inspector.net.to(memory_format=torch.channels_last)
+    frozen = model.frozen_modules() if pretrained else []
     for module in frozen:
         module.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    # Balanced classes: each class weighs the same in the loss whatever its image count (good
+    # images are cheap to collect and usually far outnumber each defect class).
+    counts = np.bincount(data.labels[train_idx], minlength=len(classes)).astype(np.float32)
+    class_weights = torch.from_numpy(counts.sum() / (len(classes) * np.maximum(counts, 1.0)))
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    passes_per_round = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
+    steps_per_round = passes_per_round * steps_per_epoch
     # One-cycle: a short warm-up protects the pretrained weights from the new heads' first, noisy
     # gradients; the long decay settles the weights within the few epochs a CPU budget allows.
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_round, pct_start=0.15)
 
     history, best_loss, best_state, stale = [], math.inf, None, 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("training", total=epochs * steps_per_epoch)
+        task = bar.add_task("training", total=epochs * steps_per_round)
         for epoch in range(epochs):
             model.train()
             for module in frozen:
                 module.eval()  # frozen layers keep their ImageNet batch-norm statistics too
-            order = rng.permutation(train_idx)
+            order = np.concatenate([rng.permutation(train_idx) for _ in range(passes_per_round)])
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = torch.from_numpy(order[start : start + batch_size])
                 images, labels, maps, has_map = (t[idx] for t in tensors)
                 x, m = augment(images, maps, gen)
-                loss, _ = _losses(model, x.contiguous(memory_format=torch.channels_last), labels, m, has_map)
+                x = x.contiguous(memory_format=torch.channels_last)
+                loss, _ = _losses(model, x, labels, m, has_map, class_weights)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -232,30 +312,36 @@ def train(
             val_loss, val_acc = _validate(model, tensors, val_idx)
             train_loss = total / len(order)
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc})
-            console.log(f"epoch {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  acc {val_acc:.3f}")
+            console.log(f"round {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  acc {val_acc:.3f}")
             if val_loss < best_loss - 1e-4:
                 best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
             else:
                 stale += 1
                 if stale >= patience:
-                    console.log(f"early stop: no val improvement for {patience} epochs")
+                    console.log(f"early stop: no val improvement for {patience} rounds")
                     break
 
     model.load_state_dict(best_state)
-    model = model.to(memory_format=torch.contiguous_format)
-    probs = predict(model, data.images[val_idx])
+    inspector.net = model.to(memory_format=torch.contiguous_format)
+    fit_good_model(inspector, data.images[train_idx[data.labels[train_idx] == 0]])
     val_labels = data.labels[val_idx]
-    threshold = calibrate_threshold(1.0 - probs[val_labels == 0, 0], target_frr)
+    calibration = calibrate(inspector, predict(inspector, data.images[val_idx[val_labels == 0]]), target_frr)
+    val = predict(inspector, data.images[val_idx])
+    threshold = Decision.THRESHOLD
     report = {
         "classes": list(classes),
         "seed": seed,
-        "epochs_run": len(history),
+        "pretrained": pretrained,
+        "rounds_run": len(history),
+        "passes_per_round": passes_per_round,
         "best_val_loss": best_loss,
         "threshold": threshold,
         "target_frr": target_frr,
+        "calibration": calibration,
         "n_train": len(train_idx),
         "n_val": len(val_idx),
-        "val": detection_metrics(probs, val_labels, threshold, len(classes)),
+        "train_counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
+        "val": detection_metrics(val.scores, val.probs, val_labels, threshold),
         "history": history,
         "train_data_hash": dataset_hash(dataset_dir),
     }
@@ -264,7 +350,7 @@ def train(
     checkpoint = out / "model.pt"
     torch.save(
         {
-            "state_dict": model.state_dict(),
+            "state_dict": inspector.state_dict(),
             "classes": list(classes),
             "roi": list(roi) if roi is not None else None,
             "threshold": threshold,
@@ -273,7 +359,7 @@ def train(
         checkpoint,
     )
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
-    console.log(f"threshold {threshold:.4g}; val {report['val']}")
+    console.log(f"calibrated on {calibration['n_good']} good images; val {report['val']}")
     return TrainResult(checkpoint, threshold, report)
 
 
@@ -290,17 +376,12 @@ def _validate(model: InspectionNet, tensors: list[torch.Tensor], val_idx: np.nda
     return total / len(val_idx), correct / len(val_idx)
 
 
-def load_checkpoint(path: str | Path) -> tuple[InspectionNet, dict]:
-    """The trained network (eval mode) and the checkpoint's metadata."""
+def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
+    """The trained model (eval mode) and the checkpoint's metadata."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = InspectionNet(len(ckpt["classes"]), pretrained=False)
+    model = Inspector(len(ckpt["classes"]), pretrained=False)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
-
-
-def train_command(dataset: str | Path, out: str | Path, epochs: int = 15, seed: int = 0) -> Path:
-    """Entry point for `lineinspect train`: returns the checkpoint path."""
-    return train(dataset, out, epochs=epochs, seed=seed).checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

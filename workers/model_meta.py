@@ -11,6 +11,7 @@ runtime dependency.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,8 @@ REQUIRED_KEYS = (KEY_CLASSES, KEY_INPUT, KEY_ROI, KEY_THRESHOLD, KEY_VERSION)
 INPUT_NAME = "image"
 PROBS_NAME = "class_probs"
 DEFECT_MAP_NAME = "defect_map"
+SCORE_NAME = "score"
+"""Optional output: the model's own reject score (N,). Without it, score = 1 - P(good)."""
 
 Color = Literal["gray", "rgb"]
 
@@ -57,6 +60,8 @@ class ModelMeta:
     threshold: float
     """Reject when score >= threshold."""
     version: str
+    has_score: bool = False
+    """The model outputs its own reject score (SCORE_NAME), e.g. classifier and anomaly combined."""
 
 
 def _fail(source: str, key: str, problem: str) -> ConfigError:
@@ -195,7 +200,12 @@ def meta_from_session(session: Any, source: str) -> ModelMeta:
     _check_dim(image.shape[3], meta.width, source, f"input '{INPUT_NAME}' dim 3 (width)")
     _check_dim(probs.shape[1], len(meta.classes), source, f"output '{PROBS_NAME}' dim 1 (classes)")
     _check_dim(dmap.shape[1], 1, source, f"output '{DEFECT_MAP_NAME}' dim 1")
-    return meta
+    if SCORE_NAME not in outputs:
+        return meta
+    node = outputs[SCORE_NAME]
+    if node.type != "tensor(float)" or len(node.shape) != 1:
+        raise _fail(source, f"'{SCORE_NAME}'", f"must be float32 of shape (N,), is {node.type} {node.shape}")
+    return dataclasses.replace(meta, has_score=True)
 
 
 def open_session(model_path: str | os.PathLike[str], options: Any = None, providers: Any = None) -> Any:

@@ -19,7 +19,15 @@ import onnxruntime as ort
 
 from controller.errors import InferenceError
 from controller.ports import Image, InferenceResult
-from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, ModelMeta, meta_from_session, open_session
+from workers.model_meta import (
+    DEFECT_MAP_NAME,
+    INPUT_NAME,
+    PROBS_NAME,
+    SCORE_NAME,
+    ModelMeta,
+    meta_from_session,
+    open_session,
+)
 from workers.preprocess import preprocess
 
 
@@ -100,20 +108,33 @@ class OnnxRuntimeEngine(CanaryWarmup):
         t0 = time.perf_counter()
         try:
             x = preprocess(frames, self.meta)
-            probs, maps = self._session.run([PROBS_NAME, DEFECT_MAP_NAME], {INPUT_NAME: x})
+            outputs = self._output_names
+            probs, maps, *own_scores = self._session.run(outputs, {INPUT_NAME: x})
         except ValueError as exc:
             raise InferenceError(f"{self.name}: {exc}") from exc
         except Exception as exc:  # ORT raises its own private exception types
             raise InferenceError(f"{self.name}: ONNX Runtime failed: {exc}") from exc
-        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name)
+        per_frame_s = (time.perf_counter() - t0) / len(frames)
+        return score(probs, maps, self.meta, per_frame_s, self.name, own_scores[0] if own_scores else None)
+
+    @property
+    def _output_names(self) -> list[str]:
+        return [PROBS_NAME, DEFECT_MAP_NAME] + ([SCORE_NAME] if self.meta.has_score else [])
 
 
 def score(
-    probs: np.ndarray, maps: np.ndarray, meta: ModelMeta, per_frame_s: float, worker: str
+    probs: np.ndarray,
+    maps: np.ndarray,
+    meta: ModelMeta,
+    per_frame_s: float,
+    worker: str,
+    model_scores: np.ndarray | None = None,
 ) -> list[InferenceResult]:
-    """Results from a batch's class_probs (N, classes) and defect_map (N, 1, h, w); shared with
-    TensorRTEngine, because the two engines must give the same verdicts."""
-    scores = np.maximum(0.0, 1.0 - probs[:, 0])
+    """Results from a batch's class_probs (N, classes), defect_map (N, 1, h, w) and, where the model
+    has one, its own score output (N,); shared with TensorRTEngine, because the two engines must
+    give the same verdicts. Without a score output, score = 1 - P(good)."""
+    raw = 1.0 - probs[:, 0] if model_scores is None else model_scores
+    scores = np.maximum(0.0, raw)
     classes = np.argmax(probs, axis=1)
     small = maps[:, 0].astype(np.float16)
     return [

@@ -31,7 +31,7 @@ import numpy as np
 
 from controller.errors import ConfigError, InferenceError
 from controller.ports import Image, InferenceResult
-from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, ModelMeta, load_model_meta
+from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, SCORE_NAME, ModelMeta, load_model_meta
 from workers.onnx_engine import CanaryWarmup, score
 from workers.preprocess import preprocess
 
@@ -187,7 +187,8 @@ class TensorRTEngine(CanaryWarmup):
                 # Bound once: the buffers never move, and a smaller batch uses their leading rows.
                 self._context.set_tensor_address(tensor, int(self._buffers[tensor].data.ptr))
         inputs = [t for t in self._buffers if self._engine.get_tensor_mode(t) == trt.TensorIOMode.INPUT]
-        if inputs != [INPUT_NAME] or not {PROBS_NAME, DEFECT_MAP_NAME} <= set(self._buffers):
+        expected = {PROBS_NAME, DEFECT_MAP_NAME} | ({SCORE_NAME} if self.meta.has_score else set())
+        if inputs != [INPUT_NAME] or not expected <= set(self._buffers):
             raise ConfigError(f"{plan}: engine I/O {sorted(self._buffers)} does not match the model contract")
 
     def infer_batch(self, frames: Sequence[Image]) -> list[InferenceResult]:
@@ -198,14 +199,14 @@ class TensorRTEngine(CanaryWarmup):
         t0 = time.perf_counter()
         try:
             with self._lock:
-                probs, maps = self._run(frames)
+                probs, maps, own_scores = self._run(frames)
         except ValueError as exc:
             raise InferenceError(f"{self.name}: {exc}") from exc
         except Exception as exc:  # CuPy and TensorRT raise their own exception types
             raise InferenceError(f"{self.name}: TensorRT failed: {exc}") from exc
-        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name)
+        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name, own_scores)
 
-    def _run(self, frames: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, frames: Sequence[Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         cp = self._cp
         # Everything on our stream: CuPy work on the legacy default stream would not be ordered
         # before TensorRT's kernels on a non-blocking stream.
@@ -216,9 +217,10 @@ class TensorRTEngine(CanaryWarmup):
             self._context.set_input_shape(INPUT_NAME, x.shape)
             if not self._context.execute_async_v3(self._stream.ptr):
                 raise RuntimeError("execute_async_v3 failed (see the TensorRT log)")
-            # Both outputs are results; copied as float32 (a map is a few KB, so converting it to
+            # The outputs are results; copied as float32 (a map is a few KB, so converting it to
             # float16 on the GPU first would save nothing measurable).
             probs = self._buffers[PROBS_NAME][:n].get(stream=self._stream)
             maps = self._buffers[DEFECT_MAP_NAME][:n].get(stream=self._stream)
+            own_scores = self._buffers[SCORE_NAME][:n].get(stream=self._stream) if self.meta.has_score else None
             self._stream.synchronize()
-        return probs, maps
+        return probs, maps, own_scores

@@ -66,11 +66,13 @@ def build_tiny_model(
     slow_layers: int = 0,
     slow_channels: int = 64,
     metadata: Mapping[str, str] | None = None,
+    with_score: bool = False,
     **meta_kwargs: Any,
 ) -> str:
     """Write a conforming model to `path` and return the path as a string.
 
     class_probs = softmax(GAP(image) @ W + b); defect_map = sigmoid(8x8-pooled channel mean).
+    With `with_score`, a third output score = max of defect_map (the model's own reject score).
     `metadata` replaces the generated metadata strings entirely (to test validation);
     `meta_kwargs` go to `tiny_metadata`.
     """
@@ -112,14 +114,18 @@ def build_tiny_model(
         helper.make_node("Conv", [trunk, "map_w"], ["map_raw"], strides=[8, 8]),
         helper.make_node("Sigmoid", ["map_raw"], ["defect_map"]),
     ]
+    outputs = [
+        helper.make_tensor_value_info("class_probs", TensorProto.FLOAT, ["N", len(TINY_CLASSES)]),
+        helper.make_tensor_value_info("defect_map", TensorProto.FLOAT, ["N", 1, size // 8, size // 8]),
+    ]
+    if with_score:
+        nodes.append(helper.make_node("ReduceMax", ["defect_map"], ["score"], axes=[1, 2, 3], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
         nodes,
         "lineinspect_tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
-        [
-            helper.make_tensor_value_info("class_probs", TensorProto.FLOAT, ["N", len(TINY_CLASSES)]),
-            helper.make_tensor_value_info("defect_map", TensorProto.FLOAT, ["N", 1, size // 8, size // 8]),
-        ],
+        outputs,
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

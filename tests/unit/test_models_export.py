@@ -1,4 +1,4 @@
-"""Training -> ONNX export on a tiny synthetic set, and the shipped model's contract and sanity."""
+"""Training -> ONNX export -> evaluation on a tiny synthetic set, and the shipped model's contract and sanity."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from models import export, synthetic
 from models.net import preprocess
@@ -30,7 +31,7 @@ METADATA_KEYS = {
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     data = synthetic.make_dataset(root / "data", per_class=5, seed=5)
-    result = train(data, root / "run", epochs=1, seed=3, batch_size=8, progress=False)
+    result = train(data, root / "run", epochs=1, seed=3, batch_size=8, min_steps=0, progress=False)
     onnx_path = export.export_onnx(result.checkpoint, root / "model.onnx")
     return data, result, onnx_path
 
@@ -53,7 +54,7 @@ def test_export_metadata(tiny_run) -> None:
     assert float(props["lineinspect.threshold"]) == pytest.approx(result.threshold)
     assert re.fullmatch(r"sim-v1-[0-9a-f]{8}", props["lineinspect.version"])
     assert props["lineinspect.train_data_hash"] == dataset_hash(data)
-    assert [o.name for o in proto.graph.output] == ["class_probs", "defect_map"]
+    assert [o.name for o in proto.graph.output] == ["class_probs", "defect_map", "score"]
     assert [i.name for i in proto.graph.input] == ["image"]
     assert any(o.version == 17 for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -65,16 +66,39 @@ def test_onnx_outputs_and_parity(tiny_run) -> None:
     score_diff, map_diff = export.parity_with_maps(result.checkpoint, onnx_path, frames)
     assert score_diff < 1e-3 and map_diff < 1e-3  # the parity gate: scores and maps within 1e-3
     x = preprocess(frames, list(synthetic.ROI))
-    probs, defect_map = export.session(onnx_path).run(None, {"image": x})  # batch 5: dynamic axis
+    probs, defect_map, score = export.session(onnx_path).run(None, {"image": x})  # batch 5: dynamic axis
     assert probs.shape == (5, 4) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert defect_map.shape == (5, 1, 16, 16)
     assert defect_map.min() >= 0.0 and defect_map.max() <= 1.0
+    assert score.shape == (5,) and score.min() >= 0.0 and score.max() <= 1.0
+
+
+def test_line_engine_uses_the_models_own_score(tiny_run) -> None:
+    from workers.onnx_engine import OnnxRuntimeEngine
+
+    _, _, onnx_path = tiny_run
+    engine = OnnxRuntimeEngine(onnx_path)
+    assert engine.meta.has_score
+    frames = [synthetic.render_frame(np.random.default_rng(i), i % 4)[0] for i in range(4)]
+    _, _, score = export.session(onnx_path).run(None, {"image": preprocess(np.stack(frames), list(synthetic.ROI))})
+    results = engine.infer_batch(frames)
+    np.testing.assert_allclose([r.score for r in results], score, atol=1e-6)
+    assert [r.reject for r in results] == list(score >= engine.meta.threshold)
+
+
+def test_calibration_holds_the_false_reject_budget_on_validation(tiny_run) -> None:
+    _, result, _ = tiny_run
+    cal = result.report["calibration"]
+    assert cal["class_limit"] > 0 and cal["anomaly_limit"] > 0 and cal["n_good"] >= 1
+    # Each signal's limit is the (1 - frr/2) quantile of validation good parts, so on those parts the
+    # union of the two rejects stays within the target (a tiny set: at most one part over).
+    assert result.report["val"]["false_reject_rate"] <= max(result.report["target_frr"], 1 / cal["n_good"])
 
 
 def test_training_is_reproducible(tiny_run, tmp_path) -> None:
     data, result, _ = tiny_run
-    again = train(data, tmp_path, epochs=1, seed=3, batch_size=8, progress=False)
+    again = train(data, tmp_path, epochs=1, seed=3, batch_size=8, min_steps=0, progress=False)
     a, _ = load_checkpoint(result.checkpoint)
     b, _ = load_checkpoint(again.checkpoint)
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -92,12 +116,34 @@ def test_shipped_model_contract_and_accuracy() -> None:
     labels = np.arange(40) % 4
     frames = np.stack([synthetic.render_frame(rng, int(c))[0] for c in labels])
     sess = export.session(SHIPPED)
-    probs = export.onnx_predict(sess, frames, meta["roi"])
+    probs, maps, score = export.onnx_predict(sess, frames, meta["roi"])
     assert (probs.argmax(1) == labels).mean() >= 0.8
     # The simulator stamps data into rows 0..7, outside the ROI: it must not change any output.
     stamped = frames.copy()
     stamped[:, :8] = rng.integers(0, 256, size=stamped[:, :8].shape, dtype=np.uint8)
-    np.testing.assert_array_equal(export.onnx_predict(sess, stamped, meta["roi"]), probs)
+    for a, b in zip(export.onnx_predict(sess, stamped, meta["roi"]), (probs, maps, score), strict=True):
+        np.testing.assert_array_equal(a, b)
     # Reject decisions, as the runtime makes them, must separate good from defective too.
-    reject = 1.0 - probs[:, 0] >= meta["threshold"]
-    assert (reject == (labels > 0)).mean() >= 0.8
+    reject = score >= meta["threshold"]
+    assert (reject == (labels > 0)).mean() >= 0.9
+
+
+def test_evaluate_reports_what_the_line_would_do(tiny_run, tmp_path) -> None:
+    from models.evaluate import evaluate
+    from workers.onnx_engine import OnnxRuntimeEngine
+
+    _, _, onnx_path = tiny_run
+    # A test set with a defect type the model never saw: it is evaluated as a defect like any other.
+    data = synthetic.make_dataset(tmp_path / "test", per_class=3, seed=77, classes=("good", "spot", "dent"), good=4)
+    report = evaluate(onnx_path, data, tmp_path / "report", progress=False)
+    engine = OnnxRuntimeEngine(onnx_path)
+    frames = [np.asarray(Image.open(f)) for f in sorted((data / "dent").glob("*.png"))]
+    rejected = np.mean([r.reject for r in engine.infer_batch(frames)])
+    assert report["per_class"]["dent"]["reject_rate"] == pytest.approx(rejected)
+    assert report["per_class"]["dent"]["seen_in_training"] is False
+    assert report["images"] == 10 and report["escapes"] + round(report["detection_rate"] * 6) == 6
+    assert report["confusion"]["rows"] == ["good", "spot"] and report["confusion"]["cols"] == list(synthetic.CLASSES)
+    assert 0.0 <= report["auroc"] <= 1.0 and report["pixel_auroc"] is not None
+    for name in ("report.html", "report.json", "threshold.png", "scores.png", "confusion.png", "worst.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0, name
+    assert "worst.png" in (tmp_path / "report" / "report.html").read_text()

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 
 from controller.errors import ConfigError, InferenceError
-from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME
+from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, SCORE_NAME
 from workers.onnx_engine import OnnxRuntimeEngine
 from workers.tensorrt_engine import WORKSPACE_BYTES, TensorRTEngine, build_engine, engine_cache_key
 from workers.tiny_model import build_tiny_model
@@ -303,6 +303,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, tup
     return {
         "gray_roi": (build_tiny_model(d / "gray.onnx", size=32, roi=[8, 4, 40, 30], version="g-1"), (60, 64)),
         "rgb": (build_tiny_model(d / "rgb.onnx", size=32, color="rgb", version="c-1"), (40, 48, 3)),
+        # A model with its own score output (classifier and anomaly combined, as models/ exports).
+        "own_score": (build_tiny_model(d / "scored.onnx", size=32, with_score=True, version="s-1"), (32, 32)),
     }
 
 
@@ -320,7 +322,7 @@ def random_frames(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> l
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("kind", ["gray_roi", "rgb"])
+@pytest.mark.parametrize("kind", ["gray_roi", "rgb", "own_score"])
 def test_results_match_onnx_runtime(models: dict, tmp_path: Path, version: str, kind: str) -> None:
     model, shape = models[kind]
     trt, cp = fakes(version)
@@ -346,14 +348,16 @@ def test_results_match_onnx_runtime(models: dict, tmp_path: Path, version: str, 
     # Bound memory is the preallocated buffers, sized for max_batch, for every I/O tensor.
     context = trt.engines[0].contexts[0]
     assert context.addresses == {name: buf.data.ptr for name, buf in engine._buffers.items()}
-    assert set(context.addresses) == {INPUT_NAME, PROBS_NAME, DEFECT_MAP_NAME}
+    outputs = [PROBS_NAME, DEFECT_MAP_NAME] + ([SCORE_NAME] if kind == "own_score" else [])
+    assert engine.meta.has_score == (kind == "own_score")
+    assert set(context.addresses) == {INPUT_NAME, *outputs}
     assert engine._buffers[INPUT_NAME].shape == (8, 3, 32, 32)
     # Preprocessing uploads, execution and the copy back all ran on the engine's one stream ...
     stream = engine._stream
     assert stream.non_blocking and set(cp.uploads) == {stream}
     assert context.executions == [stream.ptr] * 3 and stream.synchronized == 3
-    # ... and both results, class_probs and the defect map, came back to the host on it.
-    copies = [(engine._buffers[PROBS_NAME].data.ptr, stream), (engine._buffers[DEFECT_MAP_NAME].data.ptr, stream)]
+    # ... and the results (class_probs, the defect map and any score) came back to the host on it.
+    copies = [(engine._buffers[name].data.ptr, stream) for name in outputs]
     assert cp.gets == copies * 3
 
 
