@@ -134,10 +134,49 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from models.train import train_command
+def _roi(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ControllerError(f"--roi must be x,y,w,h (four integers), got {text!r}") from None
+    return x, y, w, h
 
-    train_command(Path(args.dataset), Path(args.out), epochs=args.epochs, seed=args.seed)
+
+def _train(args: argparse.Namespace) -> int:
+    from models.dataset import DatasetError
+    from models.train import train
+
+    try:
+        result = train(Path(args.dataset), Path(args.out), epochs=args.epochs, seed=args.seed,
+                       target_frr=args.target_frr, roi=_roi(args.roi), pretrained=not args.no_pretrained)  # fmt: skip
+    except DatasetError as exc:
+        raise ControllerError(str(exc)) from None
+    if args.export:
+        from models.export import export_onnx
+
+        print(export_onnx(result.checkpoint, Path(args.out) / "model.onnx"))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from models.dataset import DatasetError
+    from models.evaluate import evaluate
+
+    try:
+        report = evaluate(Path(args.model), Path(args.dataset), Path(args.out), threads=args.threads)
+    except DatasetError as exc:
+        raise ControllerError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"detection {report['detection_rate']:.4f}  false-reject {report['false_reject_rate']:.4f}  "
+              f"AUROC {report['auroc']:.4f}  at threshold {report['threshold']:.4g} on {report['images']} images")
+        for name, c in report["per_class"].items():
+            seen = "" if c["seen_in_training"] else "  (not seen in training)"
+            print(f"  {name:<12} {c['images']:>6} images  rejected {c['reject_rate']:.4f}{seen}")
+        print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -231,9 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on a dataset folder (needs the 'train' extra)")
     t.add_argument("dataset")
     t.add_argument("--out", default="runs/model")
-    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--epochs", type=int, default=15, help="at most this many rounds (early stopping)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold is set for")
+    t.add_argument("--roi", help="x,y,w,h of the part on the image (default: the dataset's dataset.json, or all)")
+    t.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet")
+    t.add_argument("--no-export", dest="export", action="store_false", help="keep only the checkpoint")
     t.set_defaults(fn=_train)
+
+    v = sub.add_parser("evaluate", help="detection and false rejects of an ONNX model on a dataset; HTML report")
+    v.add_argument("model")
+    v.add_argument("dataset")
+    v.add_argument("--out", default="runs/evaluate")
+    v.add_argument("--threads", type=int, default=2)
+    v.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    v.set_defaults(fn=_evaluate)
     b = sub.add_parser("bench", help="benchmark: engine latency per batch size and the controller's overhead")
     b.add_argument("--model", help="ONNX model (default: the shipped one)")
     b.add_argument("--engines", default="onnx,tensorrt", help="comma-separated; unavailable ones are skipped")

@@ -116,3 +116,29 @@ def test_dataset_check_reports_and_fails_on_a_malformed_folder(tmp_path: Path) -
     (good / "spot" / "broken.png").write_bytes(b"\x89PNG broken")
     bad = lineinspect("dataset", "check", str(good), cwd=tmp_path)
     assert bad.returncode == 1 and "error: spot/broken.png cannot be read" in bad.stdout
+
+
+def test_train_and_evaluate_refuse_a_malformed_dataset_in_one_line(tmp_path: Path) -> None:
+    from models.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "parts", per_class=2, seed=3)
+    (data / "good" / "0000.png").rename(tmp_path / "moved.png")
+    (data / "good" / "0001.png").rename(tmp_path / "moved2.png")  # good/ is now empty
+    proc = lineinspect("train", str(data), "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(proc, "not a usable dataset", "good/ has no images")
+    assert not (tmp_path / "run").exists()
+    proc = lineinspect("evaluate", str(tmp_path / "missing.onnx"), str(data), cwd=tmp_path)
+    assert_one_line_error(proc, "missing.onnx", "model file not found")
+
+
+def test_evaluate_writes_a_report_including_unseen_defect_types(tmp_path: Path) -> None:
+    from controller.config import SHIPPED_MODEL
+    from models.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "test", per_class=2, seed=9, classes=("good", "crack", "chip"))
+    proc = lineinspect("evaluate", str(SHIPPED_MODEL), str(data), "--out", str(tmp_path / "eval"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "detection" in proc.stdout and "chip" in proc.stdout and "not seen in training" in proc.stdout
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["images"] == 6 and set(report["per_class"]) == {"good", "crack", "chip"}
+    assert (tmp_path / "eval" / "report.html").exists()
