@@ -1,7 +1,8 @@
 """A dataset folder as the commands see it: `good/`, one folder per defect class, optional masks in
 `ground_truth/<class>/<name>_mask.png`, and an optional `dataset.json` describing the images:
 `"roi": [x, y, w, h]` (where the part lies on the frame; without it the whole image is used) and
-`"classes": [...]` (the model's class order, "good" first; without it, defect classes by name).
+`"classes": [...]` (the model's class order, "good" first; without it, defect classes by name) and
+`"color": "gray" | "rgb"` (without it: gray unless the first good image is a colour image).
 
 What it does: lists a dataset's classes ("good" first, then the defect classes by name) and image
 files after `dataset_check` finds no error; a malformed folder raises one `DatasetError` that names
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from models.dataset_check import IMAGE_SUFFIXES, check_dataset
+from workers.model_meta import Color
 
 INFO_FILE = "dataset.json"
 
@@ -32,6 +36,7 @@ class Layout:
     """"good" first, then the defect classes sorted by name."""
     images: dict[str, list[Path]]
     roi: tuple[int, int, int, int] | None
+    color: Color
 
 
 def read_info(root: Path) -> dict[str, Any]:
@@ -75,7 +80,17 @@ def list_dataset(path: str | Path) -> Layout:
         c: sorted(f for f in (root / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         for c in classes
     }
-    return Layout(root, classes, images, read_roi(root))
+    return Layout(root, classes, images, read_roi(root), _color(root, images["good"][0]))
+
+
+def _color(root: Path, first_good: Path) -> Color:
+    declared = read_info(root).get("color")
+    if declared is None:
+        with Image.open(first_good) as im:
+            return "rgb" if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr") else "gray"
+    if declared not in ("gray", "rgb"):
+        raise DatasetError(f"{root / INFO_FILE}: color must be \"gray\" or \"rgb\", got {declared!r}")
+    return declared  # type: ignore[no-any-return]
 
 
 def write_info(root: Path, roi: tuple[int, int, int, int] | None, **extra: object) -> None:

@@ -32,7 +32,7 @@ from models.dataset import DatasetError, list_dataset
 from workers.onnx_engine import OnnxRuntimeEngine
 
 FIXED_FRRS = (0.005, 0.01, 0.02, 0.05)
-WORST_SHOWN = 12
+WORST_SHOWN = 6
 
 
 @dataclass

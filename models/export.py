@@ -1,7 +1,7 @@
 """Export a trained checkpoint to the ONNX model the inference workers load, and check it.
 
 What it does: writes an opset-17 ONNX file with a dynamic batch axis,
-  input  `image`       float32 (N, 3, 128, 128), ImageNet-normalized grey replicated to 3 channels
+  input  `image`       float32 (N, 3, 128, 128), ImageNet-normalized (grey replicated to 3 channels, or RGB)
   output `class_probs` float32 (N, C) softmax, class 0 = good
   output `defect_map`  float32 (N, 1, 16, 16) in [0, 1]
   output `score`       float32 (N,) reject score in [0, 1] (classifier and anomaly, net.Decision)
@@ -63,7 +63,7 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
                 "height": INPUT_SIZE,
                 "width": INPUT_SIZE,
                 "channels": 3,
-                "color": "gray",
+                "color": ckpt.get("color", "gray"),
                 "mean": list(MEAN),
                 "std": list(STD),
             }
@@ -120,7 +120,10 @@ def parity_with_maps(checkpoint: str | Path, onnx_path: str | Path, frames: np.n
     """Max |score difference| and max |defect-map difference| (both in [0, 1]) between PyTorch and
     ONNX Runtime on `frames`."""
     model, ckpt = load_checkpoint(checkpoint)
-    x = preprocess(frames, ckpt["roi"])
+    color = ckpt.get("color", "gray")
+    if color == "rgb" and frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=-1)  # grey golden frames as colour images
+    x = preprocess(frames, ckpt["roi"], color)
     with torch.no_grad():
         _, torch_map, torch_score = (t.numpy() for t in model(torch.from_numpy(x)))
     onnx_map, onnx_score = session(onnx_path).run(["defect_map", "score"], {"image": x})

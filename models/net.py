@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.efficientnet_lite import EfficientNetLite0Features
-from workers.model_meta import ModelMeta
+from workers.model_meta import Color, ModelMeta
 from workers.preprocess import preprocess as runtime_preprocess
 from workers.preprocess import resize_bilinear
 
@@ -147,34 +147,47 @@ class Inspector(nn.Module):
 
 
 def crop_resize(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    """Cut the ROI (x, y, w, h) out of a Mono8 image and bring it to INPUT_SIZE squared (uint8), with
-    the runtime's own resize (workers.preprocess), so training sees what the line will feed."""
+    """Cut the ROI (x, y, w, h) out of a Mono8 (H, W) or RGB8 (H, W, 3) image and bring it to
+    INPUT_SIZE squared (uint8), with the runtime's own resize (workers.preprocess), so training sees
+    what the line will feed."""
     if roi is not None:
         x, y, w, h = roi
         image = image[y : y + h, x : x + w]
-    if image.shape != (INPUT_SIZE, INPUT_SIZE):
+    if image.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
         resized = resize_bilinear(image[None], INPUT_SIZE, INPUT_SIZE)[0]
         image = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return image
 
 
-def normalize(gray: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W) grey levels scaled to 0..1 -> (N, 3, H, W) float32 with ImageNet mean/std per channel
-    (the grey image is replicated to the three channels the pretrained stem expects)."""
-    g = torch.as_tensor(gray, dtype=torch.float32)[:, None]
+def channels_first(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W) grey or (N, H, W, 3) colour -> float32 (N, C, H, W) with C = 1 or 3."""
+    t = torch.as_tensor(images, dtype=torch.float32)
+    return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2)
+
+
+def to_input(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) in 0..1, C = 1 (grey, replicated to the three channels the pretrained stem
+    expects) or 3 -> (N, 3, H, W) normalized with ImageNet mean/std per channel."""
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (g - mean) / std
+    return ((x - mean) / std).contiguous()
 
 
-def input_meta(roi: tuple[int, int, int, int] | list[int] | None) -> ModelMeta:
+def normalize(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W) grey or (N, H, W, 3) colour levels scaled to 0..1 -> network input (N, 3, H, W)."""
+    return to_input(channels_first(images))
+
+
+def input_meta(roi: tuple[int, int, int, int] | list[int] | None, color: Color = "gray") -> ModelMeta:
     """The runtime's description of this network's input, for workers.preprocess."""
     return ModelMeta(source="models.net", classes=("good",), height=INPUT_SIZE, width=INPUT_SIZE, channels=3,
-                     color="gray", mean=MEAN, std=STD, roi=tuple(roi) if roi is not None else None,  # type: ignore[arg-type]
+                     color=color, mean=MEAN, std=STD, roi=tuple(roi) if roi is not None else None,  # type: ignore[arg-type]
                      threshold=Decision.THRESHOLD, version="models.net")  # fmt: skip
 
 
-def preprocess(frames: np.ndarray, roi: tuple[int, int, int, int] | list[int] | None) -> np.ndarray:
-    """Mono8 frames (N, H, W) -> float32 (N, 3, 128, 128), exactly what the ONNX input `image` wants:
-    the line's own preprocessing, so export checks and evaluation cannot drift from it."""
-    return runtime_preprocess(list(frames), input_meta(roi))
+def preprocess(
+    frames: np.ndarray, roi: tuple[int, int, int, int] | list[int] | None, color: Color = "gray"
+) -> np.ndarray:
+    """Mono8 (N, H, W) or RGB8 (N, H, W, 3) frames -> float32 (N, 3, 128, 128), exactly what the ONNX
+    input `image` wants: the line's own preprocessing, so export checks and evaluation cannot drift."""
+    return runtime_preprocess(list(frames), input_meta(roi, color))

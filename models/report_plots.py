@@ -37,8 +37,7 @@ def _threshold_curve(good: np.ndarray, defect: np.ndarray, threshold: float, pat
     a.plot(cuts, 100 * det, label="detection rate (defects rejected)")
     a.plot(cuts, 100 * frr, label="false-reject rate (good rejected)")
     a.axvline(threshold, color="k", ls="--", lw=1, label=f"model threshold {threshold:.3g}")
-    a.set(xlabel="reject threshold on score", ylabel="%", title="What each threshold would do")
-    a.set_yscale("symlog", linthresh=1.0)
+    a.set(xlabel="reject threshold on score", ylabel="%", title="What each threshold would do", ylim=(-2, 102))
     a.legend(loc="center left")
     a.grid(alpha=0.3)
     b.plot(100 * frr, 100 * det)
@@ -107,6 +106,6 @@ def _worst(
         ax.axis("off")
     fig.suptitle("Worst misses: lowest-scoring defects, then highest-scoring good parts", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
     return worst

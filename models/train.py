@@ -30,7 +30,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.dataset import Layout, list_dataset
-from models.net import INPUT_SIZE, MAP_STRIDE, Decision, InspectionNet, Inspector, crop_resize, normalize
+from models.net import (
+    INPUT_SIZE,
+    MAP_STRIDE,
+    Decision,
+    InspectionNet,
+    Inspector,
+    channels_first,
+    crop_resize,
+    normalize,
+    to_input,
+)
 
 _MAP_POS_WEIGHT = 4.0  # defect cells are a few % of the map; without this the head predicts all-clear
 _MAP_LOSS_WEIGHT = 0.5
@@ -46,7 +56,7 @@ _NOISE_MAX = 0.015
 class Data:
     """A dataset in memory: ROI crops, labels, 1/8-scale defect maps and whether each map is known."""
 
-    images: np.ndarray  # uint8 (N, 128, 128)
+    images: np.ndarray  # uint8 (N, 128, 128) grey or (N, 128, 128, 3) colour
     labels: np.ndarray  # int64 (N,)
     maps: np.ndarray  # float32 (N, 16, 16), 1 where any pixel of the cell is defective
     has_map: np.ndarray  # float32 (N,), 0 for a defect image without a mask file
@@ -71,11 +81,12 @@ def dataset_hash(dataset_dir: str | Path) -> str:
 
 def load_data(layout: Layout, roi: tuple[int, int, int, int] | None) -> Data:
     root = layout.root
+    mode = "L" if layout.color == "gray" else "RGB"
     images, labels, maps, has_map = [], [], [], []
     cells = INPUT_SIZE // MAP_STRIDE
     for label, name in enumerate(layout.classes):
         for f in layout.images[name]:
-            images.append(crop_resize(np.asarray(Image.open(f).convert("L")), roi))
+            images.append(crop_resize(np.asarray(Image.open(f).convert(mode)), roi))
             labels.append(label)
             mask_file = root / "ground_truth" / name / f"{f.stem}_mask.png"
             if label == 0 or mask_file.exists():
@@ -104,29 +115,29 @@ def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Gen
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of one (H, W) image, 5x5 separable, edges replicated."""
+    """Gaussian blur of one (C, H, W) image, 5x5 separable, edges replicated."""
     t = torch.arange(-2, 3, dtype=torch.float32)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
-    y = F.pad(x[None, None], (2, 2, 2, 2), mode="replicate")
+    y = F.pad(x[:, None], (2, 2, 2, 2), mode="replicate")  # channels as a batch of planes
     y = F.conv2d(y, k.view(1, 1, 1, 5))
-    return F.conv2d(y, k.view(1, 1, 5, 1))[0, 0]
+    return F.conv2d(y, k.view(1, 1, 5, 1))[:, 0]
 
 
 def augment(images: torch.Tensor, maps: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, H, W) crops and their maps -> normalized (B, 3, H, W) inputs and matching maps.
+    """uint8 (B, H, W[, 3]) crops and their maps -> normalized (B, 3, H, W) inputs and matching maps.
     Random dihedral transform (surfaces and defects have no preferred orientation), brightness and
     contrast around the image mean (lighting drifts), slight defocus on a third of the images (the
     part is not always at the focal plane), and sensor noise."""
     b = images.shape[0]
-    x = images.float() / 255.0
+    x = channels_first(images) / 255.0
     k = torch.randint(0, 4, (b,), generator=gen)
     flip = torch.rand(b, generator=gen) < 0.5
     blur = torch.rand(b, generator=gen) < _BLUR_P
     sigma_blur = torch.empty(b).uniform_(*_BLUR_SIGMA, generator=gen)
     xs, ms = [], []
     for i in range(b):
-        xi, mi = torch.rot90(x[i], int(k[i])), torch.rot90(maps[i], int(k[i]))
+        xi, mi = torch.rot90(x[i], int(k[i]), dims=(-2, -1)), torch.rot90(maps[i], int(k[i]))
         if flip[i]:
             xi, mi = xi.flip(-1), mi.flip(-1)
         if blur[i]:
@@ -134,13 +145,13 @@ def augment(images: torch.Tensor, maps: torch.Tensor, gen: torch.Generator) -> t
         xs.append(xi)
         ms.append(mi)
     x, m = torch.stack(xs), torch.stack(ms)
-    contrast = torch.empty(b, 1, 1).uniform_(*_CONTRAST, generator=gen)
-    brightness = torch.empty(b, 1, 1).uniform_(-_BRIGHTNESS, _BRIGHTNESS, generator=gen)
-    mean = x.mean(dim=(1, 2), keepdim=True)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(*_CONTRAST, generator=gen)
+    brightness = torch.empty(b, 1, 1, 1).uniform_(-_BRIGHTNESS, _BRIGHTNESS, generator=gen)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean + brightness
-    sigma = torch.empty(b, 1, 1).uniform_(0.0, _NOISE_MAX, generator=gen)
+    sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, _NOISE_MAX, generator=gen)
     x = x + sigma * torch.randn(x.shape, generator=gen)
-    return normalize(x.clamp(0.0, 1.0)), m
+    return to_input(x.clamp(0.0, 1.0)), m
 
 
 def _losses(
@@ -176,7 +187,7 @@ class Outputs:
 
 @torch.no_grad()
 def predict(model: Inspector, images: np.ndarray, batch_size: int = 64) -> Outputs:
-    """Run the deployed model (PyTorch) on uint8 ROI crops (N, 128, 128)."""
+    """Run the deployed model (PyTorch) on uint8 ROI crops (N, 128, 128[, 3])."""
     model.eval()
     parts: list[tuple[torch.Tensor, ...]] = []
     for i in range(0, len(images), batch_size):
@@ -197,9 +208,9 @@ def fit_good_model(model: Inspector, good_images: np.ndarray, batch_size: int = 
     model.eval()
     cells = []
     for i in range(0, len(good_images), batch_size):
-        x = torch.from_numpy(good_images[i : i + batch_size]).float() / 255.0
-        for view in (x, x.flip(-1), torch.rot90(x, 1, (1, 2))):
-            feats = model.net.forward_with_features(normalize(view))[2]
+        x = channels_first(good_images[i : i + batch_size]) / 255.0
+        for view in (x, x.flip(-1), torch.rot90(x, 1, (-2, -1))):
+            feats = model.net.forward_with_features(to_input(view))[2]
             cells.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     model.good.fit(torch.cat(cells))
 
@@ -332,6 +343,7 @@ def train(
         "classes": list(classes),
         "seed": seed,
         "pretrained": pretrained,
+        "color": layout.color,
         "rounds_run": len(history),
         "passes_per_round": passes_per_round,
         "best_val_loss": best_loss,
@@ -353,6 +365,7 @@ def train(
             "state_dict": inspector.state_dict(),
             "classes": list(classes),
             "roi": list(roi) if roi is not None else None,
+            "color": layout.color,
             "threshold": threshold,
             "train_data_hash": report["train_data_hash"],
         },

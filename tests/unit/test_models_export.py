@@ -147,3 +147,27 @@ def test_evaluate_reports_what_the_line_would_do(tiny_run, tmp_path) -> None:
     for name in ("report.html", "report.json", "threshold.png", "scores.png", "confusion.png", "worst.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
     assert "worst.png" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_colour_dataset_gives_an_rgb_model_the_line_feeds_rgb_frames(tmp_path) -> None:
+    import shutil
+
+    from controller.errors import InferenceError
+    from workers.onnx_engine import OnnxRuntimeEngine
+
+    gray = synthetic.make_dataset(tmp_path / "gray", per_class=4, seed=8, classes=("good", "spot"))
+    colour = tmp_path / "colour"
+    shutil.copytree(gray, colour)
+    tint = np.array([1.0, 0.8, 0.6])
+    for f in colour.glob("[gs]*/*.png"):  # good/ and spot/, not the masks
+        g = np.asarray(Image.open(f), np.float32)[..., None]
+        Image.fromarray(np.clip(g * tint, 0, 255).astype(np.uint8), "RGB").save(f)
+    result = train(colour, tmp_path / "run", epochs=1, seed=1, batch_size=4, min_steps=0, progress=False)
+    assert result.report["color"] == "rgb"
+    onnx_path = export.export_onnx(result.checkpoint, tmp_path / "rgb.onnx")  # includes the parity gate
+    engine = OnnxRuntimeEngine(onnx_path)
+    assert engine.meta.color == "rgb"
+    frame = np.asarray(Image.open(colour / "spot" / "0000.png"))
+    assert frame.shape == (*synthetic.FRAME_SHAPE, 3) and len(engine.infer_batch([frame])) == 1
+    with pytest.raises(InferenceError, match="expects RGB8"):
+        engine.infer_batch([frame[..., 0]])
