@@ -1,9 +1,14 @@
 """The line controller: the supervised loops that connect PLC, camera, inference and journal.
 
-    poll PLC ──► tracker (new triggers, expiries) ──► frame matcher ◄── camera frames
-                                                        │ match
-                                                        ▼
-                          admission ─► inference (deadline) ─► journal (durable) ─► verdict write
+    read PLC ──► tracker (new triggers, expiries, what the gate did) ──► frame matcher ◄── frames
+                                                                            │ match
+                                                                            ▼
+          admission ─► inference (deadline) ─► journal (durable) ─► outbox ─► next cycle's write
+
+The PLC exchange is cyclic, as S7 links are meant to be used: per cycle one read of `PlcToVision`,
+then one write of `VisionToPlc` carrying the heartbeat and every verdict queued since the last
+(controller/vision_block.py). One request at a time on the one connection, so a slow link costs
+round trips, never a queue of stale requests.
 
 Every trigger ends in exactly one recorded outcome, with its reason. The PLC is the safety layer:
 whatever fails here, the part is rejected there; this module's job is to be on time.
@@ -29,9 +34,11 @@ from controller import plc_codec as codec
 from controller.alarms import Alarms
 from controller.errors import CameraError, ControllerError, InferenceError, JournalError, PlcError
 from controller.frame_matching import FrameMatcher, Match, MatchWindow
+from controller.plc_clock import SnapshotClock
 from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
 from controller.status import Health, LineStatus
 from controller.tracking import Finished, Margins, Outcome, Part, Reason, Tracker, check_line_geometry, wrap_diff
+from controller.vision_block import VisionBlock
 
 log = structlog.get_logger("lineinspect.controller")
 
@@ -39,6 +46,18 @@ MAX_PENDING_FRAMES = 64
 """Frames waiting for their trigger; beyond this the oldest is dropped and counted."""
 MAX_WAIT_S = 5.0
 """Upper bound on one inference wait while the conveyor stands (the deadline is positional)."""
+
+
+@dataclass(slots=True)
+class Queued:
+    """A recorded verdict waiting for the next cycle's write."""
+
+    done: Finished
+    entry: codec.VerdictEntry
+    frame: Frame
+    result: InferenceResult
+    t_start: float
+    t_end: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +81,16 @@ class LineController:
         self.tracker = Tracker(margins)
         self._base_margins = margins
         self._write_times: deque[float] = deque(maxlen=200)
+        self._queue_times: deque[float] = deque(maxlen=200)
+        """From inference done to the start of the write that carries the verdict (journal + wait)."""
+        self._block = VisionBlock()
+        self._snapshot_clock = SnapshotClock()
+        self._outbox: dict[int, Queued] = {}
+        """Recorded verdicts for the next write, by seq (each part is in it at most once)."""
+        self._header_at = 0.0
+        self.gate_corrections: Counter[str] = Counter()
+        """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
+        self.gate_ambiguous = 0
         self.matcher = FrameMatcher(window)
         self.alarms = Alarms()
         self.on_status = on_status or (lambda s: None)
@@ -86,8 +115,7 @@ class LineController:
         """Run until cancelled. Loops are named and supervised; a crash of one ends the run."""
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._poll_loop(), name="plc-poll")
-                tg.create_task(self._heartbeat_loop(), name="plc-heartbeat")
+                tg.create_task(self._exchange_loop(), name="plc-exchange")
                 tg.create_task(self._frame_loop(), name="camera-intake")
                 tg.create_task(self._status_loop(), name="status")
         finally:
@@ -124,8 +152,8 @@ class LineController:
             log.info("health_changed", old=self.health.value, new=new.value, alarms=self.alarms.active)
             self.health = new
 
-    # ------------------------------------------------------------------ PLC poll
-    async def _poll_loop(self) -> None:
+    # ------------------------------------------------------------------ PLC exchange
+    async def _exchange_loop(self) -> None:
         backoff = self.timing.backoff_initial_s
         last_life, life_changed_at = -1, time.monotonic()
         next_poll = time.monotonic()
@@ -151,15 +179,29 @@ class LineController:
                 last_life, life_changed_at = -1, time.monotonic()
                 continue
             self._on_snapshot(snap, started, time.monotonic())
+            try:
+                await self._write_cycle()
+            except PlcError as exc:
+                await self._plc_lost(str(exc))
+                backoff = await self._reconnect(backoff)
+                last_life, life_changed_at = -1, time.monotonic()
+                next_poll = time.monotonic()
+                continue
             next_poll = max(next_poll + self.timing.poll_s, time.monotonic())
             await asyncio.sleep(next_poll - time.monotonic())
 
     async def _acknowledge_epoch(self, epoch: int) -> None:
         """Clear the whole verdict ring, then acknowledge. A verdict written for the old epoch just
         before we noticed the restart could otherwise sit in the slot of a new part with the same
-        sequence number; writes are serialized on the one connection, so the clear comes after it."""
-        empty = bytes(codec.VISION_TO_PLC_SIZE - codec.VERDICT_RING_OFFSET)
-        await self.plc.write_vision_to_plc(codec.VERDICT_RING_OFFSET, empty)
+        sequence number; writes are serialized on the one connection, so the clear comes after it.
+        The acknowledgement itself goes with this cycle's header write."""
+        # In whole entries per request, each request with its own timeout (a 512-byte write would
+        # take two requests on a 480-byte PDU, and twice the round trip on a slow link).
+        step = (self.plc.max_write_bytes // codec.VERDICT_ENTRY_SIZE) * codec.VERDICT_ENTRY_SIZE
+        for offset in range(codec.VERDICT_RING_OFFSET, codec.VISION_TO_PLC_SIZE, step):
+            size = min(step, codec.VISION_TO_PLC_SIZE - offset)
+            await self.plc.write_vision_to_plc(offset, bytes(size))
+        self._block.clear_ring()
         self._acked_epoch = epoch
 
     async def _plc_lost(self, why: str) -> None:
@@ -196,27 +238,101 @@ class LineController:
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
         self._finish_all(upd.finished)
         for written in upd.revoked:
-            self.outcomes[written.outcome.value] -= 1  # recorded again below, replacing the row
+            self._uncount(written)  # recorded again below, replacing the row
         self._finish_all([w.revoked() for w in upd.revoked])
+        self._apply_gate(upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
         now = time.monotonic()
+        sampled_at = self._snapshot_clock.sampled_at(started, finished, snap.encoder_pos, snap.speed)
         for part in upd.new_parts:
-            self._dispatch(self.matcher.on_trigger(part.seq, _trigger_instant(snap, part, started, finished), now))
+            self._dispatch(self.matcher.on_trigger(part.seq, _trigger_instant(snap, part, sampled_at), now))
 
-    # ------------------------------------------------------------------ heartbeat
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            _stop_if_cancelled()
-            if self._plc_ok and self._acked_epoch is not None:
-                self._life = (self._life + 1) % 65536
-                header = codec.VisionHeader(
-                    self._life, codec.READY if self.ready else 0, codec.INTERFACE_VERSION, self._acked_epoch
-                )
-                try:
-                    await self.plc.write_vision_to_plc(0, codec.encode_vision_header(header))
-                except PlcError as exc:
-                    log.debug("heartbeat_failed", error=str(exc))  # the poll loop reconnects
-            self._update_health()
-            await asyncio.sleep(self.timing.heartbeat_s)
+    def _apply_gate(self, corrected: list[tuple[Finished, Finished]], ambiguous: int, inconsistent: bool) -> None:
+        """Make the journal say what the gate did with written parts it decided otherwise than
+        recorded (a PASS decided after the watchdog tripped, a timed-out write that landed)."""
+        if inconsistent:
+            log.error("gate_counters_inconsistent", epoch=self.tracker.epoch, decided_seq=self.tracker.decided_seq)
+        if ambiguous:
+            self.gate_ambiguous += ambiguous
+            log.warning("gate_outcome_inferred_by_order", epoch=self.tracker.epoch, parts=ambiguous)
+        for recorded, gate in corrected:
+            self._uncount(recorded)
+            self._count(gate)
+            self.gate_corrections[f"{recorded.outcome.value}->{gate.outcome.value}"] += 1
+            log.warning("gate_outcome_corrected", epoch=gate.part.epoch, seq=gate.part.seq,
+                        recorded=recorded.reason.value, gate=gate.outcome.value, reason=gate.reason.value)  # fmt: skip
+            self._spawn(self._amend(gate), name=f"amend-{gate.part.seq}")
+
+    async def _amend(self, gate: Finished) -> None:
+        try:
+            await self.journal.amend(gate.part.epoch, gate.part.seq, gate.outcome.value, gate.reason.value)
+        except JournalError as exc:
+            self.alarms.set("journal", True, str(exc))
+
+    async def _write_cycle(self) -> None:
+        """This cycle's one write: heartbeat, `ready`, `epoch_ack` and every queued verdict still on
+        time. Written only when there is a verdict or the heartbeat is due. Raises PlcError."""
+        if self._acked_epoch is None or not self._plc_ok:
+            return
+        self._update_health()
+        now = time.monotonic()
+        batch = self._take_outbox(now)
+        if not batch and now - self._header_at < self.timing.heartbeat_s:
+            return
+        for q in batch:
+            self._block.put(q.entry)
+            q.done.part.writing = True
+        self._life = (self._life + 1) % 65536
+        ready = codec.READY if self.ready else 0
+        self._block.set_header(codec.VisionHeader(self._life, ready, codec.INTERFACE_VERSION, self._acked_epoch))
+        t_write = time.monotonic()
+        try:
+            for offset, data in self._block.next_writes(self.plc.max_write_bytes):
+                t_request = time.monotonic()
+                await self.plc.write_vision_to_plc(offset, data)
+                self._learn_write_time(time.monotonic() - t_request)
+        except PlcError:
+            # It may have landed or not: record fail-safe, take the entries back in the next write,
+            # and let the gate counters tell what really happened (Tracker._reconcile).
+            for q in batch:
+                self._block.retract(q.entry.seq)
+                verdict = Outcome.REJECT if q.entry.verdict == codec.REJECT else Outcome.PASS
+                failed = self.tracker.write_failed(q.entry.seq, verdict)
+                self._finish_all([failed], q.frame, q.result, q.t_start, q.t_end)
+            raise
+        t_written = time.monotonic()
+        self._block.written()
+        self._header_at = t_write
+        for q in batch:
+            self._queue_times.append(t_write - q.t_end)
+            p = q.done.part
+            if self.tracker.finish(p.seq, q.done.outcome, q.done.reason) is None:
+                continue  # the epoch changed meanwhile: already recorded as fail-safe
+            self._count(q.done)
+            self.latencies.append(t_written - p.seen_at)
+            self._spawn(self.journal.note_written(p.epoch, p.seq, t_written), name=f"written-{p.seq}")
+
+    def _take_outbox(self, now: float) -> list[Queued]:
+        """The queued verdicts that can still be on time; the others fail safe now, never written.
+        An entry beyond the first request's reach lands one request later: checked that much later
+        (a typical request: the margin itself already covers a slow one)."""
+        batch = []
+        second = self._block.first_request_end(self.plc.max_write_bytes)
+        for seq, q in list(self._outbox.items()):
+            del self._outbox[seq]
+            part = q.done.part
+            if self.tracker.parts.get(seq) is not part:
+                continue  # already has its outcome (epoch changed, controller stopping)
+            lands_after = _percentile(self._write_times, 0.5) if codec.verdict_offset(seq) >= second else 0.0
+            late = self.tracker.may_write(seq, now + lands_after)
+            if late is None and self._acked_epoch != part.epoch:
+                late = Reason.EPOCH_CHANGED
+            if late is not None:
+                part.writing = False
+                self._finish_all([self.tracker.finish(seq, Outcome.FAILSAFE, late)], q.frame, q.result,
+                                 q.t_start, q.t_end)  # fmt: skip
+                continue
+            batch.append(q)
+        return batch
 
     # ------------------------------------------------------------------ camera
     async def _frame_loop(self) -> None:
@@ -246,25 +362,26 @@ class LineController:
 
     # ------------------------------------------------------------------ per part
     def _dispatch(self, matches: list[Match]) -> None:
-        now = time.monotonic()
         for m in matches:
             frame = self._frames.pop(m.frame_counter, None)
             part = self.tracker.parts.get(m.seq)
             if frame is None or part is None:
                 continue
             part.frame_counter = m.frame_counter
-            refused = self.tracker.admit(m.seq, now, self.inference.expected_latency_s)
-            if refused is Reason.NO_BUDGET and not self.inference.healthy:
-                refused = Reason.INFERENCE_UNAVAILABLE
-            if refused is not None:
-                self._finish_all([self.tracker.finish(m.seq, Outcome.FAILSAFE, refused)], frame=frame)
-                continue
             self._spawn(self._judge(part, frame), name=f"judge-{part.epoch}-{part.seq}")
 
     async def _judge(self, part: Part, frame: Frame) -> None:
-        """Infer, record durably, then write the verdict — each step only while still on time."""
+        """Admit, infer, record durably, then queue the verdict — each step only while on time."""
         t_start = time.monotonic()
-        wait = min(self.tracker.time_left(part, t_start), MAX_WAIT_S)
+        # Admission here, not where the frame was matched: between this check and `infer` taking the
+        # frame there is no await, so parts matched together see each other's load on the workers.
+        refused = self.tracker.admit(part.seq, t_start, self.inference.expected_latency_s + self.queue_s)
+        if refused is Reason.NO_BUDGET and not self.inference.healthy:
+            refused = Reason.INFERENCE_UNAVAILABLE
+        if refused is not None:
+            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, refused)], frame=frame)
+            return
+        wait = min(max(0.0, self.tracker.time_left(part, t_start) - self.queue_s), MAX_WAIT_S)
         try:
             result = await self.inference.infer(frame.image, t_start + wait)
         except InferenceError as exc:
@@ -282,14 +399,13 @@ class LineController:
             return
         outcome, reason = (Outcome.REJECT, Reason.MODEL_REJECT) if result.reject else (Outcome.PASS, Reason.MODEL_PASS)
         done = Finished(part, outcome, reason)
-        t_commit = time.monotonic()
         try:
             await self._record(done, frame, result, t_start, t_end)
         except JournalError as exc:
             self.alarms.set("journal", True, str(exc))
             self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.JOURNAL_FAILED)])
             return
-        # The record says PASS/REJECT; if the write cannot happen now, the record is replaced.
+        # The record says PASS/REJECT; if the write cannot happen in time, the record is replaced.
         late = self.tracker.may_write(part.seq, time.monotonic())
         if late is not None or self._acked_epoch != part.epoch:
             self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, late or Reason.EPOCH_CHANGED)],
@@ -299,27 +415,24 @@ class LineController:
             part.seq, codec.REJECT if result.reject else codec.PASS, result.defect_class,
             codec.score_to_word(result.score),
         )  # fmt: skip
-        part.writing = True
-        try:
-            await self.plc.write_vision_to_plc(codec.verdict_offset(part.seq), codec.encode_verdict(entry))
-        except PlcError:
-            part.writing = False
-            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.PLC_WRITE_FAILED)],
-                             frame, result, t_start, t_end)  # fmt: skip
-            return
-        t_written = time.monotonic()
-        self._learn_write_time(t_written - t_commit)
-        if self.tracker.finish(part.seq, outcome, reason) is None:
-            return  # the epoch changed while writing: already recorded as fail-safe
-        self._count(done)
-        self.latencies.append(t_written - part.seen_at)
-        self._spawn(self.journal.note_written(part.epoch, part.seq, t_written), name=f"written-{part.seq}")
+        part.writing = True  # the exchange loop owns its outcome from here
+        self._outbox[part.seq] = Queued(done, entry, frame, result, t_start, t_end)
+
+    @property
+    def queue_s(self) -> float:
+        """How long a verdict waits after inference for the write that carries it (journal fsync,
+        then the rest of the exchange cycle), for admission: the 95th percentile of the last ones.
+        Not the maximum: one wait across a reconnect would refuse every part for minutes after."""
+        return _percentile(self._queue_times, 0.95)
 
     def _learn_write_time(self, seconds: float) -> None:
-        """The deadline margin must cover journal fsync + S7 write as this line really does them:
-        never below the configured margin, raised to 1.5 × the slowest of the last writes."""
+        """The deadline margin must cover one S7 write request as this line really does it: never
+        below the configured margin, raised to the 99th percentile of the last requests' round
+        trips. The entry lands when the request arrives, about half the round trip, so this has room
+        already; a verdict whose write takes longer than its margin is late at the PLC: rejected,
+        never a wrong pass."""
         self._write_times.append(seconds)
-        write_s = max(self._base_margins.write_s, 1.5 * max(self._write_times))
+        write_s = max(self._base_margins.write_s, _percentile(self._write_times, 0.99))
         if write_s != self.tracker.margins.write_s:
             self.tracker.margins = replace(self.tracker.margins, write_s=write_s)
 
@@ -341,6 +454,11 @@ class LineController:
         self.outcomes[done.outcome.value] += 1
         if done.outcome is Outcome.FAILSAFE:
             self.reasons[done.reason.value] += 1
+
+    def _uncount(self, done: Finished) -> None:
+        self.outcomes[done.outcome.value] -= 1
+        if done.outcome is Outcome.FAILSAFE:
+            self.reasons[done.reason.value] -= 1
 
     async def _record_quietly(self, *args: Any) -> None:
         try:
@@ -388,8 +506,16 @@ class LineController:
 
     async def _status_loop(self) -> None:
         while True:
+            self._update_health()  # also while the PLC is unreachable and no exchange runs
             self.on_status(self.status())
             await asyncio.sleep(0.2)
+
+
+def _percentile(values: deque[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ranked = sorted(values)
+    return ranked[min(len(ranked) - 1, int(q * len(ranked)))]
 
 
 def _stop_if_cancelled() -> None:
@@ -401,12 +527,13 @@ def _stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _trigger_instant(snap: codec.PlcToVision, part: Part, started: float, finished: float) -> float:
-    """When the photo-eye fired, in our clock: the read's midpoint minus the distance the conveyor
-    moved since the latched position, at the current speed. Far sharper than when we saw it."""
+def _trigger_instant(snap: codec.PlcToVision, part: Part, sampled_at: float) -> float:
+    """When the photo-eye fired, in our clock: when the PLC sampled this snapshot minus the distance
+    the conveyor moved since the latched position, at the current speed. Far sharper than when we
+    saw it."""
     if snap.speed < 1.0:
-        return started
-    return (started + finished) / 2 - wrap_diff(snap.encoder_pos, part.trigger_pos) / snap.speed
+        return sampled_at
+    return sampled_at - wrap_diff(snap.encoder_pos, part.trigger_pos) / snap.speed
 
 
 __all__ = ["ControllerError", "LineController", "Timing"]

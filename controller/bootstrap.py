@@ -228,6 +228,11 @@ def _fresh_workdir(workdir: Path) -> Path:
     return journal_path
 
 
+def _merged(base: dict[str, Any], override: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`base` with each section of `override` laid over the section of the same name."""
+    return {**base, **{k: {**base.get(k, {}), **v} for k, v in override.items()}}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -265,7 +270,7 @@ async def run_simulated_line(
         hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
         if hello.get("event") != "listening":
             raise ControllerError(f"line simulator failed to start: {hello}")
-        cfg = LineConfig.model_validate({
+        cfg = LineConfig.model_validate(_merged({
             "plc": {"port": hello["plc_port"]},
             "camera": {"type": "stream", "port": hello["camera_port"], "host_clock": True},
             "inference": {
@@ -277,7 +282,7 @@ async def run_simulated_line(
             "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/"},
             "deadline": {"min_part_pitch_counts": int(mean_pitch * 0.7 * 10)},
             **run.extra,
-        })  # fmt: skip
+        }, scenario.controller))  # fmt: skip
         stop = asyncio.Event()
         latest: list[LineStatus] = []
         running: asyncio.Future[tuple[LineController, Any]] = asyncio.get_running_loop().create_future()
@@ -318,6 +323,10 @@ async def run_simulated_line(
             "frames_dropped": controller.frames_dropped,
             "spurious_frames": controller.matcher.spurious_frames,
             "alarms_raised": controller.alarms.raised_count,
+            "gate_corrections": dict(controller.gate_corrections),
+            "gate_inferred_by_order": controller.gate_ambiguous,
+            "write_margin_ms": controller.tracker.margins.write_s * 1000,
+            "verdict_queue_p95_ms": controller.queue_s * 1000,
             "wall_s": time.monotonic() - started,
         }
         summary["faults"] = faults.done

@@ -85,6 +85,15 @@ class SqliteJournal:
         except sqlite3.Error:
             pass  # the outcome itself is already durable; a missing timestamp is harmless
 
+    async def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
+        """What the gate did, learned after the decision, replaces the recorded outcome and reason."""
+        try:
+            await self._run(self._amend, epoch, seq, outcome, reason)
+        except (sqlite3.Error, OSError) as exc:
+            self._healthy = False
+            self.error = str(exc)
+            raise JournalError(f"journal amend failed for epoch {epoch} seq {seq}: {exc}") from exc
+
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         # A dedicated thread per journal: sqlite3 connections are not shared across threads.
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -129,6 +138,12 @@ class SqliteJournal:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
+        if self._db is None:
+            raise sqlite3.OperationalError("journal is closed")
+        self._db.execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
+                         (outcome, reason, epoch, seq))  # fmt: skip
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:

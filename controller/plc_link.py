@@ -95,6 +95,12 @@ class Snap7PlcLink:
     async def write_vision_to_plc(self, offset: int, data: bytes) -> None:
         await self._call(self._require().db_write(self.db_out, offset, bytearray(data)))
 
+    @property
+    def max_write_bytes(self) -> int:
+        # An S7 write request spends 35 bytes of its PDU on headers (python-snap7's own budget).
+        pdu = self._client.pdu_length if self._client is not None else 240  # 240: the smallest S7 PDU
+        return int(pdu) - 35
+
     async def reconnect(self) -> None:
         await self._drop()
         await self._connect()

@@ -68,6 +68,11 @@ class PlcLink(Protocol):
         """Drop the connection and open a fresh one (after any timeout or cancellation)."""
         ...
 
+    @property
+    def max_write_bytes(self) -> int:
+        """The most data bytes one write request carries on this connection (negotiated PDU)."""
+        ...
+
 
 class FrameSource(Protocol):
     """Frames from a hardware-triggered camera, in exposure order."""
@@ -132,6 +137,11 @@ class Journal(Protocol):
 
     async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
         """When the verdict reached the PLC: diagnostic, not needed for durability."""
+        ...
+
+    async def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
+        """Replace a recorded outcome with what the PLC's gate did (learned after the decision);
+        the rest of the record stays. Raises JournalError."""
         ...
 
     @property

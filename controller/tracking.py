@@ -55,6 +55,10 @@ class Reason(StrEnum):
     CONTROLLER_STOPPED = "controller_stopped"
     PLC_LINK_LOST = "plc_link_lost"
     """Triggered and decided while the controller could not read the PLC."""
+    WATCHDOG_TRIPPED = "watchdog_tripped"
+    """Its verdict was written, but the PLC decided it while our heartbeat was lost (rule 3)."""
+    PLC_REJECTED = "plc_rejected"
+    """Its verdict was written, but the PLC's counters say the gate rejected it fail-safe anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,36 @@ class Finished:
 
 
 @dataclass(slots=True)
+class GateWatch:
+    """A part whose verdict we wrote, or tried to: what the gate does with it depends on whether the
+    write landed and on the PLC's state at the decision (ready, watchdog). Kept until the PLC's
+    `decided_seq` passes it, when its counters tell what the gate did (see `Tracker._reconcile`)."""
+
+    recorded: Finished
+    """The outcome we recorded for it so far."""
+    verdict: Outcome
+    """What the written entry says: PASS or REJECT."""
+    confirmed: bool
+    """The write was acknowledged (False: it timed out or failed, and may or may not have landed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateCounters:
+    """The part of a PlcToVision snapshot that tells what the gate did, between two reads."""
+
+    decided_seq: int
+    rejects_vision: int
+    rejects_failsafe: int
+    watchdog_trips: int
+    watchdog_tripped: bool
+
+    @classmethod
+    def of(cls, snap: PlcToVision) -> GateCounters:
+        return cls(snap.decided_seq, snap.rejects_vision, snap.rejects_failsafe, snap.watchdog_trips,
+                   snap.watchdog_tripped)  # fmt: skip
+
+
+@dataclass(slots=True)
 class SnapshotUpdate:
     new_parts: list[Part] = field(default_factory=list)
     finished: list[Finished] = field(default_factory=list)
@@ -107,6 +141,13 @@ class SnapshotUpdate:
     revoked: list[Finished] = field(default_factory=list)
     """Written outcomes of parts the PLC dropped undecided when it restarted. The PLC rejects what
     it no longer tracks, so each becomes fail-safe `epoch_changed` (see `Finished.revoked`)."""
+    corrected: list[tuple[Finished, Finished]] = field(default_factory=list)
+    """(recorded, what the gate did) for written parts the PLC decided otherwise than recorded:
+    a PASS decided while the watchdog was tripped, or a write that timed out yet landed in time."""
+    gate_ambiguous: int = 0
+    """Parts whose gate outcome the counters could not tell apart from a neighbour's (see _reconcile)."""
+    gate_inconsistent: bool = False
+    """The PLC's counters do not fit what we wrote (another writer, or a contract mismatch)."""
 
 
 class Tracker:
@@ -116,8 +157,10 @@ class Tracker:
         self.margins = margins
         self.epoch: int | None = None
         self.parts: dict[int, Part] = {}
-        self.awaiting_gate: dict[int, Finished] = {}
-        """Written verdicts whose part the PLC has not decided yet."""
+        self.awaiting_gate: dict[int, GateWatch] = {}
+        """Written (or attempted) verdicts whose part the PLC has not decided yet."""
+        self._gate: GateCounters | None = None
+        """The gate counters of the last snapshot of this epoch."""
         self.last_seen_seq = 0
         self.trigger_seq = 0
         self.decided_seq = 0
@@ -137,16 +180,19 @@ class Tracker:
             upd.epoch_changed = self.epoch is not None
             for part in list(self.parts.values()):
                 upd.finished.append(self._finish(part, Outcome.FAILSAFE, Reason.EPOCH_CHANGED))
-            upd.revoked = list(self.awaiting_gate.values())
+            upd.revoked = [w.recorded for w in self.awaiting_gate.values()
+                           if w.recorded.outcome is not Outcome.FAILSAFE]  # fmt: skip
             self.awaiting_gate.clear()
+            self._gate = None
             # At start-up, parts decided before we ran are history, not ours to record. After a
             # PLC restart every trigger of the new epoch is ours, even those already decided.
             self.last_seen_seq = 0 if self.epoch is not None else snap.decided_seq
             self.epoch = snap.epoch
         self._pos, self._speed, self._pos_at = snap.encoder_pos, max(0.0, snap.speed), read_started
         self.trigger_seq, self.decided_seq = snap.trigger_seq, snap.decided_seq
-        for seq in [s for s in self.awaiting_gate if wrap_diff(s, snap.decided_seq) <= 0]:
-            del self.awaiting_gate[seq]
+        if self._gate is not None:
+            self._reconcile(self._gate, GateCounters.of(snap), upd)
+        self._gate = GateCounters.of(snap)
 
         first_new = self.last_seen_seq + 1
         oldest_in_ring = snap.trigger_seq - TRIGGER_RING + 1
@@ -227,6 +273,16 @@ class Tracker:
             return Reason.NO_BUDGET
         return reason
 
+    def write_failed(self, seq: int, verdict: Outcome) -> Finished | None:
+        """The write of `seq`'s verdict failed or timed out: fail-safe `plc_write_failed`, and watched,
+        since the entry may have landed in time all the same."""
+        part = self.parts.pop(seq, None)
+        if part is None:
+            return None
+        done = Finished(part, Outcome.FAILSAFE, Reason.PLC_WRITE_FAILED)
+        self.awaiting_gate[seq] = GateWatch(done, verdict, confirmed=False)
+        return done
+
     def finish(self, seq: int, outcome: Outcome, reason: Reason) -> Finished | None:
         """Close a part; None if it was already closed (exactly one outcome per trigger)."""
         part = self.parts.get(seq)
@@ -236,8 +292,53 @@ class Tracker:
         self.parts.pop(part.seq, None)
         done = Finished(part, outcome, reason)
         if outcome is not Outcome.FAILSAFE:
-            self.awaiting_gate[part.seq] = done
+            self.awaiting_gate[part.seq] = GateWatch(done, outcome, confirmed=True)
         return done
+
+    # ---------------------------------------------------------------- what the gate did
+    def _reconcile(self, prev: GateCounters, now: GateCounters, upd: SnapshotUpdate) -> None:
+        """Learn what the gate did with the written parts it decided since the last read.
+
+        The PLC tells no per-part result, but its counters do per read: between two reads it decided
+        `n` parts, `dv` of them rejected on a valid REJECT, `df` fail-safe, the rest passed. Parts we
+        never wrote for can only be fail-safe; a written PASS can only pass or fail safe, a written
+        REJECT only be a vision reject or fail safe. So the counts say how many of each kind acted.
+        Where only some acted, the gate's reasons order them: a write that was acknowledged before
+        one that was not, then by decision order (a watchdog trip fails the parts after it).
+        """
+        n = wrap_diff(now.decided_seq, prev.decided_seq)
+        if n <= 0:
+            return
+        decided = [w for s, w in self.awaiting_gate.items()
+                   if wrap_diff(s, now.decided_seq) <= 0 and wrap_diff(s, prev.decided_seq) > 0]  # fmt: skip
+        for s in [s for s in self.awaiting_gate if wrap_diff(s, now.decided_seq) <= 0]:
+            del self.awaiting_gate[s]
+        dv = (now.rejects_vision - prev.rejects_vision) % U32
+        df = (now.rejects_failsafe - prev.rejects_failsafe) % U32
+        dp = n - dv - df
+        tripped = now.watchdog_trips != prev.watchdog_trips or now.watchdog_tripped or prev.watchdog_tripped
+
+        def order(w: GateWatch) -> tuple[bool, int]:
+            return (not w.confirmed, wrap_diff(w.recorded.part.seq, prev.decided_seq))
+
+        passes = sorted((w for w in decided if w.verdict is Outcome.PASS), key=order)
+        rejects = sorted((w for w in decided if w.verdict is Outcome.REJECT), key=order)
+        if not (0 <= dp <= len(passes) and 0 <= dv <= len(rejects)):
+            upd.gate_inconsistent = True
+            return
+        upd.gate_ambiguous += (len(passes) if 0 < dp < len(passes) else 0) + (
+            len(rejects) if 0 < dv < len(rejects) else 0)
+        for acted, group in ((dp, passes), (dv, rejects)):
+            for i, w in enumerate(group):
+                if i < acted:
+                    model = Reason.MODEL_PASS if w.verdict is Outcome.PASS else Reason.MODEL_REJECT
+                    gate = Finished(w.recorded.part, w.verdict, model)
+                else:
+                    why = (Reason.WATCHDOG_TRIPPED if tripped
+                           else Reason.PLC_REJECTED if w.confirmed else Reason.PLC_WRITE_FAILED)  # fmt: skip
+                    gate = Finished(w.recorded.part, Outcome.FAILSAFE, why)
+                if gate.outcome is not w.recorded.outcome:
+                    upd.corrected.append((w.recorded, gate))
 
 
 def check_line_geometry(decision_offset_counts: int, min_pitch_counts: int) -> None:

@@ -34,6 +34,8 @@ async def test_reads_the_whole_block_and_writes_verdicts(plc: SimPlc) -> None:
         entry = c.VerdictEntry(5, c.PASS, 0, 42)
         await link.write_vision_to_plc(c.verdict_offset(5), c.encode_verdict(entry))
         assert c.decode_verdict(bytes(plc.vision_db), c.verdict_offset(5)) == entry
+        # The negotiated PDU decides how much one write request carries (480-byte PDU: 445 bytes).
+        assert link.max_write_bytes == 445
 
 
 async def test_unreachable_plc_is_one_clear_error() -> None:

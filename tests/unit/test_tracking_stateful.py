@@ -82,6 +82,9 @@ class LineMachine(RuleBasedStateMachine):
         upd = self.tracker.on_snapshot(snap, self.t, accept_parts=True)
         for written in upd.revoked:  # the controller learns that its written verdict never acted
             assert (written.part.epoch, written.part.seq) in self.dropped_by_restart
+        # Every written verdict here lands in time with the heartbeat alive: the gate counters must
+        # agree with what the tracker recorded.
+        assert not upd.corrected and not upd.gate_inconsistent, upd.corrected
         if snap.epoch != self.acked:
             # As the controller does: clear the verdict ring, then acknowledge the epoch.
             self.vision[c.VERDICT_RING_OFFSET :] = bytes(c.VISION_TO_PLC_SIZE - c.VERDICT_RING_OFFSET)
