@@ -57,3 +57,18 @@ def test_decision_rejects_when_either_signal_reaches_its_limit() -> None:
     score = decision(probs, distances)
     assert (score >= Decision.THRESHOLD).tolist() == [False, True, True, True]
     assert score.max() <= 1.0 and score.min() >= 0.0
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(n=st.integers(1, 2000), rate=st.sampled_from([0.001, 0.005, 0.01, 0.05, 0.5]))
+def test_limit_for_rate_keeps_a_new_parts_chance_within_the_rate(n: int, rate: float) -> None:
+    from models.train import limit_for_rate
+
+    scores = np.random.default_rng(n).random(n)
+    limit = limit_for_rate(scores, rate)
+    ordered = np.sort(scores)
+    i = int(np.searchsorted(ordered, limit))
+    chance = (n - i) / (n + 1)  # a new exchangeable score lands >= the i-th smallest of n
+    assert chance <= rate or i == n - 1  # with too few scores the strictest cut is the largest one
+    if i > 0:
+        assert (n - i + 1) / (n + 1) > rate  # and it is the lowest such cut
