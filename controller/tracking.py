@@ -250,9 +250,11 @@ class Tracker:
     def _cannot_write(self, part: Part, now: float) -> Reason | None:
         if part.epoch != self.epoch:
             return Reason.EPOCH_CHANGED
+        if part.seq <= self.decided_seq:
+            return Reason.LATE  # decided already (e.g. while the link was down): that says it all
         if wrap_diff(part.seq, self.trigger_seq - VERDICT_RING) <= 0:
             return Reason.SLOT_REUSED
-        if part.seq <= self.decided_seq or self.counts_left(part, now) <= 0:
+        if self.counts_left(part, now) <= 0:
             return Reason.LATE
         return None
 
