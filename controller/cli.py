@@ -154,9 +154,12 @@ def _train(args: argparse.Namespace) -> int:
     except DatasetError as exc:
         raise ControllerError(str(exc)) from None
     if args.export:
-        from models.export import export_onnx
+        from models.export import export_onnx, write_card
 
-        print(export_onnx(result.checkpoint, Path(args.out) / "model.onnx"))
+        name = args.name or Path(args.dataset).resolve().name
+        onnx_path = export_onnx(result.checkpoint, Path(args.out) / "model.onnx", name=name)
+        write_card(args.out, onnx_path, result.report)
+        print(onnx_path)
     return 0
 
 
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--roi", help="x,y,w,h of the part on the image (default: the dataset's dataset.json, or all)")
     t.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet")
     t.add_argument("--no-export", dest="export", action="store_false", help="keep only the checkpoint")
+    t.add_argument("--name", help="model name, the version's prefix (default: the dataset folder's name)")
     t.set_defaults(fn=_train)
 
     v = sub.add_parser("evaluate", help="detection and false rejects of an ONNX model on a dataset; HTML report")

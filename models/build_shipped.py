@@ -193,20 +193,23 @@ def _cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def build(work: Path) -> Path:
-    data = synthetic.make_dataset(work / "data", PER_CLASS, DATA_SEED, DIFFICULTY, good=GOOD)
-    t0 = time.perf_counter()
-    result = train(data, work / "run", epochs=EPOCHS, seed=TRAIN_SEED)
-    train_s = time.perf_counter() - t0
-    onnx_path = export.export_onnx(result.checkpoint, SHIPPED / "model.onnx")
-
-    test_data = synthetic.make_dataset(work / "test", TEST_PER_CLASS, TEST_SEED, DIFFICULTY,
-                                       classes=synthetic.ALL_CLASSES, good=TEST_GOOD)  # fmt: skip
+def build(work: Path, reuse: bool = False) -> Path:
+    """Everything; with `reuse`, the checkpoint and test set already in `work` are taken as they are
+    (to redo the evaluation and the card without training again)."""
+    checkpoint, test_data = work / "run" / "model.pt", work / "test"
+    if not (reuse and checkpoint.exists()):
+        data = synthetic.make_dataset(work / "data", PER_CLASS, DATA_SEED, DIFFICULTY, good=GOOD)
+        train(data, work / "run", epochs=EPOCHS, seed=TRAIN_SEED)
+    train_report = json.loads((work / "run" / "train_report.json").read_text())
+    onnx_path = export.export_onnx(checkpoint, SHIPPED / "model.onnx", name="sim-v1")
+    if not (reuse and test_data.exists()):
+        synthetic.make_dataset(test_data, TEST_PER_CLASS, TEST_SEED, DIFFICULTY,
+                               classes=synthetic.ALL_CLASSES, good=TEST_GOOD)  # fmt: skip
     evaluation = SHIPPED / "evaluation"
     test = evaluate(onnx_path, test_data, evaluation)
     difficulty = by_difficulty(evaluation, test_data)
     latency = {t: latency_ms(onnx_path, threads=t) for t in (1, 2)}
-    card = write_card(onnx_path, result.report, test, difficulty, latency, train_s)
+    card = write_card(onnx_path, train_report, test, difficulty, latency, train_report["train_seconds"])
     (SHIPPED / "MODEL_CARD.md").write_text(card)
     print(card)
     return onnx_path
@@ -215,9 +218,10 @@ def build(work: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.build_shipped", description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, help="keep the dataset and checkpoint here (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true", help="with --work: reuse its checkpoint and test set")
     args = p.parse_args(argv)
     if args.work:
-        build(args.work)
+        build(args.work, reuse=args.reuse)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             build(Path(tmp))

@@ -28,7 +28,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from scipy.stats import rankdata
 
+from controller.errors import InferenceError
 from models.dataset import DatasetError, list_dataset
+from models.thresholds import cut_for_frr
 from workers.onnx_engine import OnnxRuntimeEngine
 
 FIXED_FRRS = (0.005, 0.01, 0.02, 0.05)
@@ -57,13 +59,9 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 
 
 def detection_at_frr(good: np.ndarray, defect: np.ndarray, frr: float) -> tuple[float, float]:
-    """(threshold, detection rate) for the lowest threshold that rejects at most `frr` of `good`."""
-    candidates = np.unique(good)[::-1]  # descending: every distinct good score is a candidate cut
-    threshold = float(np.nextafter(candidates[0], np.inf)) if len(candidates) else 0.0
-    for c in candidates:
-        if (good >= c).mean() > frr:
-            break
-        threshold = float(c)
+    """(threshold, detection rate) for the lowest good score that, as the threshold, rejects at most
+    `frr` of `good` (ties counted)."""
+    threshold = cut_for_frr(good, frr)
     return threshold, float((defect >= threshold).mean()) if len(defect) else math.nan
 
 
@@ -81,7 +79,11 @@ def score_dataset(engine: OnnxRuntimeEngine, dataset_dir: Path, console: Console
             # Mixed sizes cannot share a batch; each size goes through the engine on its own.
             for shape in dict.fromkeys(fr.shape for fr in frames):
                 idx = [i for i, fr in enumerate(frames) if fr.shape == shape]
-                for i, r in zip(idx, engine.infer_batch([frames[i] for i in idx]), strict=True):
+                try:
+                    results = engine.infer_batch([frames[i] for i in idx])
+                except InferenceError as exc:
+                    raise InferenceError(f"{chunk[idx[0]][1]}: {exc}") from exc
+                for i, r in zip(idx, results, strict=True):
                     names.append(chunk[i][0])
                     files.append(chunk[i][1])
                     scores.append(r.score)
@@ -156,7 +158,8 @@ def evaluate(
     model_path: str | Path, dataset_dir: str | Path, out_dir: str | Path, *, threads: int = 2, progress: bool = True
 ) -> dict[str, Any]:
     """Evaluate `model_path` on `dataset_dir`; write report.json, PNGs and report.html to `out_dir`.
-    Raises DatasetError (malformed dataset) or ConfigError (unusable model)."""
+    Raises DatasetError (malformed dataset), ConfigError (unusable model) or InferenceError (an
+    image the model cannot take, e.g. smaller than its ROI; the message names the file)."""
     console = Console(quiet=not progress, stderr=True)
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     engine = OnnxRuntimeEngine(model_path, intra_op_threads=threads)
@@ -168,7 +171,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     from models import report_plots  # matplotlib only when a report is written
 
-    report["worst"] = report_plots.write_all(scored, report, dataset_dir, engine.meta.roi, out, WORST_SHOWN)
+    report["worst"] = report_plots.write_all(scored, report, engine.meta.roi, engine.meta.color, out, WORST_SHOWN)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_scores_csv(scored, engine.meta.threshold, engine.meta.classes, out / "scores.csv")
     (out / "report.html").write_text(render_html(report))

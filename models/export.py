@@ -31,8 +31,9 @@ OPSET = 17
 PARITY_TOL = 1e-3
 
 
-def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
-    """Export `checkpoint` (from train.train) to `onnx_path`, add metadata, check parity. Returns the path."""
+def export_onnx(checkpoint: str | Path, onnx_path: str | Path, name: str = "model") -> Path:
+    """Export `checkpoint` (from train.train) to `onnx_path`, add metadata, check parity. Returns the
+    path. The model's version is `name` and a hash of the graph and weights."""
     model, ckpt = load_checkpoint(checkpoint)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
         )
     proto = onnx.load(str(onnx_path))
     # Version names the exact graph + weights: the hash is taken before metadata is attached.
-    version = "sim-v1-" + hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()[:8]
+    version = f"{name}-" + hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()[:8]
     meta = {
         "lineinspect.classes": json.dumps(ckpt["classes"]),
         "lineinspect.input": json.dumps(
@@ -77,11 +78,9 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path) -> Path:
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
 
-    frames = np.stack([synthetic.render_frame(np.random.default_rng(i), i % 4)[0] for i in range(8)])
-    score_diff, map_diff = parity_with_maps(checkpoint, onnx_path, frames)
-    if score_diff >= PARITY_TOL or map_diff >= PARITY_TOL:
-        raise RuntimeError(f"ONNX Runtime disagrees with PyTorch: max |score diff| {score_diff:.2e}, "
-                           f"max |defect-map diff| {map_diff:.2e}")  # fmt: skip
+    diffs = parity(checkpoint, onnx_path, golden_frames(ckpt))
+    if max(diffs.values()) >= PARITY_TOL:
+        raise RuntimeError(f"ONNX Runtime disagrees with PyTorch on the golden frames: {diffs}")
     return onnx_path
 
 
@@ -106,25 +105,62 @@ def session(onnx_path: str | Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def onnx_predict(sess: ort.InferenceSession, frames: np.ndarray, roi: list[int] | None) -> tuple[np.ndarray, ...]:
-    """(class_probs (N, C), defect_map (N, 1, 16, 16), score (N,)) for Mono8 camera frames (N, H, W)."""
+    """(class_probs (N, C), defect_map (N, 1, 16, 16), score (N,)) for Mono8 camera frames (N, H, W)
+    of a grey model."""
     probs, maps, scores = sess.run(["class_probs", "defect_map", "score"], {"image": preprocess(frames, roi)})
     return probs, maps, scores
 
 
-def parity(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) -> float:
-    """Max |score difference| between PyTorch and ONNX Runtime on `frames` (Mono8, (N, H, W))."""
-    return parity_with_maps(checkpoint, onnx_path, frames)[0]
+def golden_frames(ckpt: dict) -> list[np.ndarray]:
+    """The checkpoint's golden frames (whole camera frames of its own validation set, one per class),
+    or for an older checkpoint without them synthetic frames."""
+    if ckpt.get("golden"):
+        return [t.numpy() for t in ckpt["golden"]]
+    return [synthetic.render_frame(np.random.default_rng(i), i % 4)[0] for i in range(8)]
 
 
-def parity_with_maps(checkpoint: str | Path, onnx_path: str | Path, frames: np.ndarray) -> tuple[float, float]:
-    """Max |score difference| and max |defect-map difference| (both in [0, 1]) between PyTorch and
-    ONNX Runtime on `frames`."""
+def parity(checkpoint: str | Path, onnx_path: str | Path, frames: list[np.ndarray] | np.ndarray) -> dict[str, float]:
+    """Max |difference| between PyTorch and ONNX Runtime on `frames` (whole camera frames, Mono8 or
+    RGB8 as the model takes; they may differ in size), per output: class_probs, defect_map, score."""
     model, ckpt = load_checkpoint(checkpoint)
+    sess = session(onnx_path)
     color = ckpt.get("color", "gray")
-    if color == "rgb" and frames.ndim == 3:
-        frames = np.repeat(frames[..., None], 3, axis=-1)  # grey golden frames as colour images
-    x = preprocess(frames, ckpt["roi"], color)
-    with torch.no_grad():
-        _, torch_map, torch_score = (t.numpy() for t in model(torch.from_numpy(x)))
-    onnx_map, onnx_score = session(onnx_path).run(["defect_map", "score"], {"image": x})
-    return float(np.abs(torch_score - onnx_score).max()), float(np.abs(torch_map - onnx_map).max())
+    diffs = dict.fromkeys(("class_probs", "defect_map", "score"), 0.0)
+    for frame in frames:
+        if color == "rgb" and frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=-1)  # grey test frames as colour images
+        x = preprocess(frame[None], ckpt["roi"], color)
+        with torch.no_grad():
+            ours = [t.numpy() for t in model(torch.from_numpy(x))]
+        for name, a, b in zip(diffs, ours, sess.run(list(diffs), {"image": x}), strict=True):
+            diffs[name] = max(diffs[name], float(np.abs(a - b).max()))
+    return diffs
+
+
+def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict) -> Path:
+    """A short MODEL_CARD.md beside a trained model: what it is, how it decides, what it was trained
+    on, and how it did on validation (evaluate it on held-out data with `lineinspect evaluate`)."""
+    meta = read_metadata(onnx_path)
+    cal, val = train_report["calibration"], train_report["val"]
+    counts = ", ".join(f"{c}: {n}" for c, n in train_report["train_counts"].items())
+    weights = "ImageNet (EfficientNet-Lite0) fine-tuned" if train_report["pretrained"] else "random init"
+    warning = "" if cal.get("budget_holds", True) else (
+        f"\n**Too few validation good images ({cal['n_good']}) to hold the false-reject target: add good images.**\n")
+    card = f"""# Model card: {meta["version"]}
+
+- File: `{Path(onnx_path).name}`, sha256 `{hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()}`
+- Classes: {meta["classes"]} ({meta["input"]["color"]} input, ROI {meta["roi"]})
+- Weights: {weights}, {train_report["rounds_run"]} rounds, seed {train_report["seed"]}
+- Decision: reject when `score` >= {meta["threshold"]:g}: 1 - P(good) >= {cal["class_limit"]:.4g} or anomaly
+  distance >= {cal["anomaly_limit"]:.4g}, set on {cal["n_good"]} validation good images for a
+  {train_report["target_frr"]:.1%} false-reject rate
+- Training data: {counts} (plus {train_report["n_val"]} validation images); hash `{meta["train_data_hash"]}`
+- Validation: detection {val["detection_rate"]:.4f}, false-reject rate {val["false_reject_rate"]:.4f},
+  accuracy {val["accuracy"]:.4f}
+{warning}
+Validation data chose the stopping point and the limits; measure the model on images it has never
+seen: `lineinspect evaluate {Path(onnx_path).name} TEST_DATASET`.
+"""
+    path = Path(model_dir) / "MODEL_CARD.md"
+    path.write_text(card)
+    return path

@@ -5,7 +5,8 @@ What it does: `InspectionNet` = truncated EfficientNet-Lite0 backbone + a classi
 per-cell features that `GoodFeatureModel` compares with good parts' features (the anomaly score
 that catches defect types never seen in training). `Decision` merges the classifier's and the
 anomaly score into the one reject score the line compares with its threshold. `preprocess` turns
-Mono8 camera frames into the normalized 3-channel tensor the network (and the ONNX model) takes.
+Mono8 or RGB8 camera frames into the normalized 3-channel tensor the network (and the ONNX model)
+takes, with the runtime's own code.
 
 What it does not: training, calibration or file I/O (see train.py and export.py).
 """
@@ -86,7 +87,9 @@ class InspectionNet(nn.Module):
 class GoodFeatureModel(nn.Module):
     """A Gaussian over the cell features of good parts (one for all positions: a surface texture has
     no preferred place). Its output is each cell's squared Mahalanobis distance; far means unlike
-    any good surface, whatever the defect type. `fit` sets it from good parts' features."""
+    any good surface, whatever the defect type. `fit` sets it from good parts' features.
+    Limit: being the same everywhere, it cannot tell a feature that is missing or misplaced on a
+    structured part (a hole, a print) from one in the right place; that needs a per-position model."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -113,9 +116,11 @@ class GoodFeatureModel(nn.Module):
 
 
 class Decision(nn.Module):
-    """One reject score in [0, 1] from the classifier (1 - P(good)) and the anomaly distance (the
-    largest cell distance), each divided by its own calibrated limit: score = min(1, max(...) / 2),
-    so a part is rejected (score >= THRESHOLD) when either signal reaches its limit."""
+    """One reject score in [0, 1) from the classifier (1 - P(good)) and the anomaly distance (the
+    largest cell distance), each divided by its own calibrated limit: with r the larger ratio,
+    score = r / (1 + r), so a part is rejected (score >= THRESHOLD = 0.5) exactly when either signal
+    reaches its limit. Monotone and never saturating: scores keep their order for ROC curves and
+    for choosing another threshold (clamping would tie every clear defect at 1)."""
 
     THRESHOLD = 0.5
 
@@ -127,12 +132,13 @@ class Decision(nn.Module):
     def forward(self, class_probs: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
         class_score = (1.0 - class_probs[:, 0]) / self.class_limit
         anomaly_score = cell_distances.amax(dim=(1, 2)) / self.anomaly_limit
-        return (torch.maximum(class_score, anomaly_score) * self.THRESHOLD).clamp(0.0, 1.0)
+        ratio = torch.maximum(class_score, anomaly_score).clamp(min=0.0)
+        return ratio / (1.0 + ratio)
 
 
 class Inspector(nn.Module):
     """The whole model the line runs: network, good parts' feature model and decision.
-    Output: (class_probs (N, C), defect_map (N, 1, 16, 16) in [0, 1], score (N,) in [0, 1])."""
+    Output: (class_probs (N, C), defect_map (N, 1, 16, 16) in [0, 1], score (N,) in [0, 1))."""
 
     def __init__(self, num_classes: int, pretrained: bool = True) -> None:
         super().__init__()

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 
 
 def write_all(
-    scored: Scored, report: dict[str, Any], dataset_dir: Path, roi: tuple[int, int, int, int] | None, out: Path, n: int
+    scored: Scored, report: dict[str, Any], roi: tuple[int, int, int, int] | None, color: str, out: Path, n: int
 ) -> list[dict[str, Any]]:
     """Write threshold.png, scores.png, confusion.png and worst.png to `out`; returns the worst misses."""
     is_good = np.array([name == "good" for name in scored.names])
     _threshold_curve(scored.scores[is_good], scored.scores[~is_good], report["threshold"], out / "threshold.png")
     _score_histograms(scored, report["threshold"], out / "scores.png")
     _confusion(report["confusion"], out / "confusion.png")
-    return _worst(scored, is_good, roi, out / "worst.png", n)
+    return _worst(scored, is_good, roi, color, out / "worst.png", n)
 
 
 def _threshold_curve(good: np.ndarray, defect: np.ndarray, threshold: float, path: Path) -> None:
@@ -83,8 +83,10 @@ def _confusion(confusion: dict[str, Any], path: Path) -> None:
 
 
 def _worst(
-    scored: Scored, is_good: np.ndarray, roi: tuple[int, int, int, int] | None, path: Path, n: int
+    scored: Scored, is_good: np.ndarray, roi: tuple[int, int, int, int] | None, color: str, path: Path, n: int
 ) -> list[dict[str, Any]]:
+    """The `n` lowest-scoring defective parts (misses first; rejected ones too when there are fewer
+    misses) and the `n` highest-scoring good parts, with the defect map overlaid."""
     defects = np.flatnonzero(~is_good)
     goods = np.flatnonzero(is_good)
     picks = list(defects[np.argsort(scored.scores[defects])][:n]) + list(goods[np.argsort(-scored.scores[goods])][:n])
@@ -93,12 +95,12 @@ def _worst(
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
     worst = []
     for ax, i in zip(axes.ravel(), picks, strict=False):
-        image = np.asarray(Image.open(scored.files[i]).convert("L"))
+        image = np.asarray(Image.open(scored.files[i]).convert("RGB" if color == "rgb" else "L"))
         if roi is not None:
             x, y, w, h = roi
             image = image[y : y + h, x : x + w]
-        overlay = np.asarray(Image.fromarray(scored.maps[i]).resize(image.shape[::-1], Image.Resampling.BILINEAR))
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        overlay = np.asarray(Image.fromarray(scored.maps[i]).resize(image.shape[1::-1], Image.Resampling.BILINEAR))
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
         ax.imshow(np.ma.masked_less(overlay, 0.3), cmap="Reds", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(f"{scored.names[i]} {scored.scores[i]:.3f}\n{scored.files[i].name}", fontsize=8)
         worst.append({"file": str(scored.files[i]), "class": scored.names[i], "score": float(scored.scores[i])})

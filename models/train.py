@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from models.dataset import Layout, list_dataset
+from models.dataset import DatasetError, Layout, list_dataset
 from models.net import (
     INPUT_SIZE,
     MAP_STRIDE,
@@ -41,6 +42,7 @@ from models.net import (
     normalize,
     to_input,
 )
+from models.thresholds import limit_for_rate
 
 _MAP_POS_WEIGHT = 4.0  # defect cells are a few % of the map; without this the head predicts all-clear
 _MAP_LOSS_WEIGHT = 0.5
@@ -215,26 +217,17 @@ def fit_good_model(model: Inspector, good_images: np.ndarray, batch_size: int = 
     model.good.fit(torch.cat(cells))
 
 
-def limit_for_rate(good_scores: np.ndarray, rate: float) -> float:
-    """The lowest observed good score such that a new good part, drawn like these, reaches it with
-    probability at most `rate`: with n scores sorted, a new one is >= the i-th (0-based) with
-    probability (n - i) / (n + 1). Stricter than the plain quantile, which on a few hundred
-    images lets the real rate come out above the target."""
-    ordered = np.sort(good_scores)
-    n = len(ordered)
-    i = min(max(math.ceil(n - (n + 1) * rate), 0), n - 1)
-    return float(ordered[i])
-
-
 def calibrate(model: Inspector, good: Outputs, target_frr: float) -> dict:
     """Set the decision's two limits from validation good parts so that together they reject at most
     `target_frr` of good parts: half the budget each to the classifier and to the anomaly score
-    (the union of two rejections of rate r/2 has rate <= r)."""
-    class_limit = max(limit_for_rate(good.class_scores, target_frr / 2), 1e-6)
-    anomaly_limit = max(limit_for_rate(good.anomaly, target_frr / 2), 1e-6)
-    model.decision.class_limit.fill_(class_limit)
-    model.decision.anomaly_limit.fill_(anomaly_limit)
-    return {"class_limit": class_limit, "anomaly_limit": anomaly_limit, "n_good": len(good.scores)}
+    (the union of two rejections of rate r/2 has rate <= r). With fewer than 2 / r - 1 validation
+    good parts no limit can promise that; `budget_holds` in the result then says False."""
+    class_limit, holds = limit_for_rate(good.class_scores, target_frr / 2)
+    anomaly_limit, _ = limit_for_rate(good.anomaly, target_frr / 2)
+    model.decision.class_limit.fill_(max(class_limit, 1e-6))
+    model.decision.anomaly_limit.fill_(max(anomaly_limit, 1e-6))
+    return {"class_limit": class_limit, "anomaly_limit": anomaly_limit, "n_good": len(good.scores),
+            "budget_holds": holds}  # fmt: skip
 
 
 def detection_metrics(scores: np.ndarray, probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -279,6 +272,7 @@ def train(
     `pretrained=False` starts from random weights and trains every layer (the learning curve's
     baseline). Sets torch's process-wide thread count to `threads` (results are reproducible per
     thread count)."""
+    started = time.perf_counter()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -286,6 +280,10 @@ def train(
     console = Console(quiet=not progress)
 
     layout = list_dataset(dataset_dir)
+    for name, files in layout.images.items():
+        if len(files) < 2:
+            raise DatasetError(f"{layout.root}: {name}/ has {len(files)} image; training needs at least 2 per class "
+                               "(one goes to validation)")  # fmt: skip
     classes, roi = layout.classes, roi or layout.roi
     data = load_data(layout, roi)
     train_idx, val_idx = stratified_split(data.labels, val_fraction, rng)
@@ -366,6 +364,7 @@ def train(
         "val": detection_metrics(val.scores, val.probs, val_labels, threshold),
         "history": history,
         "train_data_hash": dataset_hash(dataset_dir),
+        "train_seconds": time.perf_counter() - started,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -377,13 +376,27 @@ def train(
             "roi": list(roi) if roi is not None else None,
             "color": layout.color,
             "threshold": threshold,
+            "golden": golden_frames(layout, val_idx, data.labels),
             "train_data_hash": report["train_data_hash"],
         },
         checkpoint,
     )
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
     console.log(f"calibrated on {calibration['n_good']} good images; val {report['val']}")
+    if not calibration["budget_holds"]:
+        need = math.ceil(2 / target_frr) - 1
+        console.log(f"[bold red]warning:[/] {calibration['n_good']} validation good images are too few to hold "
+                    f"a {target_frr:.1%} false-reject rate (need {need}); add good images")  # fmt: skip
     return TrainResult(checkpoint, threshold, report)
+
+
+def golden_frames(layout: Layout, val_idx: np.ndarray, labels: np.ndarray) -> list[torch.Tensor]:
+    """One whole validation frame per class (as the camera gives it, before the ROI crop): the
+    export's parity gate runs them through PyTorch and through the runtime's preprocessing."""
+    files = [f for name in layout.classes for f in layout.images[name]]  # load_data's order
+    mode = "L" if layout.color == "gray" else "RGB"
+    picks = [val_idx[labels[val_idx] == c][0] for c in range(len(layout.classes)) if (labels[val_idx] == c).any()]
+    return [torch.from_numpy(np.asarray(Image.open(files[i]).convert(mode)).copy()) for i in picks]
 
 
 @torch.no_grad()

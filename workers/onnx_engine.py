@@ -1,10 +1,10 @@
 """A synchronous ONNX Runtime engine: frames in, `InferenceResult`s out.
 
 Responsible for: opening and validating the model, tuning the session for low latency on few cores,
-preprocessing, running, scoring (score = max(0, 1 - P(good)), class = argmax, reject = score >=
-threshold), the per-frame defect map (float16) and timing. Not responsible for: concurrency,
-deadlines, queueing or health — the pools (`local_pool`, `ray_pool`) own those. Plain class, usable
-without Ray or asyncio.
+preprocessing, running, scoring (score = the model's own `score` output where it has one, else
+1 - P(good); NaN counts as 1; class = argmax; reject = score >= threshold), the per-frame defect
+map (float16) and timing. Not responsible for: concurrency, deadlines, queueing or health — the
+pools (`local_pool`, `ray_pool`) own those. Plain class, usable without Ray or asyncio.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def score(
     has one, its own score output (N,); shared with TensorRTEngine, because the two engines must
     give the same verdicts. Without a score output, score = 1 - P(good)."""
     raw = 1.0 - probs[:, 0] if model_scores is None else model_scores
-    scores = np.maximum(0.0, raw)
+    # A NaN score (a broken model or input) must reject, never pass: it compares False with anything.
+    scores = np.where(np.isnan(raw), 1.0, np.maximum(0.0, raw))
     classes = np.argmax(probs, axis=1)
     small = maps[:, 0].astype(np.float16)
     return [

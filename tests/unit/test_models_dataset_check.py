@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from models.dataset_check import check_dataset
 from models.synthetic import make_dataset
@@ -50,3 +51,38 @@ def test_duplicates_missing_masks_and_imbalance_are_warned(dataset: Path, tmp_pa
     assert "identical images" in text
     assert "spot/: 1 image(s) without a mask, e.g. copy_mask.png" in text
     assert "imbalanced" in text
+
+
+def _rewrite_info(root: Path, **changes: object) -> None:
+    import json
+
+    info = json.loads((root / "dataset.json").read_text())
+    info.update(changes)
+    (root / "dataset.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: _rewrite_info(r, roi=[16, 16, 200, 128]), "roi [16, 16, 200, 128] does not fit 16 image(s)"),
+        (lambda r: _rewrite_info(r, roi=[0, 0, 0, 10]), "roi must be [x, y, w, h] with x, y >= 0 and w, h > 0"),
+        (lambda r: _rewrite_info(r, classes=["good", "spot"]), "classes must list every class folder once"),
+        (lambda r: _rewrite_info(r, classes=["good", "crack", "scratch", 7]), "classes must list every class"),
+        (lambda r: _rewrite_info(r, color="cmyk"), 'color must be "gray" or "rgb"'),
+        (lambda r: (r / "dataset.json").write_text("{roi:"), "dataset.json: not valid JSON"),
+        (lambda r: Image.new("L", (20, 20)).save(r / "ground_truth" / "spot" / "0001_mask.png"),
+         "ground_truth/spot/0001_mask.png is 20x20, its image spot/0001.png is 160x160"),
+        (lambda r: Image.new("I;16", (160, 160), 40000).save(r / "good" / "0002.png"),
+         "good/0002.png is a I;16 image (16-bit or float); convert it to 8-bit"),
+    ],
+)
+def test_unusable_images_masks_and_dataset_json_are_errors(dataset: Path, tmp_path: Path, damage, message) -> None:
+    from models.dataset import DatasetError, list_dataset
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    damage(broken)
+    report = check_dataset(broken)
+    assert any(message in e for e in report.errors), report.errors
+    with pytest.raises(DatasetError, match="not a usable dataset"):
+        list_dataset(broken)  # what train and evaluate call: one error naming the first problem

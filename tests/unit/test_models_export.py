@@ -52,19 +52,25 @@ def test_export_metadata(tiny_run) -> None:
     }
     assert json.loads(props["lineinspect.roi"]) == list(synthetic.ROI)
     assert float(props["lineinspect.threshold"]) == pytest.approx(result.threshold)
-    assert re.fullmatch(r"sim-v1-[0-9a-f]{8}", props["lineinspect.version"])
+    assert re.fullmatch(r"model-[0-9a-f]{8}", props["lineinspect.version"])
     assert props["lineinspect.train_data_hash"] == dataset_hash(data)
     assert [o.name for o in proto.graph.output] == ["class_probs", "defect_map", "score"]
     assert [i.name for i in proto.graph.input] == ["image"]
     assert any(o.version == 17 for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    card = export.write_card(onnx_path.parent, onnx_path, result.report).read_text()
+    assert props["lineinspect.version"] in card and "false-reject" in card
 
 
 def test_onnx_outputs_and_parity(tiny_run) -> None:
     _, result, onnx_path = tiny_run
     rng = np.random.default_rng(99)
     frames = np.stack([synthetic.render_frame(rng, c % 4)[0] for c in range(5)])
-    score_diff, map_diff = export.parity_with_maps(result.checkpoint, onnx_path, frames)
-    assert score_diff < 1e-3 and map_diff < 1e-3  # the parity gate: scores and maps within 1e-3
+    diffs = export.parity(result.checkpoint, onnx_path, frames)
+    assert set(diffs) == {"class_probs", "defect_map", "score"}
+    assert max(diffs.values()) < 1e-3  # the parity gate: every output within 1e-3
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert len(ckpt["golden"]) == 4  # one whole validation frame per class, for the gate at export
+    assert ckpt["golden"][0].shape == synthetic.FRAME_SHAPE
     x = preprocess(frames, list(synthetic.ROI))
     probs, defect_map, score = export.session(onnx_path).run(None, {"image": x})  # batch 5: dynamic axis
     assert probs.shape == (5, 4) and probs.dtype == np.float32

@@ -120,3 +120,15 @@ def test_defect_map_is_the_models_map_per_frame_in_float16(engine: OnnxRuntimeEn
     want = np.full((4, 4), low)
     want[1, 2] = high
     np.testing.assert_allclose(marked.defect_map, want, atol=1e-3)
+
+
+def test_a_nan_score_rejects(engine: OnnxRuntimeEngine) -> None:
+    from workers.onnx_engine import score
+
+    probs = np.array([[0.9, 0.1, 0.0], [np.nan, 0.5, 0.5]], np.float32)
+    maps = np.zeros((2, 1, 4, 4), np.float32)
+    from_probs = score(probs, maps, engine.meta, 0.001, "w")
+    own = score(probs[:1].repeat(2, 0), maps, engine.meta, 0.001, "w", np.array([0.0, np.nan], np.float32))
+    for results in (from_probs, own):
+        assert results[1].reject and results[1].score == 1.0  # a broken output fails safe
+        assert not results[0].reject
