@@ -386,7 +386,9 @@ class LineController:
             result = await self.inference.infer(frame.image, t_start + wait)
         except InferenceError as exc:
             reason = Reason.INFERENCE_UNAVAILABLE if not self.inference.healthy else Reason.INFERENCE_FAILED
-            if self.tracker.may_write(part.seq, time.monotonic()) is Reason.LATE:
+            now = time.monotonic()
+            timed_out = self.inference.healthy and now >= t_start + wait  # too slow, not broken
+            if timed_out or self.tracker.may_write(part.seq, now) is Reason.LATE:
                 reason = Reason.LATE
             log.info("inference_failed", epoch=part.epoch, seq=part.seq, error=str(exc))
             self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, reason)], frame=frame)

@@ -97,11 +97,15 @@ async def run_controller(
     cfg: LineConfig, *, stop: asyncio.Event | None = None,
     on_status: Callable[[LineStatus], None] | None = None,
     started: asyncio.Future[tuple[LineController, Any]] | None = None,
+    wrap_inference: Callable[[Any], Any] | None = None,
 ) -> LineController:  # fmt: skip
     """Connect everything, run until `stop` is set (or forever), and shut down cleanly.
     `started` receives (controller, inference service) once running: the simulator's fault
-    injection uses it to kill a worker or swap the model mid-run."""
+    injection uses it to kill a worker or swap the model mid-run. `wrap_inference` puts a
+    simulated fault on the inference path (sim/slow_inference.py)."""
     inference = _build_inference(cfg)
+    if wrap_inference is not None:
+        inference = wrap_inference(inference)
     plc = Snap7PlcLink(
         cfg.plc.host, cfg.plc.port, rack=cfg.plc.rack, slot=cfg.plc.slot, db_in=cfg.plc.db_plc_to_vision,
         db_out=cfg.plc.db_vision_to_plc, timeout_s=cfg.plc.request_timeout_ms / 1000,
@@ -286,7 +290,15 @@ async def run_simulated_line(
         stop = asyncio.Event()
         latest: list[LineStatus] = []
         running: asyncio.Future[tuple[LineController, Any]] = asyncio.get_running_loop().create_future()
-        ctl_task = asyncio.create_task(run_controller(cfg, stop=stop, on_status=latest.append, started=running))
+        wrap = None
+        if scenario.inference.slow_rate > 0:
+            from sim.slow_inference import SimSlowInference
+
+            def wrap(inner: Any) -> Any:
+                return SimSlowInference(inner, scenario.inference, seed=run.seed)
+
+        ctl_task = asyncio.create_task(run_controller(cfg, stop=stop, on_status=latest.append, started=running,
+                                                      wrap_inference=wrap))  # fmt: skip
         faults = _SimFaults(run, running)
 
         async def watch_sim() -> dict[str, Any]:
@@ -330,6 +342,9 @@ async def run_simulated_line(
             "wall_s": time.monotonic() - started,
         }
         summary["faults"] = faults.done
+        slowed = getattr(running.result()[1], "slowed", None) if running.done() else None
+        if slowed is not None:
+            summary["controller"]["inferences_slowed"] = slowed
         summary["scenario"] = scenario.name
         # Fail-safe rejects are acceptable only where the scenario's fault explains their reason.
         allowed = scenario.failsafe_allowed | (_INFERENCE_DOWN if faults.done else frozenset())

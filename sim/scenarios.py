@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, replace
 from sim.camera import NO_FAULTS, CameraFaults
 from sim.plant import PlantConfig
 from sim.s7_proxy import LinkFaults
+from sim.slow_inference import InferenceFaults
 
 NO_LINK_FAULTS = LinkFaults()
+NO_INFERENCE_FAULTS = InferenceFaults()
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Scenario:
     plc_restart_at_s: float | None = None
     link: LinkFaults = NO_LINK_FAULTS
     kill_actor_after: int | None = None
+    inference: InferenceFaults = NO_INFERENCE_FAULTS
+    """Faults on the controller's inference path (sim/slow_inference.py)."""
     failsafe_allowed: frozenset[str] = frozenset()
     """Fail-safe reasons this scenario's fault explains; any other fail-safe fails it."""
     controller: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -72,6 +76,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              failsafe_allowed=frozenset({"plc_link_lost", "ring_overrun", "late", "no_frame", "not_ready",
                                          "plc_write_failed", "no_budget", "inference_failed",
                                          "watchdog_tripped"})),
+    Scenario("slow-inference", "5 % of inferences take three times their budget",
+             inference=InferenceFaults(slow_rate=0.05, slow_factor=3.0),
+             # Those parts have no verdict by their deadline: late. Nothing else may fail safe.
+             failsafe_allowed=frozenset({"late"})),
     Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
              kill_actor_after=60),  # the fault's reasons are allowed wherever a worker is killed
 ]}  # fmt: skip
