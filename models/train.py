@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
 from models.dataset import DatasetError, Layout, list_dataset
 from models.net import (
@@ -170,7 +171,7 @@ def _losses(
     # saturated scores that all round to the same float.
     ce = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=0.05)
     per_pixel = F.binary_cross_entropy_with_logits(
-        defect_logits[:, 0], m, reduction="none", pos_weight=torch.tensor(_MAP_POS_WEIGHT)
+        defect_logits[:, 0], m, reduction="none", pos_weight=torch.tensor(_MAP_POS_WEIGHT, device=m.device)
     )
     seg = (per_pixel.mean(dim=(1, 2)) * w).sum() / w.sum().clamp(min=1.0)
     return ce + _MAP_LOSS_WEIGHT * seg, logits
@@ -193,13 +194,13 @@ def predict(model: Inspector, images: np.ndarray, batch_size: int = 64) -> Outpu
     model.eval()
     parts: list[tuple[torch.Tensor, ...]] = []
     for i in range(0, len(images), batch_size):
-        x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0)
+        x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0).to(_device_of(model))
         logits, defect_logits, cells = model.net.forward_with_features(x)
         probs = logits.softmax(1)
         distances = model.good(cells)
         parts.append((probs, torch.sigmoid(defect_logits)[:, 0], model.decision(probs, distances),
                       distances.amax(dim=(1, 2))))  # fmt: skip
-    probs, maps, scores, anomaly = (torch.cat(t).numpy() for t in zip(*parts, strict=True))
+    probs, maps, scores, anomaly = (torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True))
     return Outputs(probs, maps, scores, 1.0 - probs[:, 0], anomaly)
 
 
@@ -210,11 +211,15 @@ def fit_good_model(model: Inspector, good_images: np.ndarray, batch_size: int = 
     model.eval()
     cells = []
     for i in range(0, len(good_images), batch_size):
-        x = channels_first(good_images[i : i + batch_size]) / 255.0
+        x = (channels_first(good_images[i : i + batch_size]) / 255.0).to(_device_of(model))
         for view in (x, x.flip(-1), torch.rot90(x, 1, (-2, -1))):
             feats = model.net.forward_with_features(to_input(view))[2]
             cells.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     model.good.fit(torch.cat(cells))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def calibrate(model: Inspector, good: Outputs, target_frr: float) -> dict:
@@ -260,6 +265,7 @@ def train(
     pretrained: bool = True,
     min_steps: int = 300,
     threads: int = 2,
+    device: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train on `dataset_dir`, write `out_dir/model.pt` and `out_dir/train_report.json`.
@@ -270,9 +276,11 @@ def train(
     Classes come from the dataset's folders ("good" first); `roi` (x, y, w, h) overrides the
     dataset's own (dataset.json). Raises DatasetError for a malformed dataset.
     `pretrained=False` starts from random weights and trains every layer (the learning curve's
-    baseline). Sets torch's process-wide thread count to `threads` (results are reproducible per
+    baseline). Trains on `device`, by default a CUDA GPU where there is one, else the CPU. Sets
+    torch's process-wide thread count to `threads` (on the CPU, results are reproducible per
     thread count)."""
     started = time.perf_counter()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -288,7 +296,7 @@ def train(
     data = load_data(layout, roi)
     train_idx, val_idx = stratified_split(data.labels, val_fraction, rng)
     tensors = [torch.from_numpy(a) for a in (data.images, data.labels, data.maps, data.has_map)]
-    inspector = Inspector(len(classes), pretrained=pretrained)
+    inspector = Inspector(len(classes), pretrained=pretrained).to(device)
     model = inspector.net.to(memory_format=torch.channels_last)
     frozen = model.frozen_modules() if pretrained else []
     for module in frozen:
@@ -298,7 +306,7 @@ def train(
     # Balanced classes: each class weighs the same in the loss whatever its image count (good
     # images are cheap to collect and usually far outnumber each defect class).
     counts = np.bincount(data.labels[train_idx], minlength=len(classes)).astype(np.float32)
-    class_weights = torch.from_numpy(counts.sum() / (len(classes) * np.maximum(counts, 1.0)))
+    class_weights = torch.from_numpy(counts.sum() / (len(classes) * np.maximum(counts, 1.0))).to(device)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     passes_per_round = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
     steps_per_round = passes_per_round * steps_per_epoch
@@ -319,8 +327,9 @@ def train(
             for start in range(0, len(order), batch_size):
                 idx = torch.from_numpy(order[start : start + batch_size])
                 images, labels, maps, has_map = (t[idx] for t in tensors)
-                x, m = augment(images, maps, gen)
-                x = x.contiguous(memory_format=torch.channels_last)
+                x, m = augment(images, maps, gen)  # on the CPU: cheap, and seeded the same everywhere
+                x = x.to(device).contiguous(memory_format=torch.channels_last)
+                labels, m, has_map = labels.to(device), m.to(device), has_map.to(device)
                 loss, _ = _losses(model, x, labels, m, has_map, class_weights)
                 opt.zero_grad()
                 loss.backward()
@@ -351,6 +360,7 @@ def train(
         "classes": list(classes),
         "seed": seed,
         "pretrained": pretrained,
+        "device": device,
         "color": layout.color,
         "rounds_run": len(history),
         "passes_per_round": passes_per_round,
@@ -369,6 +379,7 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "model.pt"
+    inspector = inspector.cpu()
     torch.save(
         {
             "state_dict": inspector.state_dict(),
@@ -402,7 +413,7 @@ def golden_frames(layout: Layout, val_idx: np.ndarray, labels: np.ndarray) -> li
 @torch.no_grad()
 def _validate(model: InspectionNet, tensors: list[torch.Tensor], val_idx: np.ndarray) -> tuple[float, float]:
     model.eval()
-    images, labels, maps, has_map = (t[torch.from_numpy(val_idx)] for t in tensors)
+    images, labels, maps, has_map = (t[torch.from_numpy(val_idx)].to(_device_of(model)) for t in tensors)
     total, correct = 0.0, 0
     for i in range(0, len(val_idx), 64):
         x = normalize(images[i : i + 64].float() / 255.0)
