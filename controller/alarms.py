@@ -13,6 +13,7 @@ class Alarms:
     def __init__(self) -> None:
         self._active: dict[str, str] = {}
         self.raised_count: dict[str, int] = {}
+        self.cleared_count: dict[str, int] = {}
 
     def set(self, name: str, active: bool, detail: str = "") -> None:
         if active and name not in self._active:
@@ -21,6 +22,7 @@ class Alarms:
             log.warning("alarm_raised", alarm=name, detail=detail)
         elif not active and name in self._active:
             del self._active[name]
+            self.cleared_count[name] = self.cleared_count.get(name, 0) + 1
             log.info("alarm_cleared", alarm=name)
 
     @property

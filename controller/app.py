@@ -88,6 +88,8 @@ class LineController:
         self._outbox: dict[int, Queued] = {}
         """Recorded verdicts for the next write, by seq (each part is in it at most once)."""
         self._header_at = 0.0
+        self._watchdog_trips: tuple[int, int] | None = None
+        """(epoch, the PLC's watchdog_trips) at the last read."""
         self.gate_corrections: Counter[str] = Counter()
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
@@ -236,6 +238,7 @@ class LineController:
         self._snapshot = snap
         upd = self.tracker.on_snapshot(snap, started, accept_parts=self.ready)
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
+        self._watch_plc_watchdog(snap)
         self._finish_all(upd.finished)
         for written in upd.revoked:
             self._uncount(written)  # recorded again below, replacing the row
@@ -245,6 +248,18 @@ class LineController:
         sampled_at = self._snapshot_clock.sampled_at(started, finished, snap.encoder_pos, snap.speed)
         for part in upd.new_parts:
             self._dispatch(self.matcher.on_trigger(part.seq, _trigger_instant(snap, part, sampled_at), now))
+
+    def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
+        """The PLC lost our heartbeat (we stalled, or the link did) and rejects every part until it
+        sees `life` change with `ready` set. A trip can begin and end between two of our reads (we
+        were the ones stalled): its counter tells, and the alarm is raised and cleared at once."""
+        trips = (snap.epoch, snap.watchdog_trips)
+        last, self._watchdog_trips = self._watchdog_trips, trips
+        new_trip = last is not None and last[0] == trips[0] and last[1] != trips[1]
+        detail = f"PLC watchdog tripped ({snap.watchdog_trips} times this epoch): every part is rejected"
+        self.alarms.set("plc_watchdog", snap.watchdog_tripped or new_trip, detail)
+        if not snap.watchdog_tripped:
+            self.alarms.set("plc_watchdog", False)
 
     def _apply_gate(self, corrected: list[tuple[Finished, Finished]], ambiguous: int, inconsistent: bool) -> None:
         """Make the journal say what the gate did with written parts it decided otherwise than

@@ -182,9 +182,12 @@ _INFERENCE_DOWN = frozenset({"inference_failed", "inference_unavailable", "no_bu
 class _SimFaults:
     """Faults injected into the controller's own side during a simulated run, by part count."""
 
-    def __init__(self, run: SimRun, started: asyncio.Future[tuple[LineController, Any]]) -> None:
+    def __init__(self, run: SimRun, started: asyncio.Future[tuple[LineController, Any]], stall_s: float) -> None:
         self.run, self.started = run, started
         self.done: dict[str, Any] = {}
+        """Faults on the inference side (their fail-safe reasons are allowed once injected)."""
+        self.stall_s = stall_s
+        self.stalled_after: int | None = None
 
     async def inject(self, status: LineStatus) -> None:
         if not self.started.done():
@@ -192,6 +195,12 @@ class _SimFaults:
         _, inference = self.started.result()
         decided = status.passes + status.rejects + status.failsafe
         run = self.run
+        if self.stall_s > 0 and self.stalled_after is None and decided >= run.parts // 3:
+            from sim.stall import freeze
+
+            self.stalled_after = decided
+            log.warning("fault_injected", fault="controller_stall", seconds=self.stall_s, after_parts=decided)
+            freeze(self.stall_s)
         if run.kill_actor_after is not None and "kill_actor" not in self.done and decided >= run.kill_actor_after:
             import ray
 
@@ -232,6 +241,17 @@ def _fresh_workdir(workdir: Path) -> Path:
     return journal_path
 
 
+def _alarms_unexpected(seen: dict[str, dict[str, int]], expected: frozenset[str]) -> dict[str, str]:
+    """Each expected alarm raised exactly once and cleared exactly once; no other alarm at all."""
+    out = {}
+    for name in sorted(expected | set(seen)):
+        got = seen.get(name, {"raised": 0, "cleared": 0})
+        want = (1, 1) if name in expected else (0, 0)
+        if (got["raised"], got["cleared"]) != want:
+            out[name] = f"raised {got['raised']}, cleared {got['cleared']} (want {want[0]}, {want[1]})"
+    return out
+
+
 def _merged(base: dict[str, Any], override: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`base` with each section of `override` laid over the section of the same name."""
     return {**base, **{k: {**base.get(k, {}), **v} for k, v in override.items()}}
@@ -254,7 +274,8 @@ async def run_simulated_line(
 
     scenario = SCENARIOS[run.scenario]
     if scenario.kill_actor_after is not None and run.kill_actor_after is None:
-        run = replace(run, kill_actor_after=scenario.kill_actor_after)
+        # A third into a short run at the latest, so the worker is back before the line ends.
+        run = replace(run, kill_actor_after=min(scenario.kill_actor_after, run.parts // 3))
 
     journal_path = _fresh_workdir(run.workdir)
     report_path = run.workdir / "sim-report.json"
@@ -299,7 +320,7 @@ async def run_simulated_line(
 
         ctl_task = asyncio.create_task(run_controller(cfg, stop=stop, on_status=latest.append, started=running,
                                                       wrap_inference=wrap))  # fmt: skip
-        faults = _SimFaults(run, running)
+        faults = _SimFaults(run, running, scenario.stall_controller_s)
 
         async def watch_sim() -> dict[str, Any]:
             assert proc.stdout is not None
@@ -345,12 +366,22 @@ async def run_simulated_line(
         slowed = getattr(running.result()[1], "slowed", None) if running.done() else None
         if slowed is not None:
             summary["controller"]["inferences_slowed"] = slowed
+        if faults.stalled_after is not None:
+            summary["controller"]["stalled"] = {"seconds": faults.stall_s, "after_parts": faults.stalled_after}
         summary["scenario"] = scenario.name
         # Fail-safe rejects are acceptable only where the scenario's fault explains their reason.
         allowed = scenario.failsafe_allowed | (_INFERENCE_DOWN if faults.done else frozenset())
         unexplained = {r: n for r, n in summary["failsafe_by_reason"].items() if r not in allowed}
         summary["failsafe_unexplained"] = unexplained
-        summary["ok"] = summary["nothing_lost"] and not unexplained
+        summary["alarms"] = {name: {"raised": n, "cleared": controller.alarms.cleared_count.get(name, 0)}
+                             for name, n in controller.alarms.raised_count.items()}  # fmt: skip
+        summary["alarms_unexpected"] = _alarms_unexpected(summary["alarms"], scenario.alarms)
+        summary["criterion"] = (
+            "nothing lost (0 misassociations, 0 passes without own in-time PASS, one outcome per trigger, "
+            "journal = gate); fail-safe only for " + (", ".join(sorted(allowed)) or "nothing") + "; alarms "
+            + (", ".join(f"{a} raised and cleared once" for a in sorted(scenario.alarms)) or "none") + ", no other"
+        )  # fmt: skip
+        summary["ok"] = summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
         summary["journal"] = str(journal_path)
         summary["plot"] = str(plot_run(report, run.workdir / "timing.png"))
         return summary

@@ -74,18 +74,25 @@ def _print_scenarios(console: Any, summaries: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     t = Table(title="scenarios")
-    for col in ("scenario", "parts", "fail-safe by reason", "misassoc.", "pass w/o PASS", "deadline misses",
-                "margin min / p1 ms", "latency p99 ms", "verdict"):
+    for col in ("scenario", "parts", "fail-safe by reason", "misassoc.", "pass w/o PASS", "journal ≠ gate",
+                "deadline misses", "margin min / p1 / p50 ms", "latency p99 ms", "alarms raised/cleared", "verdict"):
         t.add_column(col)
     for s in summaries:
         m = s["verdict_margin_ms"]
         t.add_row(
             s["scenario"], str(s["parts"]), str(s["failsafe_by_reason"] or "-"), str(s["misassociations"]),
-            str(s["passed_without_own_in_time_pass"]), str(s["deadline_misses"]),
-            f"{m['min']:.0f} / {m['p1']:.0f}", f"{s['latency_ms']['p99']:.1f}",
-            "[green]pass" if s["ok"] else f"[red]FAIL {s['failsafe_unexplained'] or ''}",
+            str(s["passed_without_own_in_time_pass"]), str(s["journal_disagrees_with_gate"]),
+            str(s["deadline_misses"]), f"{m['min']:.0f} / {m['p1']:.0f} / {m['p50']:.0f}",
+            f"{s['latency_ms']['p99']:.1f}", _alarms_text(s),
+            "[green]pass" if s["ok"] else f"[red]FAIL {s['failsafe_unexplained'] or ''} {s['alarms_unexpected'] or ''}",
         )  # fmt: skip
-    console.print(t, width=160)
+    console.print(t, width=200)
+    for s in summaries:
+        console.print(f"[bold]{s['scenario']}[/bold] passes when: {s['criterion']}")
+
+
+def _alarms_text(s: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {n['raised']}/{n['cleared']}" for name, n in sorted(s["alarms"].items())) or "-"
 
 
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
@@ -105,6 +112,8 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         ("journal ≠ gate", s["journal_disagrees_with_gate"]), ("deadline misses", s["deadline_misses"]),
         ("latency trigger → verdict in PLC", "p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {max:.1f} ms".format(**lat)),
         ("verdict margin before gate", "min {min:.0f} ms  p1 {p1:.0f} ms  p50 {p50:.0f} ms".format(**margin)),
+        ("alarms raised/cleared", _alarms_text(s)),
+        ("pass criterion", s["criterion"]),
         ("throughput", f"{s['throughput_parts_per_s']:.1f} parts/s"),
         ("verdict", "[green]OK" if s["ok"] else "[red]FAILED"),
     ]  # fmt: skip

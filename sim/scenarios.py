@@ -30,9 +30,14 @@ class Scenario:
     link: LinkFaults = NO_LINK_FAULTS
     kill_actor_after: int | None = None
     inference: InferenceFaults = NO_INFERENCE_FAULTS
+    stall_controller_s: float = 0.0
+    """Freeze the controller's process for this long, a third into the run (sim/stall.py)."""
     """Faults on the controller's inference path (sim/slow_inference.py)."""
     failsafe_allowed: frozenset[str] = frozenset()
     """Fail-safe reasons this scenario's fault explains; any other fail-safe fails it."""
+    alarms: frozenset[str] = frozenset()
+    """The controller alarms this scenario's fault must raise exactly once and clear exactly once;
+    any other alarm fails it (one fault, one alarm: no flapping)."""
     controller: dict[str, dict[str, object]] = field(default_factory=dict)
     """Overrides of the controller's line config, by section: what commissioning such a line
     would set (each with its reason where the scenario is declared)."""
@@ -70,6 +75,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              failsafe_allowed=frozenset({"no_budget", "late", "no_frame"})),
     Scenario("plc-link-silent", "the PLC link goes silent for 10 s with the socket open",
              plant={"parts": 400}, link=LinkFaults(silent_at_s=4.0, silent_s=10.0),
+             # The link alarm; and our heartbeat is held too, so the PLC's watchdog trips. (Triggers the
+             # ring lost in the silence were decided by then: no ring-overrun alarm for them.)
+             alarms=frozenset({"plc_link", "plc_watchdog"}),
              # After the silence the ring's last 16 triggers arrive at once: admission refuses some.
              # Verdicts written just before it reach parts the PLC decides after its watchdog
              # tripped (our heartbeat is held too): those are recorded as the gate decided them.
@@ -80,6 +88,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              inference=InferenceFaults(slow_rate=0.05, slow_factor=3.0),
              # Those parts have no verdict by their deadline: late. Nothing else may fail safe.
              failsafe_allowed=frozenset({"late"})),
+    Scenario("controller-stalled", "the controller's process freezes for 2 s mid-run (like SIGSTOP)",
+             stall_controller_s=2.0, alarms=frozenset({"plc_watchdog"}),
+             # Its heartbeat stops, the PLC's watchdog trips and rejects every part meanwhile:
+             # written verdicts decided then (watchdog_tripped), open parts (late, no_frame), and
+             # triggers decided before the controller could read again (plc_link_lost).
+             failsafe_allowed=frozenset({"watchdog_tripped", "late", "no_frame", "no_budget", "plc_link_lost"})),
     Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
-             kill_actor_after=60),  # the fault's reasons are allowed wherever a worker is killed
+             # The fault's fail-safe reasons are allowed wherever a worker is killed.
+             kill_actor_after=60, alarms=frozenset({"inference"})),
 ]}  # fmt: skip
