@@ -133,6 +133,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
            title="Learning curve (synthetic test set)")  # fmt: skip
     sizes = sorted({r["per_class"] for r in rows})
     ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()  # the log axis' own minor labels would crowd out the sizes
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
