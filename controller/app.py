@@ -166,29 +166,20 @@ class LineController:
                 snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
                 if snap.epoch != self._acked_epoch:
                     await self._acknowledge_epoch(snap.epoch)
+                if snap.life != last_life:
+                    last_life, life_changed_at = snap.life, started
+                elif started - life_changed_at > self.timing.stale_s:
+                    raise PlcError(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
+                self._on_snapshot(snap, started, time.monotonic())
+                await self._write_cycle()
             except PlcError as exc:
+                # Read, stuck PLC or write: the same recovery (a fresh connection after any fault).
                 await self._plc_lost(str(exc))
                 backoff = await self._reconnect(backoff)
                 last_life, life_changed_at = -1, time.monotonic()
                 next_poll = time.monotonic()
                 continue
             backoff = self.timing.backoff_initial_s
-            if snap.life != last_life:
-                last_life, life_changed_at = snap.life, started
-            elif started - life_changed_at > self.timing.stale_s:
-                await self._plc_lost(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
-                await self._reconnect(backoff)
-                last_life, life_changed_at = -1, time.monotonic()
-                continue
-            self._on_snapshot(snap, started, time.monotonic())
-            try:
-                await self._write_cycle()
-            except PlcError as exc:
-                await self._plc_lost(str(exc))
-                backoff = await self._reconnect(backoff)
-                last_life, life_changed_at = -1, time.monotonic()
-                next_poll = time.monotonic()
-                continue
             next_poll = max(next_poll + self.timing.poll_s, time.monotonic())
             await asyncio.sleep(next_poll - time.monotonic())
 
