@@ -49,10 +49,6 @@ class VisionBlock:
         self._data[off : off + c.VERDICT_ENTRY_SIZE] = data
         self._dirty_end = max(self._dirty_end, off + c.VERDICT_ENTRY_SIZE)
 
-    @property
-    def entries_pending(self) -> bool:
-        return self._dirty_end > 0
-
     @staticmethod
     def first_request_end(max_request_bytes: int) -> int:
         """Where the first request ends: after the last whole entry that fits with the header."""

@@ -49,11 +49,6 @@ def list_dataset(path: str | Path) -> Layout:
     return Layout(root, info.classes, images, info.roi, info.color)  # type: ignore[arg-type]
 
 
-def read_roi(root: Path) -> tuple[int, int, int, int] | None:
-    """The ROI that dataset.json gives (None without one); DatasetError when it is malformed."""
-    return list_dataset(root).roi
-
-
 def write_info(root: Path, roi: tuple[int, int, int, int] | None, **extra: object) -> None:
     """Write dataset.json: the ROI, and any `extra` facts (a generator's per-image difficulty)."""
     info = {"roi": list(roi) if roi is not None else None, **extra}

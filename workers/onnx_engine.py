@@ -100,6 +100,7 @@ class OnnxRuntimeEngine(CanaryWarmup):
             model_path, session_options(intra_op_threads), list(providers) if providers else None
         )
         self.meta: ModelMeta = meta_from_session(self._session, self.model_path)
+        self._outputs = [PROBS_NAME, DEFECT_MAP_NAME] + ([SCORE_NAME] if self.meta.has_score else [])
         self.name: str = name or f"onnxruntime@{socket.gethostname()}:{os.getpid()}"
 
     def infer_batch(self, frames: Sequence[Image]) -> list[InferenceResult]:
@@ -108,18 +109,13 @@ class OnnxRuntimeEngine(CanaryWarmup):
         t0 = time.perf_counter()
         try:
             x = preprocess(frames, self.meta)
-            outputs = self._output_names
-            probs, maps, *own_scores = self._session.run(outputs, {INPUT_NAME: x})
+            probs, maps, *own_scores = self._session.run(self._outputs, {INPUT_NAME: x})
         except ValueError as exc:
             raise InferenceError(f"{self.name}: {exc}") from exc
         except Exception as exc:  # ORT raises its own private exception types
             raise InferenceError(f"{self.name}: ONNX Runtime failed: {exc}") from exc
         per_frame_s = (time.perf_counter() - t0) / len(frames)
         return score(probs, maps, self.meta, per_frame_s, self.name, own_scores[0] if own_scores else None)
-
-    @property
-    def _output_names(self) -> list[str]:
-        return [PROBS_NAME, DEFECT_MAP_NAME] + ([SCORE_NAME] if self.meta.has_score else [])
 
 
 def score(

@@ -96,10 +96,11 @@ def test_line_engine_uses_the_models_own_score(tiny_run) -> None:
 def test_calibration_holds_the_false_reject_budget_on_validation(tiny_run) -> None:
     _, result, _ = tiny_run
     cal = result.report["calibration"]
-    assert cal["class_limit"] > 0 and cal["anomaly_limit"] > 0 and cal["n_good"] >= 1
-    # Each signal's limit is the (1 - frr/2) quantile of validation good parts, so on those parts the
-    # union of the two rejects stays within the target (a tiny set: at most one part over).
-    assert result.report["val"]["false_reject_rate"] <= max(result.report["target_frr"], 1 / cal["n_good"])
+    assert cal["class_limit"] > 0 and cal["anomaly_limit"] > 0 and cal["n_good"] == 1
+    # One validation good part cannot promise a 1 % rate, and the report says so (the card and the
+    # training log warn from it). Its val FRR is not asserted: the limit sits one float step above
+    # that part's score, which batch-dependent kernels can move by more than a step.
+    assert cal["budget_holds"] is False
 
 
 def test_training_is_reproducible(tiny_run, tmp_path) -> None:

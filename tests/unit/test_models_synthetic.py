@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
-from models.dataset import read_roi
+from models.dataset import list_dataset
 from models.synthetic import ALL_CLASSES, CLASSES, FRAME_SHAPE, ROI, UNSEEN, make_dataset, render_frame
 
 X, Y, W, H = ROI
@@ -75,7 +75,7 @@ def test_make_dataset_layout_and_determinism(tmp_path) -> None:
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
     mask = np.asarray(Image.open(a / "ground_truth" / "crack" / "0000_mask.png"))
     assert mask.shape == FRAME_SHAPE and mask.max() == 255
-    assert read_roi(a) == ROI  # dataset.json tells training where the part lies
+    assert list_dataset(a).roi == ROI  # dataset.json tells training where the part lies
 
 
 def test_make_dataset_classes_and_good_count(tmp_path) -> None:
