@@ -36,8 +36,19 @@ from controller.errors import CameraError, ControllerError, InferenceError, Jour
 from controller.frame_matching import FrameMatcher, Match, MatchWindow
 from controller.plc_clock import SnapshotClock
 from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
+from controller.resume import resume
 from controller.status import Health, LineStatus
-from controller.tracking import Finished, Margins, Outcome, Part, Reason, Tracker, check_line_geometry, wrap_diff
+from controller.tracking import (
+    Finished,
+    GateCounters,
+    Margins,
+    Outcome,
+    Part,
+    Reason,
+    Tracker,
+    check_line_geometry,
+    wrap_diff,
+)  # fmt: skip
 from controller.vision_block import VisionBlock
 
 log = structlog.get_logger("lineinspect.controller")
@@ -94,7 +105,7 @@ class LineController:
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
         self.matcher = FrameMatcher(window)
-        self.alarms = Alarms()
+        self.alarms = Alarms(on_change=self._note_alarm)
         self.on_status = on_status or (lambda s: None)
         self.health = Health.STARTING
         self.outcomes: Counter[str] = Counter()
@@ -166,6 +177,8 @@ class LineController:
                 snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
                 if snap.epoch != self._acked_epoch:
                     await self._acknowledge_epoch(snap.epoch)
+                if snap.epoch != self.tracker.epoch:
+                    await self._resume_epoch(snap)
                 if snap.life != last_life:
                     last_life, life_changed_at = snap.life, started
                 elif started - life_changed_at > self.timing.stale_s:
@@ -196,6 +209,36 @@ class LineController:
             await self.plc.write_vision_to_plc(offset, bytes(size))
         self._block.clear_ring()
         self._acked_epoch = epoch
+
+    async def _resume_epoch(self, snap: codec.PlcToVision) -> None:
+        """At the first read of an epoch: if an earlier controller saw this epoch (we were restarted),
+        record what the gate did while no controller ran. Parts triggered but still undecided are
+        the tracker's as usual; the ring was just cleared, so none of them can pass on an old entry."""
+        try:
+            baseline = await self.journal.first_read(snap.epoch, GateCounters.of(snap))
+            if baseline.decided_seq == snap.decided_seq:
+                return  # first seen now, or nothing decided since
+            resumed = resume(baseline, GateCounters.of(snap), await self.journal.recorded(snap.epoch))
+            now, wall = time.monotonic(), datetime.now(UTC).isoformat(timespec="milliseconds")
+            down = Reason.CONTROLLER_DOWN.value
+            await self.journal.record_many([
+                PartRecord(epoch=snap.epoch, seq=seq, outcome=Outcome.FAILSAFE.value, reason=down, trigger_pos=0,
+                           t_decided=now, wall_utc=wall) for seq in resumed.unrecorded
+            ])  # fmt: skip
+            for seq, _ in resumed.corrected:
+                await self.journal.amend(snap.epoch, seq, Outcome.FAILSAFE.value, down)
+        except JournalError as exc:
+            self.alarms.set("journal", True, str(exc))
+            return
+        self.reasons[down] += len(resumed.unrecorded) + len(resumed.corrected)
+        self.outcomes[Outcome.FAILSAFE.value] += len(resumed.unrecorded) + len(resumed.corrected)
+        if resumed.inconsistent:
+            log.error("gate_counters_inconsistent", epoch=snap.epoch, decided_seq=snap.decided_seq, on="resume")
+        log.warning("resumed", epoch=snap.epoch, decided_while_down=len(resumed.unrecorded),
+                    written_but_rejected=[f"{seq} ({was.value})" for seq, was in resumed.corrected])  # fmt: skip
+
+    def _note_alarm(self, name: str, raised: bool, detail: str) -> None:
+        self._spawn(self.journal.note_alarm(name, raised, detail), name=f"alarm-{name}")
 
     async def _plc_lost(self, why: str) -> None:
         if self._plc_ok:

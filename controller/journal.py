@@ -5,17 +5,21 @@ power loss. One writer thread owns the connection so fsyncs never block the even
 kept (zlib) for review and retraining, up to `max_images`; the oldest images are evicted first,
 records are never evicted by images. A record is keyed by (epoch, seq): recording it again replaces
 it, so a part that failed after its first record still has exactly one outcome.
+It also keeps, per epoch, the PLC's gate counters at the first read (a restarted controller learns
+from them what happened while it was down: controller/resume.py), and every alarm raised or cleared.
 Not here: deciding outcomes (controller/app.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -24,6 +28,8 @@ import numpy as np
 
 from controller.errors import JournalError
 from controller.ports import PartRecord
+from controller.resume import Recorded
+from controller.tracking import GateCounters, Outcome
 
 T = TypeVar("T")
 
@@ -38,6 +44,11 @@ CREATE TABLE IF NOT EXISTS images (
     epoch INTEGER, seq INTEGER, height INTEGER, width INTEGER, channels INTEGER, data BLOB,
     PRIMARY KEY (epoch, seq)
 );
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY, decided_seq INTEGER, rejects_vision INTEGER, rejects_failsafe INTEGER,
+    watchdog_trips INTEGER, wall_utc TEXT
+);
+CREATE TABLE IF NOT EXISTS alarms (wall_utc TEXT, name TEXT, raised INTEGER, detail TEXT);
 """
 
 
@@ -70,13 +81,38 @@ class SqliteJournal:
         self._pool.shutdown()
 
     async def record(self, rec: PartRecord) -> None:
+        await self.record_many([rec])
+
+    async def record_many(self, recs: list[PartRecord]) -> None:
+        """Durable in one transaction (one fsync), all or none."""
         try:
-            await self._run(self._insert, rec)
+            await self._run(self._insert, recs)
         except (sqlite3.Error, OSError) as exc:
             self._healthy = False
             self.error = str(exc)
-            raise JournalError(f"journal write failed for epoch {rec.epoch} seq {rec.seq}: {exc}") from exc
+            which = f"epoch {recs[0].epoch} seq {recs[0].seq}" + (f" and {len(recs) - 1} more" if len(recs) > 1 else "")
+            raise JournalError(f"journal write failed for {which}: {exc}") from exc
         self._healthy = True
+
+    async def first_read(self, epoch: int, gate: GateCounters) -> GateCounters:
+        """The gate counters of the first read of `epoch`: `gate` itself the first time the epoch is
+        seen, and what an earlier controller stored when it saw it first (we were restarted)."""
+        try:
+            return await self._run(self._first_read, epoch, gate)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"journal cannot store epoch {epoch}: {exc}") from exc
+
+    async def recorded(self, epoch: int) -> list[Recorded]:
+        """Every part recorded in `epoch`: its outcome and whether its verdict write was acknowledged."""
+        try:
+            return await self._run(self._recorded, epoch)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"journal cannot be read: {exc}") from exc
+
+    async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
+        """The alarm history (diagnostic: an alarm is shown live whether or not this lands)."""
+        with contextlib.suppress(sqlite3.Error):
+            await self._run(self._insert_alarm, name, raised, detail)
 
     async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
         """When the verdict reached the PLC (diagnostic; not needed for durability)."""
@@ -112,42 +148,73 @@ class SqliteJournal:
             self._db.close()
             self._db = None
 
-    def _insert(self, rec: PartRecord) -> None:
-        db = self._db
-        if db is None:
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
             raise sqlite3.OperationalError("journal is closed")
-        values = astuple(rec)[: len(_COLUMNS)]
+        return self._db
+
+    def _insert(self, recs: list[PartRecord]) -> None:
+        db = self._connection()
         db.execute("BEGIN")
         try:
-            db.execute(
-                f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
-                values,
+            db.executemany(
+                f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                [astuple(rec)[: len(_COLUMNS)] for rec in recs],
             )
-            if rec.image is not None and self.max_images > 0:
-                img = np.ascontiguousarray(rec.image)
-                channels = 1 if img.ndim == 2 else img.shape[2]
-                db.execute(
-                    "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
-                    (rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)),
-                )
-                db.execute(
-                    "DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,)
-                )
+            for rec in recs:
+                if rec.image is not None and self.max_images > 0:
+                    self._insert_image(db, rec)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
+    def _insert_image(self, db: sqlite3.Connection, rec: PartRecord) -> None:
+        img = np.ascontiguousarray(rec.image)
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        db.execute(
+            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+            (rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)),
+        )
+        db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
+
+    def _first_read(self, epoch: int, gate: GateCounters) -> GateCounters:
+        db = self._connection()
+        db.execute(
+            "INSERT OR IGNORE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
+            (epoch, gate.decided_seq, gate.rejects_vision, gate.rejects_failsafe, gate.watchdog_trips, _utc()),
+        )
+        row = db.execute("SELECT decided_seq, rejects_vision, rejects_failsafe, watchdog_trips FROM epochs "
+                         "WHERE epoch = ?", (epoch,)).fetchone()  # fmt: skip
+        decided_seq, rejects_vision, rejects_failsafe, watchdog_trips = row
+        return GateCounters(decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, watchdog_tripped=False)
+
+    def _recorded(self, epoch: int) -> list[Recorded]:
+        rows = self._connection().execute(
+            "SELECT seq, outcome, t_written IS NOT NULL FROM parts WHERE epoch = ?", (epoch,)
+        )
+        return [Recorded(seq, Outcome(outcome), bool(written)) for seq, outcome, written in rows]
+
+    def _insert_alarm(self, name: str, raised: bool, detail: str) -> None:
+        self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (_utc(), name, int(raised), detail))
+
     def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
-        if self._db is None:
-            raise sqlite3.OperationalError("journal is closed")
-        self._db.execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
+        self._connection().execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
                          (outcome, reason, epoch, seq))  # fmt: skip
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:
             self._db.execute("UPDATE parts SET t_written = ? WHERE epoch = ? AND seq = ?", (t, epoch, seq))
+
+
+def _utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def alarm_counts(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """How often each alarm was raised and cleared, over every controller that used this journal."""
+    rows = db.execute("SELECT name, sum(raised), sum(1 - raised) FROM alarms GROUP BY name ORDER BY name")
+    return {name: {"raised": raised, "cleared": cleared} for name, raised, cleared in rows}
 
 
 def read_image(db: sqlite3.Connection, epoch: int, seq: int) -> np.ndarray | None:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from controller.resume import Recorded
+    from controller.tracking import GateCounters
 
 Image = npt.NDArray[np.uint8]
 
@@ -134,6 +138,22 @@ class Journal(Protocol):
     """Durable record of every part's outcome. `record` returns only once the record is on disk."""
 
     async def record(self, rec: PartRecord) -> None: ...
+
+    async def record_many(self, recs: list[PartRecord]) -> None:
+        """Several records durable at once (one fsync). Raises JournalError."""
+        ...
+
+    async def first_read(self, epoch: int, gate: GateCounters) -> GateCounters:
+        """The gate counters of the first read of `epoch`, stored when first seen. Raises JournalError."""
+        ...
+
+    async def recorded(self, epoch: int) -> list[Recorded]:
+        """Every part recorded in `epoch`. Raises JournalError."""
+        ...
+
+    async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
+        """The alarm history (diagnostic, never raises)."""
+        ...
 
     async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
         """When the verdict reached the PLC: diagnostic, not needed for durability."""

@@ -57,6 +57,9 @@ class Reason(StrEnum):
     """Triggered and decided while the controller could not read the PLC."""
     WATCHDOG_TRIPPED = "watchdog_tripped"
     """Its verdict was written, but the PLC decided it while our heartbeat was lost (rule 3)."""
+    CONTROLLER_DOWN = "controller_down"
+    """Decided while no controller ran (killed, crashed, restarting), or written just before and
+    decided after the PLC's watchdog tripped; learned on restart (controller/resume.py)."""
     PLC_REJECTED = "plc_rejected"
     """Its verdict was written, but the PLC's counters say the gate rejected it fail-safe anyway."""
 
