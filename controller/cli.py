@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ def _sim(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from controller import logs
-    from controller.bootstrap import SimRun, scenario_names
+    from sim.runner import SimRun, scenario_names
 
     parts = args.parts if args.duration is None else max(1, round(args.duration * args.rate))
     workdir = Path(args.workdir)
@@ -52,18 +53,15 @@ def _sim(args: argparse.Namespace) -> int:
 def _run_with_progress(run: Any, console: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from controller.bootstrap import run_simulated_line
-    from controller.status import LineStatus
+    from sim.runner import Progress as LineProgress
+    from sim.runner import run_simulated_line
 
     with Progress(TextColumn(f"[bold]{run.scenario}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:  # fmt: skip
         task = bar.add_task("parts", total=run.parts, info="starting: simulator, Ray, model…")
 
-        def progress(s: LineStatus, total: int) -> None:
-            done = s.passes + s.rejects + s.failsafe
-            bar.update(task, completed=done, info=(
-                f"{s.state.value} pass {s.passes} reject {s.rejects} failsafe {s.failsafe} "
-                f"p99 {s.latency_p99_ms:.0f} ms"))
+        def progress(p: LineProgress, total: int) -> None:
+            bar.update(task, completed=p.decided, total=total, info=p.info)
 
         summary: dict[str, Any] = asyncio.run(run_simulated_line(run, progress=progress))
         bar.update(task, completed=summary["parts"], info="done" if summary["ok"] else "[red]FAILED")
@@ -123,7 +121,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 
 
 def _sim_line(args: argparse.Namespace) -> int:
-    from controller.bootstrap import serve_simulated_line
+    from sim.runner import serve_simulated_line
 
     return serve_simulated_line(
         parts=args.parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
@@ -139,7 +137,21 @@ def _run(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level)
     cfg = load_config(Path(args.config))
-    asyncio.run(run_controller(cfg))
+
+    async def until_signalled() -> None:
+        # SIGTERM (systemd, the simulator) or SIGINT: stop cleanly, recording every open part.
+        # Installed again once running: starting Ray replaces the SIGTERM handler with its own.
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        running: asyncio.Future[Any] = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        controller = asyncio.create_task(run_controller(cfg, stop=stop, started=running))
+        await asyncio.wait({controller, running}, return_when=asyncio.FIRST_COMPLETED)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await controller
+
+    asyncio.run(until_signalled())
     return 0
 
 
@@ -197,8 +209,8 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from controller import logs
-    from controller.bootstrap import SimRun, run_simulated_line
     from controller.config import SHIPPED_MODEL
+    from sim.runner import SimRun, run_simulated_line
     from workers.bench import bench_engines, controller_overhead, format_table, write_report
 
     console = Console(stderr=True)

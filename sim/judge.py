@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.journal import read_image
+from controller.journal import alarm_counts, read_image
 from controller.plc_codec import PASS
 from sim.identity import read_stamp
 
@@ -41,6 +41,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
             (r[0], r[1]): r
             for r in db.execute("SELECT epoch, seq, outcome, reason, frame_counter FROM parts")
         }
+        alarms = alarm_counts(db)
         misassociated, unreadable = 0, 0
         for (ep, seq), _row in rows.items():
             image = read_image(db, ep, seq)
@@ -98,6 +99,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "run_s": span,
         "plc": report["plc"],
         "plc_max_scan_ms": report["max_scan_ms"],
+        "alarms": alarms,
     }
     # Nothing lost: whatever happened, no wrong frame, no pass without its own PASS, one outcome
     # per trigger, the journal agrees with the gate, every fail-safe has its reason.

@@ -1,14 +1,16 @@
 """Named, seeded line scenarios: each is a line condition or a fault, with what must hold.
 
 A scenario configures the plant, the camera and the PLC in the simulator process, and at most one
-fault on the controller's own side (killing an inference worker). Every scenario must end with
-nothing lost (sim/judge.py); `failsafe_allowed` names the fail-safe reasons its fault explains.
-Not here: running (sim/line.py, controller/bootstrap.py) or scoring (sim/judge.py).
+fault on the controller's own side: on its inference path, or on its process (stopped, killed; the
+controller then runs as its own `lineinspect run` process, as at a line). Every scenario must end
+with nothing lost (sim/judge.py); `failsafe_allowed` names the fail-safe reasons its fault explains.
+Not here: running (sim/line.py, sim/runner.py) or scoring (sim/judge.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from sim.camera import NO_FAULTS, CameraFaults
 from sim.plant import PlantConfig
@@ -17,6 +19,15 @@ from sim.slow_inference import InferenceFaults
 
 NO_LINK_FAULTS = LinkFaults()
 NO_INFERENCE_FAULTS = InferenceFaults()
+
+
+@dataclass(frozen=True)
+class ProcessFault:
+    """A signal to the controller's process once a third of the parts have their outcome."""
+
+    signal: Literal["SIGSTOP", "SIGKILL"]
+    seconds: float = 0.0
+    """SIGSTOP: continued (SIGCONT) after this long. SIGKILL: started again after this long."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,8 @@ class Scenario:
     link: LinkFaults = NO_LINK_FAULTS
     kill_actor_after: int | None = None
     inference: InferenceFaults = NO_INFERENCE_FAULTS
-    stall_controller_s: float = 0.0
-    """Freeze the controller's process for this long, a third into the run (sim/stall.py)."""
     """Faults on the controller's inference path (sim/slow_inference.py)."""
+    process: ProcessFault | None = None
     failsafe_allowed: frozenset[str] = frozenset()
     """Fail-safe reasons this scenario's fault explains; any other fail-safe fails it."""
     alarms: frozenset[str] = frozenset()
@@ -88,12 +98,22 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              inference=InferenceFaults(slow_rate=0.05, slow_factor=3.0),
              # Those parts have no verdict by their deadline: late. Nothing else may fail safe.
              failsafe_allowed=frozenset({"late"})),
-    Scenario("controller-stalled", "the controller's process freezes for 2 s mid-run (like SIGSTOP)",
-             stall_controller_s=2.0, alarms=frozenset({"plc_watchdog"}),
+    Scenario("controller-stalled", "the controller's process is stopped (SIGSTOP) for 2 s mid-run",
+             process=ProcessFault("SIGSTOP", 2.0), alarms=frozenset({"plc_watchdog"}),
              # Its heartbeat stops, the PLC's watchdog trips and rejects every part meanwhile:
              # written verdicts decided then (watchdog_tripped), open parts (late, no_frame), and
              # triggers decided before the controller could read again (plc_link_lost).
              failsafe_allowed=frozenset({"watchdog_tripped", "late", "no_frame", "no_budget", "plc_link_lost"})),
+    Scenario("controller-killed", "the controller's process is killed (SIGKILL) mid-run and started again",
+             plant={"parts": 400},  # a restart (local Ray, model) takes ~6 s: line time to show the recovery
+             process=ProcessFault("SIGKILL", 0.0),
+             # The restarted controller finds the watchdog tripped: raised, then cleared by its heartbeat.
+             alarms=frozenset({"plc_watchdog"}),
+             # Decided while no controller ran, or written just before the kill and decided after
+             # the watchdog tripped (controller_down); in flight at the restart, their frames lost
+             # (no_frame, late, not_ready); the watchdog still tripped at the first writes.
+             failsafe_allowed=frozenset({"controller_down", "watchdog_tripped", "no_frame", "late", "not_ready",
+                                         "no_budget", "plc_link_lost"})),
     Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
              # The fault's fail-safe reasons are allowed wherever a worker is killed.
              kill_actor_after=60, alarms=frozenset({"inference"})),

@@ -1,0 +1,191 @@
+"""The controller under test in a simulated run, in one of two ways:
+
+- `InProcessController`: in the runner's process, so faults can reach inside it (kill an inference
+  actor, slow its inference, hot-swap the model) and its internals can be reported.
+- `ControllerProcess`: its own `lineinspect run --config line.toml` process, exactly as at a line,
+  so faults can reach the process itself: SIGSTOP it for a while, or SIGKILL it and start it again.
+  Its progress is read from its journal (SQLite in WAL mode lets a reader in beside it).
+
+Both give the same `Progress` and stop the same way. Not here: the simulated line or the judge
+(sim/runner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.app import LineController
+from controller.bootstrap import run_controller
+from controller.config import LineConfig
+from controller.errors import ControllerError
+from controller.status import LineStatus
+from sim.scenarios import ProcessFault
+
+log = structlog.get_logger("lineinspect.sim")
+
+STOP_TIMEOUT_S = 30.0
+"""A controller asked to stop gets this long to record its open parts before it is killed."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    decided: int
+    info: str
+
+
+# ---------------------------------------------------------------------- in this process
+class InProcessController:
+    """`run_controller` as a task here. `faults` (called with the latest status and the running
+    controller's inference service) injects faults by part count."""
+
+    def __init__(self, cfg: LineConfig, wrap_inference: Any = None) -> None:
+        self.cfg, self.wrap_inference = cfg, wrap_inference
+        self._stop = asyncio.Event()
+        self._latest: list[LineStatus] = []
+        self.started: asyncio.Future[tuple[LineController, Any]] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[LineController] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(run_controller(
+            self.cfg, stop=self._stop, on_status=self._latest.append, started=self.started,
+            wrap_inference=self.wrap_inference,
+        ))  # fmt: skip
+
+    async def check(self) -> None:
+        """Raise if the controller ended before the run did (its start-up error, if any)."""
+        assert self._task is not None
+        if self._task.done():
+            await self._task
+            raise ControllerError("controller stopped before the run ended")
+
+    @property
+    def status(self) -> LineStatus | None:
+        if self._latest:
+            self._latest[:] = self._latest[-1:]
+        return self._latest[-1] if self._latest else None
+
+    def progress(self) -> Progress | None:
+        s = self.status
+        if s is None:
+            return None
+        return Progress(s.passes + s.rejects + s.failsafe, f"{s.state.value} pass {s.passes} reject {s.rejects} "
+                        f"failsafe {s.failsafe} p99 {s.latency_p99_ms:.0f} ms")  # fmt: skip
+
+    async def stop(self) -> dict[str, Any]:
+        assert self._task is not None
+        self._stop.set()
+        c = await self._task
+        return {
+            "frames_dropped": c.frames_dropped, "spurious_frames": c.matcher.spurious_frames,
+            "gate_corrections": dict(c.gate_corrections), "gate_inferred_by_order": c.gate_ambiguous,
+            "write_margin_ms": c.tracker.margins.write_s * 1000, "verdict_queue_p95_ms": c.queue_s * 1000,
+        }  # fmt: skip
+
+
+# ---------------------------------------------------------------------- its own process
+class ControllerProcess:
+    """`lineinspect run` in its own session (so it and any Ray processes it starts can be cleaned
+    up together), with a fault on the process once a third of `parts` have their outcome."""
+
+    def __init__(self, cfg: LineConfig, workdir: Path, fault: ProcessFault | None, parts: int) -> None:
+        self.workdir, self.fault, self.parts = workdir, fault, parts
+        self.journal = cfg.journal.path
+        self.config_path = workdir / "line.toml"
+        self.config_path.write_text(to_toml(cfg.model_dump(mode="json", exclude_none=True)))
+        self._procs: list[asyncio.subprocess.Process] = []
+        self.events: list[dict[str, Any]] = []
+        """What was done to the process, when (seconds into the run) and after how many parts."""
+        self._t0 = time.monotonic()
+        self._fault_done = False
+
+    @property
+    def _proc(self) -> asyncio.subprocess.Process:
+        return self._procs[-1]
+
+    async def start(self) -> None:
+        log_file = (self.workdir / f"controller-{len(self._procs) + 1}.log").open("wb")
+        with log_file:
+            self._procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "controller.cli", "run", "--config", str(self.config_path),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            ))  # fmt: skip
+
+    async def check(self) -> None:
+        if self._proc.returncode is not None:
+            raise ControllerError(f"controller process exited with {self._proc.returncode} before the run ended "
+                                  f"(see {self.workdir}/controller-{len(self._procs)}.log)")  # fmt: skip
+
+    def _counts(self) -> dict[str, int]:
+        if not self.journal.exists():
+            return {}
+        db = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return dict(db.execute("SELECT outcome, count(*) FROM parts GROUP BY outcome").fetchall())
+        except sqlite3.OperationalError:
+            return {}  # not created yet
+        finally:
+            db.close()
+
+    def progress(self) -> Progress | None:
+        n = self._counts()
+        state = "restarted" if len(self._procs) > 1 else "running"
+        info = f"{state} pass {n.get('pass', 0)} reject {n.get('reject', 0)} failsafe {n.get('failsafe', 0)}"
+        return Progress(sum(n.values()), info)
+
+    async def inject(self, decided: int) -> None:
+        if self.fault is None or self._fault_done or decided < self.parts // 3:
+            return
+        self._fault_done = True
+        pid, at = self._proc.pid, round(time.monotonic() - self._t0, 3)
+        if self.fault.signal == "SIGSTOP":
+            os.kill(pid, signal.SIGSTOP)
+            self.events.append({"signal": "SIGSTOP", "at_s": at, "after_parts": decided})
+            await asyncio.sleep(self.fault.seconds)
+            os.kill(pid, signal.SIGCONT)
+            self.events.append({"signal": "SIGCONT", "at_s": round(time.monotonic() - self._t0, 3)})
+        else:
+            os.kill(pid, signal.SIGKILL)
+            await self._proc.wait()
+            self.events.append({"signal": "SIGKILL", "at_s": at, "after_parts": decided})
+            await asyncio.sleep(self.fault.seconds)
+            await self.start()
+            self.events.append({"started_again_at_s": round(time.monotonic() - self._t0, 3)})
+        log.warning("fault_injected", fault=self.fault.signal, after_parts=decided)
+
+    async def stop(self) -> dict[str, Any]:
+        """SIGTERM (the controller records its open parts and exits), then clean up every process
+        this run started, Ray's included."""
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT_S)
+        exit_code = self._proc.returncode
+        for proc in self._procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        return {"process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code}}
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """A line config (sections of scalars) as TOML. JSON's string escapes are valid TOML."""
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)

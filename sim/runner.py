@@ -1,0 +1,265 @@
+"""`lineinspect sim`: the line simulator as its own process over S7 and the frame stream, the
+controller beside it (sim/controllers.py), a scenario's fault injected by part count, then the
+judge's summary with the scenario's pass criterion. Also `lineinspect sim-line`, the simulated line
+alone for a controller started by hand.
+
+Not here: the simulated line itself (sim/line.py), scoring (sim/judge.py), the controller
+(controller/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.config import LineConfig
+from controller.errors import ControllerError
+from sim.controllers import ControllerProcess, InProcessController, Progress
+from sim.judge import judge
+from sim.plant import PlantConfig
+from sim.plots import plot_run
+from sim.scenarios import SCENARIOS, Scenario
+
+log = structlog.get_logger("lineinspect.sim")
+
+
+@dataclass
+class SimRun:
+    parts: int = 200
+    seed: int = 1
+    speed_mm_s: float = 1000.0
+    decision_mm: float = 400.0
+    rate_parts_s: float = 20.0
+    workdir: Path = Path("runs/latest")
+    inference: str = "ray"
+    actors: int = 1
+    model: Path | None = None
+    """None: the shipped model."""
+    hmi: bool = True
+    scenario: str = "steady"
+    """A named line condition or fault (sim/scenarios.py)."""
+    ray_address: str | None = None
+    kill_actor_after: int | None = None
+    """Fault: kill one inference actor once this many parts have their outcome."""
+    swap_model_after: int | None = None
+    swap_model: Path | None = None
+    """Hot-swap to this model once `swap_model_after` parts have their outcome."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_INFERENCE_DOWN = frozenset({"inference_failed", "inference_unavailable", "no_budget", "late", "not_ready"})
+"""Fail-safe reasons a killed worker or a model swap may cause."""
+
+
+class _InferenceFaults:
+    """Faults injected on an in-process controller's inference side, by part count."""
+
+    def __init__(self, run: SimRun, controller: InProcessController) -> None:
+        self.run, self.controller = run, controller
+        self.done: dict[str, Any] = {}
+
+    async def inject(self, decided: int) -> None:
+        if not self.controller.started.done():
+            return
+        _, inference = self.controller.started.result()
+        run = self.run
+        if run.kill_actor_after is not None and "kill_actor" not in self.done and decided >= run.kill_actor_after:
+            import ray
+
+            ray.kill(inference.actor_handles[0], no_restart=False)  # Ray restarts it (max_restarts)
+            self.done["kill_actor"] = {"after_parts": decided}
+            log.warning("fault_injected", fault="kill_actor", after_parts=decided)
+        if run.swap_model is not None and "swap_model" not in self.done and decided >= (run.swap_model_after or 0):
+            self.done["swap_model"] = {"after_parts": decided, "version": await inference.swap_model(run.swap_model)}
+            log.info("model_swapped", after_parts=decided, version=self.done["swap_model"]["version"])
+
+
+def serve_simulated_line(
+    *, parts: int, seed: int, speed_mm_s: float, decision_mm: float, pitch_mm: float, out: Path,
+    plc_port: int, camera_port: int, wait_s: float, scenario: str = "steady",
+) -> int:  # fmt: skip
+    """`lineinspect sim-line`: the simulated PLC and camera for a controller in another process."""
+    from sim.line import serve
+
+    spread = pitch_mm * 0.3  # uniform pitch in ±30 % of the mean
+    cfg = PlantConfig(speed_mm_s=speed_mm_s, decision_mm=decision_mm, parts=parts, seed=seed,
+                      pitch_mm=(pitch_mm - spread, pitch_mm + spread))  # fmt: skip
+    return serve(cfg, out=out, plc_port=plc_port, camera_port=camera_port, wait_s=wait_s, scenario=scenario)
+
+
+def _fresh_workdir(workdir: Path) -> Path:
+    """A run's folder with no journal from an earlier run; returns the journal path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    journal_path = workdir / "journal.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    return journal_path
+
+
+def _alarms_unexpected(seen: dict[str, dict[str, int]], expected: frozenset[str]) -> dict[str, str]:
+    """Each expected alarm raised exactly once and cleared exactly once; no other alarm at all."""
+    out = {}
+    for name in sorted(expected | set(seen)):
+        got = seen.get(name, {"raised": 0, "cleared": 0})
+        want = (1, 1) if name in expected else (0, 0)
+        if (got["raised"], got["cleared"]) != want:
+            out[name] = f"raised {got['raised']}, cleared {got['cleared']} (want {want[0]}, {want[1]})"
+    return out
+
+
+def _merged(base: dict[str, Any], override: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`base` with each section of `override` laid over the section of the same name."""
+    return {**base, **{k: {**base.get(k, {}), **v} for k, v in override.items()}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], journal_path: Path) -> LineConfig:
+    mean_pitch = run.speed_mm_s / run.rate_parts_s
+    return LineConfig.model_validate(_merged({
+        "plc": {"port": hello["plc_port"]},
+        "camera": {"type": "stream", "port": hello["camera_port"], "host_clock": True},
+        "inference": {
+            "type": run.inference,
+            **({"actors": run.actors, "ray_address": run.ray_address} if run.inference == "ray" else {}),
+            **({"model": str(run.model)} if run.model else {}),
+        },
+        "journal": {"path": str(journal_path)},
+        "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/"},
+        "deadline": {"min_part_pitch_counts": int(mean_pitch * 0.7 * 10)},
+        **run.extra,
+    }, scenario.controller))  # fmt: skip
+
+
+def scenario_names() -> list[str]:
+    return list(SCENARIOS)
+
+
+async def run_simulated_line(
+    run: SimRun, *, progress: Callable[[Progress, int], None] | None = None
+) -> dict[str, Any]:
+    """The whole line on loopback, run to the end and judged; returns the summary. `progress` gets
+    the controller's progress and the number of parts the run will have."""
+    scenario = SCENARIOS[run.scenario]
+    parts = int(scenario.plant.get("parts", run.parts))  # type: ignore[call-overload]
+    if scenario.kill_actor_after is not None and run.kill_actor_after is None:
+        # A third into a short run at the latest, so the worker is back before the line ends.
+        run = replace(run, kill_actor_after=min(scenario.kill_actor_after, run.parts // 3))
+
+    journal_path = _fresh_workdir(run.workdir)
+    report_path = run.workdir / "sim-report.json"
+    cmd = [
+        sys.executable, "-m", "controller.cli", "sim-line", "--parts", str(run.parts), "--seed", str(run.seed),
+        "--speed", str(run.speed_mm_s), "--decision-mm", str(run.decision_mm),
+        "--pitch-mm", str(run.speed_mm_s / run.rate_parts_s), "--out", str(report_path), "--scenario", run.scenario,
+    ]  # fmt: skip
+    with (run.workdir / "sim-line.log").open("wb") as sim_log:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sim_log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        if hello.get("event") != "listening":
+            raise ControllerError(f"line simulator failed to start: {hello}")
+        cfg = _controller_config(run, scenario, hello, journal_path)
+        controller: InProcessController | ControllerProcess
+        if scenario.process is not None:
+            controller = ControllerProcess(cfg, run.workdir, scenario.process, parts)
+            faults: Any = controller
+        else:
+            wrap = None
+            if scenario.inference.slow_rate > 0:
+                from sim.slow_inference import SimSlowInference
+
+                def wrap(inner: Any) -> Any:
+                    return SimSlowInference(inner, scenario.inference, seed=run.seed)
+
+            controller = InProcessController(cfg, wrap)
+            faults = _InferenceFaults(run, controller)
+        await controller.start()
+
+        async def watch_sim() -> dict[str, Any]:
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                msg = json.loads(line)
+                if msg["event"] in ("done", "error"):
+                    return dict(msg)
+            return {"event": "error", "error": "line simulator exited"}
+
+        sim_task = asyncio.create_task(watch_sim())
+        started = time.monotonic()
+        while not sim_task.done():
+            try:
+                await controller.check()
+            except BaseException:
+                sim_task.cancel()
+                raise
+            if (p := controller.progress()) is not None:
+                if progress:
+                    progress(p, parts)
+                await faults.inject(p.decided)
+            await asyncio.sleep(0.25)
+        end = sim_task.result()
+        stats = await controller.stop()
+        assert proc.stdin is not None
+        proc.stdin.close()  # the simulator may go now
+        if end["event"] != "done":
+            raise ControllerError(f"line simulator: {end.get('error')}")
+        report = json.loads(report_path.read_text())
+        summary = judge(report, journal_path)
+        summary["controller"] = {**stats, "wall_s": time.monotonic() - started}
+        if isinstance(faults, _InferenceFaults):
+            summary["faults"] = faults.done
+        if isinstance(controller, InProcessController):
+            slowed = getattr(controller.started.result()[1], "slowed", None) if controller.started.done() else None
+            if slowed is not None:
+                summary["controller"]["inferences_slowed"] = slowed
+        return _criterion(summary, scenario, bool(summary.get("faults")), run.workdir, report)
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+
+
+def _criterion(
+    summary: dict[str, Any], scenario: Scenario, inference_faulted: bool, workdir: Path, report: dict[str, Any]
+) -> dict[str, Any]:  # fmt: skip
+    """The scenario's pass criterion, applied to the judge's summary."""
+    summary["scenario"] = scenario.name
+    # Fail-safe rejects are acceptable only where the scenario's fault explains their reason.
+    allowed = scenario.failsafe_allowed | (_INFERENCE_DOWN if inference_faulted else frozenset())
+    unexplained = {r: n for r, n in summary["failsafe_by_reason"].items() if r not in allowed}
+    summary["failsafe_unexplained"] = unexplained
+    summary["alarms_unexpected"] = _alarms_unexpected(summary["alarms"], scenario.alarms)
+    summary["criterion"] = (
+        "nothing lost (0 misassociations, 0 passes without own in-time PASS, one outcome per trigger, "
+        "journal = gate); fail-safe only for " + (", ".join(sorted(allowed)) or "nothing") + "; alarms "
+        + (", ".join(f"{a} raised and cleared once" for a in sorted(scenario.alarms)) or "none") + ", no other"
+    )  # fmt: skip
+    summary["ok"] = summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
+    summary["journal"] = str(workdir / "journal.db")
+    summary["plot"] = str(plot_run(report, workdir / "timing.png"))
+    return summary
+
+
+__all__ = ["Progress", "SimRun", "run_simulated_line", "scenario_names", "serve_simulated_line"]
