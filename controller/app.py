@@ -23,7 +23,7 @@ import contextlib
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +57,9 @@ MAX_PENDING_FRAMES = 64
 """Frames waiting for their trigger; beyond this the oldest is dropped and counted."""
 MAX_WAIT_S = 5.0
 """Upper bound on one inference wait while the conveyor stands (the deadline is positional)."""
+_REASON_OF_GATE = {Outcome.PASS: Reason.MODEL_PASS.value, Outcome.REJECT: Reason.MODEL_REJECT.value}
+_WRITTEN = frozenset({Reason.MODEL_PASS, Reason.MODEL_REJECT, Reason.PLC_WRITE_FAILED})
+"""Outcomes recorded with a verdict written, or about to be (the record is durable first)."""
 
 
 @dataclass(slots=True)
@@ -185,6 +188,8 @@ class LineController:
                     raise PlcError(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
                 self._on_snapshot(snap, started, time.monotonic())
                 await self._write_cycle()
+                # Every part decided by this read now has its outcome queued in the journal.
+                self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
             except PlcError as exc:
                 # Read, stuck PLC or write: the same recovery (a fresh connection after any fault).
                 await self._plc_lost(str(exc))
@@ -211,31 +216,34 @@ class LineController:
         self._acked_epoch = epoch
 
     async def _resume_epoch(self, snap: codec.PlcToVision) -> None:
-        """At the first read of an epoch: if an earlier controller saw this epoch (we were restarted),
-        record what the gate did while no controller ran. Parts triggered but still undecided are
-        the tracker's as usual; the ring was just cleared, so none of them can pass on an old entry."""
+        """At the first read of an epoch: if an earlier controller ran in this epoch (we were
+        restarted), record what the gate did since its journal's resume point. Parts triggered but
+        still undecided are the tracker's as usual; the ring was just cleared, so none of them can
+        pass on an old entry."""
+        gate = GateCounters.of(snap)
         try:
-            baseline = await self.journal.first_read(snap.epoch, GateCounters.of(snap))
-            if baseline.decided_seq == snap.decided_seq:
-                return  # first seen now, or nothing decided since
-            resumed = resume(baseline, GateCounters.of(snap), await self.journal.recorded(snap.epoch))
-            now, wall = time.monotonic(), datetime.now(UTC).isoformat(timespec="milliseconds")
-            down = Reason.CONTROLLER_DOWN.value
-            await self.journal.record_many([
-                PartRecord(epoch=snap.epoch, seq=seq, outcome=Outcome.FAILSAFE.value, reason=down, trigger_pos=0,
-                           t_decided=now, wall_utc=wall) for seq in resumed.unrecorded
-            ])  # fmt: skip
-            for seq, _ in resumed.corrected:
-                await self.journal.amend(snap.epoch, seq, Outcome.FAILSAFE.value, down)
+            since = await self.journal.resume_point(snap.epoch, gate)
+            if since.decided_seq == gate.decided_seq:
+                return  # a new epoch, or nothing decided since
+            resumed = resume(since, gate, await self.journal.recorded(snap.epoch, since.decided_seq, gate.decided_seq))
+            down, wall = Reason.CONTROLLER_DOWN.value, datetime.now(UTC).isoformat(timespec="milliseconds")
+            jobs = [self.journal.amend(snap.epoch, seq, outcome.value, _REASON_OF_GATE.get(outcome, down))
+                    for seq, outcome in resumed.corrected]  # fmt: skip
+            if resumed.unrecorded:
+                jobs.append(self.journal.record_many([
+                    PartRecord(epoch=snap.epoch, seq=seq, outcome=Outcome.FAILSAFE.value, reason=down, trigger_pos=0,
+                               t_decided=time.monotonic(), wall_utc=wall) for seq in resumed.unrecorded
+                ]))  # fmt: skip
+            await asyncio.gather(*jobs)
         except JournalError as exc:
             self.alarms.set("journal", True, str(exc))
             return
-        self.reasons[down] += len(resumed.unrecorded) + len(resumed.corrected)
-        self.outcomes[Outcome.FAILSAFE.value] += len(resumed.unrecorded) + len(resumed.corrected)
+        self.reasons[down] += len(resumed.unrecorded)
+        self.outcomes[Outcome.FAILSAFE.value] += len(resumed.unrecorded)
         if resumed.inconsistent:
             log.error("gate_counters_inconsistent", epoch=snap.epoch, decided_seq=snap.decided_seq, on="resume")
         log.warning("resumed", epoch=snap.epoch, decided_while_down=len(resumed.unrecorded),
-                    written_but_rejected=[f"{seq} ({was.value})" for seq, was in resumed.corrected])  # fmt: skip
+                    corrected=[f"{seq}->{outcome.value}" for seq, outcome in resumed.corrected])  # fmt: skip
 
     def _note_alarm(self, name: str, raised: bool, detail: str) -> None:
         self._spawn(self.journal.note_alarm(name, raised, detail), name=f"alarm-{name}")
@@ -309,13 +317,16 @@ class LineController:
             self.gate_corrections[f"{recorded.outcome.value}->{gate.outcome.value}"] += 1
             log.warning("gate_outcome_corrected", epoch=gate.part.epoch, seq=gate.part.seq,
                         recorded=recorded.reason.value, gate=gate.outcome.value, reason=gate.reason.value)  # fmt: skip
-            self._spawn(self._amend(gate), name=f"amend-{gate.part.seq}")
+            job = self.journal.amend(gate.part.epoch, gate.part.seq, gate.outcome.value, gate.reason.value)
+            self._spawn(self._journal_job(job), name=f"amend-{gate.part.seq}")
 
-    async def _amend(self, gate: Finished) -> None:
+    async def _journal_job(self, job: Awaitable[None]) -> None:
         try:
-            await self.journal.amend(gate.part.epoch, gate.part.seq, gate.outcome.value, gate.reason.value)
+            await job
         except JournalError as exc:
             self.alarms.set("journal", True, str(exc))
+        else:
+            self.alarms.set("journal", False)
 
     async def _write_cycle(self) -> None:
         """This cycle's one write: heartbeat, `ready`, `epoch_ack` and every queued verdict still on
@@ -456,6 +467,7 @@ class LineController:
             self.alarms.set("journal", True, str(exc))
             self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.JOURNAL_FAILED)])
             return
+        self.alarms.set("journal", False)
         # The record says PASS/REJECT; if the write cannot happen in time, the record is replaced.
         late = self.tracker.may_write(part.seq, time.monotonic())
         if late is not None or self._acked_epoch != part.epoch:
@@ -499,7 +511,8 @@ class LineController:
             self._count(done)
             if done.outcome is Outcome.FAILSAFE:
                 log.info("failsafe", epoch=done.part.epoch, seq=done.part.seq, reason=done.reason.value)
-            self._spawn(self._record_quietly(done, frame, result, t_start, t_end), name=f"record-{done.part.seq}")
+            job = self._record(done, frame, result, t_start, t_end)
+            self._spawn(self._journal_job(job), name=f"record-{done.part.seq}")
 
     def _count(self, done: Finished) -> None:
         self.outcomes[done.outcome.value] += 1
@@ -511,28 +524,25 @@ class LineController:
         if done.outcome is Outcome.FAILSAFE:
             self.reasons[done.reason.value] -= 1
 
-    async def _record_quietly(self, *args: Any) -> None:
-        try:
-            await self._record(*args)
-        except JournalError as exc:
-            self.alarms.set("journal", True, str(exc))
-
-    async def _record(
+    def _record(
         self, done: Finished, frame: Frame | None = None, result: InferenceResult | None = None,
         t_start: float | None = None, t_end: float | None = None,
-    ) -> None:  # fmt: skip
+    ) -> Awaitable[None]:  # fmt: skip
+        """Queue the part's record in the journal now (journal order is decision order)."""
         p = done.part
-        await self.journal.record(PartRecord(
+        written = None
+        if result is not None and done.reason in _WRITTEN:
+            written = Outcome.REJECT.value if result.reject else Outcome.PASS.value
+        return self.journal.record(PartRecord(
             epoch=p.epoch, seq=p.seq, outcome=done.outcome.value, reason=done.reason.value,
             trigger_pos=p.trigger_pos, frame_counter=p.frame_counter,
             defect_class=result.defect_class if result else None, score=result.score if result else None,
             model_version=result.model_version if result else None, worker=result.worker if result else None,
             t_trigger_seen=p.seen_at, t_frame=frame.received_at if frame else None,
             t_infer_start=t_start, t_infer_end=t_end, t_decided=time.monotonic(),
-            wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"), written_verdict=written,
             image=frame.image if frame else None,
         ))  # fmt: skip
-        self.alarms.set("journal", False)
 
     # ------------------------------------------------------------------ status
     def status(self) -> LineStatus:

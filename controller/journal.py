@@ -5,8 +5,9 @@ power loss. One writer thread owns the connection so fsyncs never block the even
 kept (zlib) for review and retraining, up to `max_images`; the oldest images are evicted first,
 records are never evicted by images. A record is keyed by (epoch, seq): recording it again replaces
 it, so a part that failed after its first record still has exactly one outcome.
-It also keeps, per epoch, the PLC's gate counters at the first read (a restarted controller learns
-from them what happened while it was down: controller/resume.py), and every alarm raised or cleared.
+It also keeps, per epoch, the PLC's gate counters up to which the journal agrees with the gate (the
+resume point, stored with every record: a restarted controller learns from it what happened while
+it was down, controller/resume.py), and every alarm raised or cleared.
 Not here: deciding outcomes (controller/app.py).
 """
 
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, fields
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE TABLE IF NOT EXISTS epochs (
     epoch INTEGER PRIMARY KEY, decided_seq INTEGER, rejects_vision INTEGER, rejects_failsafe INTEGER,
-    watchdog_trips INTEGER, wall_utc TEXT
+    watchdog_trips INTEGER, watchdog_tripped INTEGER
 );
 CREATE TABLE IF NOT EXISTS alarms (wall_utc TEXT, name TEXT, raised INTEGER, detail TEXT);
 """
@@ -60,6 +61,8 @@ class SqliteJournal:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._healthy = False
         self.error: str | None = None
+        self._gate: tuple[int, GateCounters] | None = None
+        """(epoch, counters): the resume point the next transactions store."""
 
     @property
     def healthy(self) -> bool:
@@ -80,55 +83,64 @@ class SqliteJournal:
         await self._run(self._close)
         self._pool.shutdown()
 
-    async def record(self, rec: PartRecord) -> None:
-        await self.record_many([rec])
+    def record(self, rec: PartRecord) -> Awaitable[None]:
+        return self.record_many([rec])
 
-    async def record_many(self, recs: list[PartRecord]) -> None:
-        """Durable in one transaction (one fsync), all or none."""
-        try:
-            await self._run(self._insert, recs)
-        except (sqlite3.Error, OSError) as exc:
-            self._healthy = False
-            self.error = str(exc)
-            which = f"epoch {recs[0].epoch} seq {recs[0].seq}" + (f" and {len(recs) - 1} more" if len(recs) > 1 else "")
-            raise JournalError(f"journal write failed for {which}: {exc}") from exc
-        self._healthy = True
+    def record_many(self, recs: list[PartRecord]) -> Awaitable[None]:
+        """Durable in one transaction (one fsync), all or none. Queued at the call: the journal
+        applies records and amendments in the order they were made."""
+        which = f"epoch {recs[0].epoch} seq {recs[0].seq}" + (f" and {len(recs) - 1} more" if len(recs) > 1 else "")
+        return self._submit(f"journal write failed for {which}", self._insert, recs, self._gate)
 
-    async def first_read(self, epoch: int, gate: GateCounters) -> GateCounters:
-        """The gate counters of the first read of `epoch`: `gate` itself the first time the epoch is
-        seen, and what an earlier controller stored when it saw it first (we were restarted)."""
+    def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> Awaitable[None]:
+        """What the gate did, learned after the decision, replaces the recorded outcome and reason.
+        Queued at the call, like `record_many`."""
+        return self._submit(f"journal amend failed for epoch {epoch} seq {seq}", self._amend, epoch, seq, outcome,
+                            reason, self._gate)  # fmt: skip
+
+    def gate_reconciled(self, epoch: int, gate: GateCounters) -> None:
+        """Every part the PLC decided up to `gate` has its record or amendment queued. Transactions
+        queued from now on store `gate` as the epoch's resume point (no extra write, no fsync)."""
+        self._gate = (epoch, gate)
+
+    async def resume_point(self, epoch: int, gate: GateCounters) -> GateCounters:
+        """The gate counters up to which the journal is known to agree with the gate in `epoch`:
+        stored by an earlier controller (we were restarted), or `gate` itself if `epoch` is new."""
         try:
-            return await self._run(self._first_read, epoch, gate)
+            return await self._run(self._resume_point, epoch, gate)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"journal cannot store epoch {epoch}: {exc}") from exc
 
-    async def recorded(self, epoch: int) -> list[Recorded]:
-        """Every part recorded in `epoch`: its outcome and whether its verdict write was acknowledged."""
+    async def recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
+        """The parts recorded in `epoch` with after_seq < seq <= upto_seq (wrapping at 2^32)."""
         try:
-            return await self._run(self._recorded, epoch)
+            return await self._run(self._recorded, epoch, after_seq, upto_seq)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"journal cannot be read: {exc}") from exc
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (diagnostic: an alarm is shown live whether or not this lands)."""
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, RuntimeError):  # RuntimeError: journal already closed
             await self._run(self._insert_alarm, name, raised, detail)
 
     async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
         """When the verdict reached the PLC (diagnostic; not needed for durability)."""
-        try:
+        with contextlib.suppress(sqlite3.Error, RuntimeError):
             await self._run(self._update_written, epoch, seq, t_written)
-        except sqlite3.Error:
-            pass  # the outcome itself is already durable; a missing timestamp is harmless
 
-    async def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
-        """What the gate did, learned after the decision, replaces the recorded outcome and reason."""
+    def _submit(self, error: str, fn: Callable[..., None], *args: object) -> Awaitable[None]:
+        # run_in_executor queues the job now, on the one writer thread: journal order = call order.
+        job = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return asyncio.ensure_future(self._checked(job, error))
+
+    async def _checked(self, job: Awaitable[None], error: str) -> None:
         try:
-            await self._run(self._amend, epoch, seq, outcome, reason)
+            await job
         except (sqlite3.Error, OSError) as exc:
             self._healthy = False
             self.error = str(exc)
-            raise JournalError(f"journal amend failed for epoch {epoch} seq {seq}: {exc}") from exc
+            raise JournalError(f"{error}: {exc}") from exc
+        self._healthy = True
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         # A dedicated thread per journal: sqlite3 connections are not shared across threads.
@@ -141,6 +153,7 @@ class SqliteJournal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        _add_missing_columns(db)
         self._db = db
 
     def _close(self) -> None:
@@ -153,7 +166,7 @@ class SqliteJournal:
             raise sqlite3.OperationalError("journal is closed")
         return self._db
 
-    def _insert(self, recs: list[PartRecord]) -> None:
+    def _insert(self, recs: list[PartRecord], gate: tuple[int, GateCounters] | None) -> None:
         db = self._connection()
         db.execute("BEGIN")
         try:
@@ -164,6 +177,7 @@ class SqliteJournal:
             for rec in recs:
                 if rec.image is not None and self.max_images > 0:
                     self._insert_image(db, rec)
+            _store_resume_point(db, gate)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -178,33 +192,64 @@ class SqliteJournal:
         )
         db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
 
-    def _first_read(self, epoch: int, gate: GateCounters) -> GateCounters:
+    def _resume_point(self, epoch: int, gate: GateCounters) -> GateCounters:
         db = self._connection()
-        db.execute(
-            "INSERT OR IGNORE INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
-            (epoch, gate.decided_seq, gate.rejects_vision, gate.rejects_failsafe, gate.watchdog_trips, _utc()),
-        )
-        row = db.execute("SELECT decided_seq, rejects_vision, rejects_failsafe, watchdog_trips FROM epochs "
-                         "WHERE epoch = ?", (epoch,)).fetchone()  # fmt: skip
-        decided_seq, rejects_vision, rejects_failsafe, watchdog_trips = row
-        return GateCounters(decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, watchdog_tripped=False)
+        db.execute(f"INSERT OR IGNORE INTO epochs (epoch, {_GATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                   (epoch, *_gate_values(gate)))  # fmt: skip
+        row = db.execute(f"SELECT {_GATE_COLUMNS} FROM epochs WHERE epoch = ?", (epoch,)).fetchone()
+        decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, tripped = row
+        return GateCounters(decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, bool(tripped))
 
-    def _recorded(self, epoch: int) -> list[Recorded]:
+    def _recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
+        window = "seq > ? AND seq <= ?" if after_seq <= upto_seq else "(seq > ? OR seq <= ?)"
         rows = self._connection().execute(
-            "SELECT seq, outcome, t_written IS NOT NULL FROM parts WHERE epoch = ?", (epoch,)
+            f"SELECT seq, outcome, written_verdict FROM parts WHERE epoch = ? AND {window}",
+            (epoch, after_seq, upto_seq),
         )
-        return [Recorded(seq, Outcome(outcome), bool(written)) for seq, outcome, written in rows]
+        return [Recorded(seq, Outcome(outcome), Outcome(written) if written else None)
+                for seq, outcome, written in rows]  # fmt: skip
 
     def _insert_alarm(self, name: str, raised: bool, detail: str) -> None:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (_utc(), name, int(raised), detail))
 
-    def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
-        self._connection().execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
-                         (outcome, reason, epoch, seq))  # fmt: skip
+    def _amend(self, epoch: int, seq: int, outcome: str, reason: str, gate: tuple[int, GateCounters] | None) -> None:
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            db.execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
+                       (outcome, reason, epoch, seq))  # fmt: skip
+            _store_resume_point(db, gate)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:
             self._db.execute("UPDATE parts SET t_written = ? WHERE epoch = ? AND seq = ?", (t, epoch, seq))
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A journal from an older version gains the columns added since (NULL in its old rows)."""
+    for table, wanted in (("parts", [*_COLUMNS, "t_written"]), ("epochs", ["watchdog_tripped"])):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in wanted:
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+_GATE_COLUMNS = "decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, watchdog_tripped"
+
+
+def _gate_values(gate: GateCounters) -> tuple[int, int, int, int, int]:
+    return gate.decided_seq, gate.rejects_vision, gate.rejects_failsafe, gate.watchdog_trips, int(gate.watchdog_tripped)
+
+
+def _store_resume_point(db: sqlite3.Connection, gate: tuple[int, GateCounters] | None) -> None:
+    if gate is not None:
+        epoch, counters = gate
+        db.execute("UPDATE epochs SET decided_seq = ?, rejects_vision = ?, rejects_failsafe = ?, watchdog_trips = ?, "
+                   "watchdog_tripped = ? WHERE epoch = ?", (*_gate_values(counters), epoch))  # fmt: skip
 
 
 def _utc() -> str:

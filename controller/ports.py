@@ -7,7 +7,7 @@ Not here: any I/O. This module only names roles and the values they exchange.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -131,24 +131,38 @@ class PartRecord:
     t_decided: float | None = None
     """Monotonic times (s) of each stage; t_decided is when the outcome was fixed."""
     wall_utc: str = ""
+    written_verdict: str | None = None
+    """'pass' or 'reject': the verdict written to the PLC for this part, or about to be (the record
+    is durable before the write). None where nothing was or will be written."""
     image: Image | None = field(default=None, repr=False)
 
 
 class Journal(Protocol):
-    """Durable record of every part's outcome. `record` returns only once the record is on disk."""
+    """Durable record of every part's outcome. A record or amendment is queued at the call, in call
+    order; awaiting it returns once it is on disk, or raises JournalError."""
 
-    async def record(self, rec: PartRecord) -> None: ...
+    def record(self, rec: PartRecord) -> Awaitable[None]: ...
 
-    async def record_many(self, recs: list[PartRecord]) -> None:
-        """Several records durable at once (one fsync). Raises JournalError."""
+    def record_many(self, recs: list[PartRecord]) -> Awaitable[None]:
+        """Several records durable at once (one fsync)."""
         ...
 
-    async def first_read(self, epoch: int, gate: GateCounters) -> GateCounters:
-        """The gate counters of the first read of `epoch`, stored when first seen. Raises JournalError."""
+    def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> Awaitable[None]:
+        """Replace a recorded outcome with what the PLC's gate did (learned after the decision);
+        the rest of the record stays."""
         ...
 
-    async def recorded(self, epoch: int) -> list[Recorded]:
-        """Every part recorded in `epoch`. Raises JournalError."""
+    def gate_reconciled(self, epoch: int, gate: GateCounters) -> None:
+        """Every part decided up to `gate` has its outcome queued: later transactions store `gate`
+        as the epoch's resume point."""
+        ...
+
+    async def resume_point(self, epoch: int, gate: GateCounters) -> GateCounters:
+        """The stored resume point of `epoch`, or `gate` (stored now) if the epoch is new."""
+        ...
+
+    async def recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
+        """The parts recorded in `epoch` with after_seq < seq <= upto_seq. Raises JournalError."""
         ...
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
@@ -156,12 +170,7 @@ class Journal(Protocol):
         ...
 
     async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
-        """When the verdict reached the PLC: diagnostic, not needed for durability."""
-        ...
-
-    async def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
-        """Replace a recorded outcome with what the PLC's gate did (learned after the decision);
-        the rest of the record stays. Raises JournalError."""
+        """When the verdict reached the PLC (diagnostic, never raises)."""
         ...
 
     @property

@@ -58,6 +58,17 @@ class InProcessController:
         self.started: asyncio.Future[tuple[LineController, Any]] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[LineController] | None = None
 
+    async def __aenter__(self) -> InProcessController:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Whatever happened, the controller stops (idempotent after `stop`)."""
+        self._stop.set()
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, STOP_TIMEOUT_S)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(run_controller(
             self.cfg, stop=self._stop, on_status=self._latest.append, started=self.started,
@@ -115,6 +126,20 @@ class ControllerProcess:
     def _proc(self) -> asyncio.subprocess.Process:
         return self._procs[-1]
 
+    async def __aenter__(self) -> ControllerProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Whatever happened (an error, Ctrl-C, a timeout), no controller or Ray process outlives
+        the run: this session's processes are in their own process groups, out of reach of the
+        terminal's signals."""
+        if self._procs and self._proc.returncode is None:
+            await self.stop()
+        for proc in self._procs:
+            _kill_group(proc.pid)
+            await proc.wait()
+
     async def start(self) -> None:
         log_file = (self.workdir / f"controller-{len(self._procs) + 1}.log").open("wb")
         with log_file:
@@ -154,31 +179,41 @@ class ControllerProcess:
         if self.fault.signal == "SIGSTOP":
             os.kill(pid, signal.SIGSTOP)
             self.events.append({"signal": "SIGSTOP", "at_s": at, "after_parts": decided})
-            await asyncio.sleep(self.fault.seconds)
-            os.kill(pid, signal.SIGCONT)
+            try:
+                await asyncio.sleep(self.fault.seconds)
+            finally:
+                os.kill(pid, signal.SIGCONT)  # also when cancelled: a stopped process cannot stop cleanly
             self.events.append({"signal": "SIGCONT", "at_s": round(time.monotonic() - self._t0, 3)})
         else:
             os.kill(pid, signal.SIGKILL)
             await self._proc.wait()
+            _kill_group(pid)  # what it started (Ray's helpers), while the group id is surely still theirs
             self.events.append({"signal": "SIGKILL", "at_s": at, "after_parts": decided})
             await asyncio.sleep(self.fault.seconds)
             await self.start()
             self.events.append({"started_again_at_s": round(time.monotonic() - self._t0, 3)})
         log.warning("fault_injected", fault=self.fault.signal, after_parts=decided)
 
+    @property
+    def fault_struck(self) -> bool:
+        """The scenario's fault really happened (the run was long enough, the signal was sent)."""
+        done = {e.get("signal") for e in self.events} | {"started" for e in self.events if "started_again_at_s" in e}
+        return self.fault is None or ("SIGCONT" if self.fault.signal == "SIGSTOP" else "started") in done
+
     async def stop(self) -> dict[str, Any]:
-        """SIGTERM (the controller records its open parts and exits), then clean up every process
-        this run started, Ray's included."""
+        """SIGTERM: the controller records its open parts and exits (0). Killed if it takes too long."""
         with contextlib.suppress(ProcessLookupError):
             self._proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT_S)
         exit_code = self._proc.returncode
-        for proc in self._procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        _kill_group(self._proc.pid)
         return {"process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code}}
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def to_toml(cfg: dict[str, Any]) -> str:

@@ -70,6 +70,11 @@ class _InferenceFaults:
         self.run, self.controller = run, controller
         self.done: dict[str, Any] = {}
 
+    @property
+    def fault_struck(self) -> bool:
+        return (self.run.kill_actor_after is None or "kill_actor" in self.done) and (
+            self.run.swap_model is None or "swap_model" in self.done)
+
     async def inject(self, decided: int) -> None:
         if not self.controller.started.done():
             return
@@ -160,7 +165,7 @@ async def run_simulated_line(
     parts = int(scenario.plant.get("parts", run.parts))  # type: ignore[call-overload]
     if scenario.kill_actor_after is not None and run.kill_actor_after is None:
         # A third into a short run at the latest, so the worker is back before the line ends.
-        run = replace(run, kill_actor_after=min(scenario.kill_actor_after, run.parts // 3))
+        run = replace(run, kill_actor_after=min(scenario.kill_actor_after, parts // 3))
 
     journal_path = _fresh_workdir(run.workdir)
     report_path = run.workdir / "sim-report.json"
@@ -194,31 +199,10 @@ async def run_simulated_line(
 
             controller = InProcessController(cfg, wrap)
             faults = _InferenceFaults(run, controller)
-        await controller.start()
-
-        async def watch_sim() -> dict[str, Any]:
-            assert proc.stdout is not None
-            while line := await proc.stdout.readline():
-                msg = json.loads(line)
-                if msg["event"] in ("done", "error"):
-                    return dict(msg)
-            return {"event": "error", "error": "line simulator exited"}
-
-        sim_task = asyncio.create_task(watch_sim())
         started = time.monotonic()
-        while not sim_task.done():
-            try:
-                await controller.check()
-            except BaseException:
-                sim_task.cancel()
-                raise
-            if (p := controller.progress()) is not None:
-                if progress:
-                    progress(p, parts)
-                await faults.inject(p.decided)
-            await asyncio.sleep(0.25)
-        end = sim_task.result()
-        stats = await controller.stop()
+        async with controller:
+            end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None)
+            stats = await controller.stop()
         assert proc.stdin is not None
         proc.stdin.close()  # the simulator may go now
         if end["event"] != "done":
@@ -228,11 +212,11 @@ async def run_simulated_line(
         summary["controller"] = {**stats, "wall_s": time.monotonic() - started}
         if isinstance(faults, _InferenceFaults):
             summary["faults"] = faults.done
-        if isinstance(controller, InProcessController):
-            slowed = getattr(controller.started.result()[1], "slowed", None) if controller.started.done() else None
+            running = faults.controller.started
+            slowed = getattr(running.result()[1], "slowed", None) if running.done() else None
             if slowed is not None:
                 summary["controller"]["inferences_slowed"] = slowed
-        return _criterion(summary, scenario, bool(summary.get("faults")), run.workdir, report)
+        return _criterion(summary, scenario, faults, run.workdir, report)
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -241,12 +225,41 @@ async def run_simulated_line(
                 await asyncio.wait_for(proc.wait(), 10)
 
 
+async def _drive(
+    sim: asyncio.subprocess.Process, controller: InProcessController | ControllerProcess, faults: Any,
+    progress: Callable[[Progress], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Until the simulator says the line is done: watch the controller, show progress, inject the
+    scenario's fault by part count. Returns the simulator's last message."""
+
+    async def watch_sim() -> dict[str, Any]:
+        assert sim.stdout is not None
+        while line := await sim.stdout.readline():
+            msg = json.loads(line)
+            if msg["event"] in ("done", "error"):
+                return dict(msg)
+        return {"event": "error", "error": "line simulator exited"}
+
+    sim_task = asyncio.create_task(watch_sim())
+    try:
+        while not sim_task.done():
+            await controller.check()
+            if (p := controller.progress()) is not None:
+                progress(p)
+                await faults.inject(p.decided)
+            await asyncio.sleep(0.25)
+        return sim_task.result()
+    finally:
+        sim_task.cancel()
+
+
 def _criterion(
-    summary: dict[str, Any], scenario: Scenario, inference_faulted: bool, workdir: Path, report: dict[str, Any]
+    summary: dict[str, Any], scenario: Scenario, faults: Any, workdir: Path, report: dict[str, Any]
 ) -> dict[str, Any]:  # fmt: skip
     """The scenario's pass criterion, applied to the judge's summary."""
     summary["scenario"] = scenario.name
     # Fail-safe rejects are acceptable only where the scenario's fault explains their reason.
+    inference_faulted = isinstance(faults, _InferenceFaults) and bool(faults.done)
     allowed = scenario.failsafe_allowed | (_INFERENCE_DOWN if inference_faulted else frozenset())
     unexplained = {r: n for r, n in summary["failsafe_by_reason"].items() if r not in allowed}
     summary["failsafe_unexplained"] = unexplained
@@ -256,7 +269,10 @@ def _criterion(
         "journal = gate); fail-safe only for " + (", ".join(sorted(allowed)) or "nothing") + "; alarms "
         + (", ".join(f"{a} raised and cleared once" for a in sorted(scenario.alarms)) or "none") + ", no other"
     )  # fmt: skip
-    summary["ok"] = summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
+    # A fault scenario proves nothing if its fault never struck (the run was too short for it).
+    summary["fault_struck"] = faults.fault_struck
+    summary["ok"] = (summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
+                     and summary["fault_struck"])  # fmt: skip
     summary["journal"] = str(workdir / "journal.db")
     summary["plot"] = str(plot_run(report, workdir / "timing.png"))
     return summary

@@ -18,35 +18,51 @@ from controller.tracking import GateCounters, Outcome
 
 def rec(seq: int, outcome: str = "pass", image: np.ndarray | None = None) -> PartRecord:
     return PartRecord(epoch=7, seq=seq, outcome=outcome, reason=f"model_{outcome}", trigger_pos=seq * 500,
-                      image=image)  # fmt: skip
+                      written_verdict=outcome, image=image)  # fmt: skip
 
 
-def test_a_second_controller_finds_the_first_ones_records_baseline_and_alarms(tmp_path: Path) -> None:
+def counters(decided: int, failsafe: int = 0) -> GateCounters:
+    return GateCounters(decided, 0, failsafe, 0, watchdog_tripped=False)
+
+
+def test_a_restarted_controller_finds_the_resume_point_records_and_alarms(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
-    first_read = GateCounters(10, 2, 3, 0, watchdog_tripped=False)
 
     async def first_controller() -> None:
         async with SqliteJournal(path) as j:
-            assert await j.first_read(7, first_read) == first_read
+            assert await j.resume_point(7, counters(10)) == counters(10)  # a new epoch: here it starts
             await j.record_many([rec(11, image=np.full((4, 6), 9, np.uint8)), rec(12, "reject")])
-            await j.note_written(7, 11, 1.5)
+            j.gate_reconciled(7, counters(11))  # the next transaction carries it
+            await j.record(rec(13))
             await j.note_alarm("plc_watchdog", True, "tripped")
 
     async def second_controller() -> tuple[GateCounters, list[Recorded]]:
         async with SqliteJournal(path) as j:
-            later = GateCounters(40, 5, 9, 1, watchdog_tripped=True)
-            baseline = await j.first_read(7, later)  # the epoch's first read stays the first one's
+            since = await j.resume_point(7, counters(40, failsafe=9))  # not a new epoch: the stored point
             await j.note_alarm("plc_watchdog", False, "")
-            return baseline, sorted(await j.recorded(7), key=lambda r: r.seq)
+            return since, sorted(await j.recorded(7, since.decided_seq, 40), key=lambda r: r.seq)
 
     asyncio.run(first_controller())
-    baseline, recorded = asyncio.run(second_controller())
-    assert baseline == first_read
-    assert recorded == [Recorded(11, Outcome.PASS, True), Recorded(12, Outcome.REJECT, False)]
+    since, recorded = asyncio.run(second_controller())
+    assert since == counters(11)
+    assert recorded == [Recorded(12, Outcome.REJECT, Outcome.REJECT), Recorded(13, Outcome.PASS, Outcome.PASS)]
     db = sqlite3.connect(path)
     assert alarm_counts(db) == {"plc_watchdog": {"raised": 1, "cleared": 1}}
     image = read_image(db, 7, 11)
     assert image is not None and image.shape == (4, 6) and int(image[0, 0]) == 9
+
+
+def test_records_and_amendments_apply_in_call_order(tmp_path: Path) -> None:
+    async def run() -> str:
+        async with SqliteJournal(tmp_path / "journal.db") as j:
+            await j.record(rec(1))
+            # Queued at the call: the amendment lands after the record made before it, unawaited.
+            first, second = j.record(rec(2)), j.amend(7, 2, "failsafe", "watchdog_tripped")
+            await asyncio.gather(second, first)
+            row = sqlite3.connect(j.path).execute("SELECT reason FROM parts WHERE seq = 2").fetchone()
+            return str(row[0])
+
+    assert asyncio.run(run()) == "watchdog_tripped"
 
 
 def test_records_written_together_land_together_or_not_at_all(tmp_path: Path) -> None:
@@ -64,3 +80,19 @@ def test_records_written_together_land_together_or_not_at_all(tmp_path: Path) ->
     asyncio.run(run())
     seqs = [s for (s,) in sqlite3.connect(path).execute("SELECT seq FROM parts ORDER BY seq")]
     assert seqs == [1]
+
+
+def test_a_journal_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE parts (epoch, seq, outcome, reason, trigger_pos, PRIMARY KEY (epoch, seq))")
+    old.execute("INSERT INTO parts VALUES (7, 1, 'pass', 'model_pass', 500)")
+    old.commit()
+    old.close()
+
+    async def run() -> list[Recorded]:
+        async with SqliteJournal(path) as j:
+            await j.record(rec(2))
+            return sorted(await j.recorded(7, 0, 2), key=lambda r: r.seq)
+
+    assert asyncio.run(run()) == [Recorded(1, Outcome.PASS, None), Recorded(2, Outcome.PASS, Outcome.PASS)]
