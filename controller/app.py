@@ -125,6 +125,9 @@ class LineController:
         """The epoch whose verdict ring we cleared; the only one we acknowledge and write for."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_version = ""
+        self._resumed_epoch: int | None = None
+        self._resume_failed: int | None = None
+        """An epoch whose resume failed: its resume point must not move past what was not resumed."""
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -180,7 +183,7 @@ class LineController:
                 snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
                 if snap.epoch != self._acked_epoch:
                     await self._acknowledge_epoch(snap.epoch)
-                if snap.epoch != self.tracker.epoch:
+                if snap.epoch != self.tracker.epoch and snap.epoch != self._resumed_epoch:
                     await self._resume_epoch(snap)
                 if snap.life != last_life:
                     last_life, life_changed_at = snap.life, started
@@ -188,8 +191,9 @@ class LineController:
                     raise PlcError(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
                 self._on_snapshot(snap, started, time.monotonic())
                 await self._write_cycle()
-                # Every part decided by this read now has its outcome queued in the journal.
-                self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
+                if snap.epoch != self._resume_failed:
+                    # Every part decided by this read now has its outcome queued in the journal.
+                    self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
             except PlcError as exc:
                 # Read, stuck PLC or write: the same recovery (a fresh connection after any fault).
                 await self._plc_lost(str(exc))
@@ -221,9 +225,13 @@ class LineController:
         still undecided are the tracker's as usual; the ring was just cleared, so none of them can
         pass on an old entry."""
         gate = GateCounters.of(snap)
+        self._resumed_epoch = snap.epoch
         try:
             since = await self.journal.resume_point(snap.epoch, gate)
-            if since.decided_seq == gate.decided_seq:
+            if wrap_diff(gate.decided_seq, since.decided_seq) <= 0:
+                if gate.decided_seq != since.decided_seq:
+                    log.error("gate_counters_inconsistent", epoch=snap.epoch, on="resume", stored=since.decided_seq,
+                              decided_seq=gate.decided_seq)  # fmt: skip
                 return  # a new epoch, or nothing decided since
             resumed = resume(since, gate, await self.journal.recorded(snap.epoch, since.decided_seq, gate.decided_seq))
             down, wall = Reason.CONTROLLER_DOWN.value, datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -236,6 +244,7 @@ class LineController:
                 ]))  # fmt: skip
             await asyncio.gather(*jobs)
         except JournalError as exc:
+            self._resume_failed = snap.epoch
             self.alarms.set("journal", True, str(exc))
             return
         self.reasons[down] += len(resumed.unrecorded)
@@ -350,9 +359,10 @@ class LineController:
                 t_request = time.monotonic()
                 await self.plc.write_vision_to_plc(offset, data)
                 self._learn_write_time(time.monotonic() - t_request)
-        except PlcError:
-            # It may have landed or not: record fail-safe, take the entries back in the next write,
-            # and let the gate counters tell what really happened (Tracker._reconcile).
+        except (PlcError, asyncio.CancelledError):
+            # It may have landed or not: record fail-safe with the verdict written, take the entries
+            # back in the next write, and let the gate counters tell what really happened
+            # (Tracker._reconcile; after a stop, a restarted controller's resume).
             for q in batch:
                 self._block.retract(q.entry.seq)
                 verdict = Outcome.REJECT if q.entry.verdict == codec.REJECT else Outcome.PASS
@@ -369,7 +379,8 @@ class LineController:
                 continue  # the epoch changed meanwhile: already recorded as fail-safe
             self._count(q.done)
             self.latencies.append(t_written - p.seen_at)
-            self._spawn(self.journal.note_written(p.epoch, p.seq, t_written), name=f"written-{p.seq}")
+            # Queued now, before any later record: a restarted controller tells acknowledged writes by it.
+            self._spawn(_settled(self.journal.note_written(p.epoch, p.seq, t_written)), name=f"written-{p.seq}")
 
     def _take_outbox(self, now: float) -> list[Queued]:
         """The queued verdicts that can still be on time; the others fail safe now, never written.
@@ -577,6 +588,10 @@ def _percentile(values: deque[float], q: float) -> float:
         return 0.0
     ranked = sorted(values)
     return ranked[min(len(ranked) - 1, int(q * len(ranked)))]
+
+
+async def _settled(job: Awaitable[None]) -> None:
+    await job
 
 
 def _stop_if_cancelled() -> None:

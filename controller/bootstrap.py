@@ -130,11 +130,13 @@ async def run_controller(
         if started is not None:
             started.set_result((controller, inference))
         waiter = asyncio.create_task((stop or asyncio.Event()).wait(), name="stop")
-        await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
+        try:
+            await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when we are cancelled: the controller records its open parts before the journal closes
+            waiter.cancel()
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
         return controller
 
 

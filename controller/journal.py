@@ -63,6 +63,8 @@ class SqliteJournal:
         self.error: str | None = None
         self._gate: tuple[int, GateCounters] | None = None
         """(epoch, counters): the resume point the next transactions store."""
+        self._point_frozen = False
+        """A record or amendment failed: the resume point stays where the journal last agreed."""
 
     @property
     def healthy(self) -> bool:
@@ -123,24 +125,28 @@ class SqliteJournal:
         with contextlib.suppress(sqlite3.Error, RuntimeError):  # RuntimeError: journal already closed
             await self._run(self._insert_alarm, name, raised, detail)
 
-    async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
-        """When the verdict reached the PLC (diagnostic; not needed for durability)."""
-        with contextlib.suppress(sqlite3.Error, RuntimeError):
-            await self._run(self._update_written, epoch, seq, t_written)
+    def note_written(self, epoch: int, seq: int, t_written: float) -> Awaitable[None]:
+        """When the PLC acknowledged the verdict's write. Queued at the call; never raises (a
+        restarted controller uses it to tell acknowledged writes from the others)."""
+        return self._submit(None, self._update_written, epoch, seq, t_written)
 
-    def _submit(self, error: str, fn: Callable[..., None], *args: object) -> Awaitable[None]:
-        # run_in_executor queues the job now, on the one writer thread: journal order = call order.
+    def _submit(self, error: str | None, fn: Callable[..., None], *args: object) -> Awaitable[None]:
+        """Queue `fn` on the one writer thread now, so journal order is call order. The result
+        raises JournalError(error: ...) on failure, or never raises where `error` is None."""
         job = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         return asyncio.ensure_future(self._checked(job, error))
 
-    async def _checked(self, job: Awaitable[None], error: str) -> None:
+    async def _checked(self, job: Awaitable[None], error: str | None) -> None:
         try:
             await job
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # sqlite3, OS, and anything else a record can raise (zlib, numpy)
+            if error is None:
+                return
             self._healthy = False
             self.error = str(exc)
             raise JournalError(f"{error}: {exc}") from exc
-        self._healthy = True
+        if error is not None:
+            self._healthy = True
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         # A dedicated thread per journal: sqlite3 connections are not shared across threads.
@@ -177,11 +183,18 @@ class SqliteJournal:
             for rec in recs:
                 if rec.image is not None and self.max_images > 0:
                     self._insert_image(db, rec)
-            _store_resume_point(db, gate)
+            self._store_resume_point(db, gate)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._point_frozen = True
             raise
+
+    def _store_resume_point(self, db: sqlite3.Connection, gate: tuple[int, GateCounters] | None) -> None:
+        if gate is not None and not self._point_frozen:
+            epoch, counters = gate
+            db.execute(f"UPDATE epochs SET ({_GATE_COLUMNS}) = (?, ?, ?, ?, ?) WHERE epoch = ?",
+                       (*_gate_values(counters), epoch))  # fmt: skip
 
     def _insert_image(self, db: sqlite3.Connection, rec: PartRecord) -> None:
         img = np.ascontiguousarray(rec.image)
@@ -203,11 +216,11 @@ class SqliteJournal:
     def _recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
         window = "seq > ? AND seq <= ?" if after_seq <= upto_seq else "(seq > ? OR seq <= ?)"
         rows = self._connection().execute(
-            f"SELECT seq, outcome, written_verdict FROM parts WHERE epoch = ? AND {window}",
+            f"SELECT seq, outcome, written_verdict, t_written IS NOT NULL FROM parts WHERE epoch = ? AND {window}",
             (epoch, after_seq, upto_seq),
         )
-        return [Recorded(seq, Outcome(outcome), Outcome(written) if written else None)
-                for seq, outcome, written in rows]  # fmt: skip
+        return [Recorded(seq, Outcome(outcome), Outcome(written) if written else None, bool(acked))
+                for seq, outcome, written, acked in rows]  # fmt: skip
 
     def _insert_alarm(self, name: str, raised: bool, detail: str) -> None:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (_utc(), name, int(raised), detail))
@@ -218,10 +231,11 @@ class SqliteJournal:
         try:
             db.execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
                        (outcome, reason, epoch, seq))  # fmt: skip
-            _store_resume_point(db, gate)
+            self._store_resume_point(db, gate)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._point_frozen = True
             raise
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
@@ -243,13 +257,6 @@ _GATE_COLUMNS = "decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, 
 
 def _gate_values(gate: GateCounters) -> tuple[int, int, int, int, int]:
     return gate.decided_seq, gate.rejects_vision, gate.rejects_failsafe, gate.watchdog_trips, int(gate.watchdog_tripped)
-
-
-def _store_resume_point(db: sqlite3.Connection, gate: tuple[int, GateCounters] | None) -> None:
-    if gate is not None:
-        epoch, counters = gate
-        db.execute("UPDATE epochs SET decided_seq = ?, rejects_vision = ?, rejects_failsafe = ?, watchdog_trips = ?, "
-                   "watchdog_tripped = ? WHERE epoch = ?", (*_gate_values(counters), epoch))  # fmt: skip
 
 
 def _utc() -> str:

@@ -169,8 +169,8 @@ class Journal(Protocol):
         """The alarm history (diagnostic, never raises)."""
         ...
 
-    async def note_written(self, epoch: int, seq: int, t_written: float) -> None:
-        """When the verdict reached the PLC (diagnostic, never raises)."""
+    def note_written(self, epoch: int, seq: int, t_written: float) -> Awaitable[None]:
+        """When the PLC acknowledged the verdict's write; queued at the call, never raises."""
         ...
 
     @property

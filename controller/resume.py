@@ -28,6 +28,8 @@ class Recorded:
     outcome: Outcome
     written: Outcome | None
     """The verdict written (or about to be) for it: PASS or REJECT; None if nothing was."""
+    acked: bool = True
+    """The PLC acknowledged that write (False: not written yet, failed, or timed out)."""
 
 
 @dataclass(slots=True)
@@ -44,11 +46,10 @@ def resume(since: GateCounters, now: GateCounters, recorded: list[Recorded]) -> 
     """What the gate did with the parts decided after the resume point `since`, up to `now`.
 
     Parts without a record were never written for: fail-safe. Of the parts with a written verdict,
-    the counters tell how many of each kind acted at the gate; the rest failed safe. Which ones: the
-    last decided, since the watchdog trip after the controller went down fails every part decided
-    after it. (Tracker._reconcile, between two reads of a running controller, suspects a timed-out
-    write first; here the window ends in a certain trip, and a write that failed just before it is
-    the rarer case.)
+    the counters tell how many of each kind acted at the gate; the rest failed safe. Which ones, as
+    in Tracker._reconcile: unacknowledged writes first (one still queued when the controller died
+    was never written), then the last decided (the watchdog trip after the controller went down
+    fails every part decided after it).
     """
     out = Resumed()
     n = wrap_diff(now.decided_seq, since.decided_seq)
@@ -62,7 +63,7 @@ def resume(since: GateCounters, now: GateCounters, recorded: list[Recorded]) -> 
     df = (now.rejects_failsafe - since.rejects_failsafe) % U32
     for verdict, acted in ((Outcome.PASS, n - dv - df), (Outcome.REJECT, dv)):
         mine = sorted((r for r in in_window.values() if r.written is verdict),
-                      key=lambda r: wrap_diff(r.seq, since.decided_seq))  # fmt: skip
+                      key=lambda r: (not r.acked, wrap_diff(r.seq, since.decided_seq)))  # fmt: skip
         if not 0 <= acted <= len(mine):
             out.inconsistent = True
             continue

@@ -48,8 +48,8 @@ class Progress:
 
 # ---------------------------------------------------------------------- in this process
 class InProcessController:
-    """`run_controller` as a task here. `faults` (called with the latest status and the running
-    controller's inference service) injects faults by part count."""
+    """`run_controller` as a task here; `started` gives the running controller and its inference
+    service to the runner's fault injection."""
 
     def __init__(self, cfg: LineConfig, wrap_inference: Any = None) -> None:
         self.cfg, self.wrap_inference = cfg, wrap_inference
@@ -63,11 +63,17 @@ class InProcessController:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Whatever happened, the controller stops (idempotent after `stop`)."""
+        """Whatever happened, the controller stops: asked, then cancelled; each wait bounded."""
         self._stop.set()
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, STOP_TIMEOUT_S)
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the run's own error, if any, is reported by `check`/`stop`
 
     async def start(self) -> None:
         self._task = asyncio.create_task(run_controller(
@@ -98,7 +104,7 @@ class InProcessController:
     async def stop(self) -> dict[str, Any]:
         assert self._task is not None
         self._stop.set()
-        c = await self._task
+        c = await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
         return {
             "frames_dropped": c.frames_dropped, "spurious_frames": c.matcher.spurious_frames,
             "gate_corrections": dict(c.gate_corrections), "gate_inferred_by_order": c.gate_ambiguous,
@@ -117,6 +123,7 @@ class ControllerProcess:
         self.config_path = workdir / "line.toml"
         self.config_path.write_text(to_toml(cfg.model_dump(mode="json", exclude_none=True)))
         self._procs: list[asyncio.subprocess.Process] = []
+        self._groups_killed: set[int] = set()
         self.events: list[dict[str, Any]] = []
         """What was done to the process, when (seconds into the run) and after how many parts."""
         self._t0 = time.monotonic()
@@ -137,7 +144,7 @@ class ControllerProcess:
         if self._procs and self._proc.returncode is None:
             await self.stop()
         for proc in self._procs:
-            _kill_group(proc.pid)
+            self._kill_group(proc.pid)
             await proc.wait()
 
     async def start(self) -> None:
@@ -187,7 +194,7 @@ class ControllerProcess:
         else:
             os.kill(pid, signal.SIGKILL)
             await self._proc.wait()
-            _kill_group(pid)  # what it started (Ray's helpers), while the group id is surely still theirs
+            self._kill_group(pid)  # what it started (Ray's helpers), while the group id is surely still theirs
             self.events.append({"signal": "SIGKILL", "at_s": at, "after_parts": decided})
             await asyncio.sleep(self.fault.seconds)
             await self.start()
@@ -207,13 +214,15 @@ class ControllerProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT_S)
         exit_code = self._proc.returncode
-        _kill_group(self._proc.pid)
+        self._kill_group(self._proc.pid)
         return {"process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code}}
 
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    def _kill_group(self, pgid: int) -> None:
+        """Once per group: later, its id may belong to someone else."""
+        if pgid not in self._groups_killed:
+            self._groups_killed.add(pgid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
 
 
 def to_toml(cfg: dict[str, Any]) -> str:

@@ -201,7 +201,9 @@ async def run_simulated_line(
             faults = _InferenceFaults(run, controller)
         started = time.monotonic()
         async with controller:
-            end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None)
+            # The simulator bounds the line's own time; this bounds ours if it hangs.
+            timeout_s = parts / run.rate_parts_s * 4 + 300
+            end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None, timeout_s)
             stats = await controller.stop()
         assert proc.stdin is not None
         proc.stdin.close()  # the simulator may go now
@@ -221,13 +223,16 @@ async def run_simulated_line(
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 async def _drive(
     sim: asyncio.subprocess.Process, controller: InProcessController | ControllerProcess, faults: Any,
-    progress: Callable[[Progress], None],
+    progress: Callable[[Progress], None], timeout_s: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Until the simulator says the line is done: watch the controller, show progress, inject the
     scenario's fault by part count. Returns the simulator's last message."""
@@ -241,8 +246,11 @@ async def _drive(
         return {"event": "error", "error": "line simulator exited"}
 
     sim_task = asyncio.create_task(watch_sim())
+    deadline = time.monotonic() + timeout_s
     try:
         while not sim_task.done():
+            if time.monotonic() > deadline:
+                raise ControllerError(f"the simulated line did not end within {timeout_s:.0f} s")
             await controller.check()
             if (p := controller.progress()) is not None:
                 progress(p)

@@ -32,6 +32,7 @@ def test_a_restarted_controller_finds_the_resume_point_records_and_alarms(tmp_pa
         async with SqliteJournal(path) as j:
             assert await j.resume_point(7, counters(10)) == counters(10)  # a new epoch: here it starts
             await j.record_many([rec(11, image=np.full((4, 6), 9, np.uint8)), rec(12, "reject")])
+            await j.note_written(7, 12, 1.5)  # the PLC acknowledged 12's write, not (yet) 13's
             j.gate_reconciled(7, counters(11))  # the next transaction carries it
             await j.record(rec(13))
             await j.note_alarm("plc_watchdog", True, "tripped")
@@ -45,7 +46,8 @@ def test_a_restarted_controller_finds_the_resume_point_records_and_alarms(tmp_pa
     asyncio.run(first_controller())
     since, recorded = asyncio.run(second_controller())
     assert since == counters(11)
-    assert recorded == [Recorded(12, Outcome.REJECT, Outcome.REJECT), Recorded(13, Outcome.PASS, Outcome.PASS)]
+    assert recorded == [Recorded(12, Outcome.REJECT, Outcome.REJECT, acked=True),
+                        Recorded(13, Outcome.PASS, Outcome.PASS, acked=False)]
     db = sqlite3.connect(path)
     assert alarm_counts(db) == {"plc_watchdog": {"raised": 1, "cleared": 1}}
     image = read_image(db, 7, 11)
@@ -95,4 +97,22 @@ def test_a_journal_from_an_older_version_gains_the_new_columns(tmp_path: Path) -
             await j.record(rec(2))
             return sorted(await j.recorded(7, 0, 2), key=lambda r: r.seq)
 
-    assert asyncio.run(run()) == [Recorded(1, Outcome.PASS, None), Recorded(2, Outcome.PASS, Outcome.PASS)]
+    assert asyncio.run(run()) == [Recorded(1, Outcome.PASS, None, acked=False),
+                                  Recorded(2, Outcome.PASS, Outcome.PASS, acked=False)]
+
+
+def test_after_a_failed_record_the_resume_point_stays_where_the_journal_last_agreed(tmp_path: Path) -> None:
+    async def run() -> GateCounters:
+        async with SqliteJournal(tmp_path / "journal.db") as j:
+            await j.resume_point(7, counters(0))
+            j.gate_reconciled(7, counters(1))
+            await j.record(rec(1))
+            bad = rec(2)
+            bad.trigger_pos = object()  # type: ignore[assignment]
+            with pytest.raises(JournalError):
+                await j.record(bad)
+            j.gate_reconciled(7, counters(3))
+            await j.record(rec(3))  # lands, but part 2 has no record: a restart must look from 1 on
+            return await j.resume_point(7, counters(9))
+
+    assert asyncio.run(run()) == counters(1)

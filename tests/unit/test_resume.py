@@ -17,8 +17,8 @@ def gate(decided: int, vision: int = 0, failsafe: int = 0) -> GateCounters:
     return GateCounters(decided % U32, vision, failsafe, 0, watchdog_tripped=False)
 
 
-def written(seq: int, verdict: Outcome) -> Recorded:
-    return Recorded(seq, verdict, verdict)
+def written(seq: int, verdict: Outcome, acked: bool = True) -> Recorded:
+    return Recorded(seq, verdict, verdict, acked)
 
 
 def test_nothing_decided_since_the_resume_point_means_nothing_to_do() -> None:
@@ -40,12 +40,20 @@ def test_the_last_decided_verdicts_are_the_ones_the_trip_failed() -> None:
     assert out.corrected == [(4, FAILSAFE)]
 
 
-def test_a_failed_write_that_landed_and_passed_is_corrected_to_pass() -> None:
-    # Seq 10's write timed out (recorded fail-safe) but landed; seq 11's PASS came after the trip.
-    recorded = [written(s, PASS) for s in range(1, 10)]
-    recorded += [Recorded(10, FAILSAFE, PASS), written(11, PASS)]
-    out = resume(gate(0), gate(11, failsafe=1), recorded)
-    assert sorted(out.corrected) == [(10, PASS), (11, FAILSAFE)] and not out.inconsistent
+def test_a_verdict_still_queued_at_the_kill_is_the_one_that_failed() -> None:
+    # Two workers: seq 12's verdict was written and passed; seq 11's was recorded, never written.
+    recorded = [written(s, PASS) for s in range(1, 11)] + [written(11, PASS, acked=False), written(12, PASS)]
+    out = resume(gate(0), gate(12, failsafe=1), recorded)
+    assert out.corrected == [(11, FAILSAFE)]
+
+
+def test_a_failed_write_that_landed_is_corrected_to_what_the_gate_did() -> None:
+    # Seq 10's write timed out (recorded fail-safe) but landed, and the gate passed every part.
+    recorded = [written(s, PASS) for s in range(1, 10)] + [Recorded(10, FAILSAFE, PASS, acked=False)]
+    assert resume(gate(0), gate(10), recorded).corrected == [(10, PASS)]
+    # With one of them failed, the counters cannot tell which: as in Tracker._reconcile, the
+    # unacknowledged write is taken to be it, and the records stand.
+    assert resume(gate(0), gate(10, failsafe=1), recorded).corrected == []
 
 
 def test_parts_without_a_written_verdict_only_count_as_fail_safe() -> None:
@@ -86,7 +94,9 @@ def test_finds_exactly_the_parts_the_gate_rejected_while_no_controller_ran(
 
     def row(s: int) -> Recorded:
         verdict = verdicts[s - 1]
-        return Recorded((start + s) % U32, verdict or FAILSAFE, verdict)
+        # Written after the kill's last acknowledged write: maybe never written at all.
+        acked = s <= k or s != recorded_upto
+        return Recorded((start + s) % U32, verdict or FAILSAFE, verdict, acked)
 
     recorded = [row(s) for s in range(1, recorded_upto + 1)]
     vision = sum(1 for s in range(1, k + 1) if verdicts[s - 1] is REJECT)
