@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, fields
 from datetime import UTC, datetime
@@ -172,10 +172,26 @@ class SqliteJournal:
             raise sqlite3.OperationalError("journal is closed")
         return self._db
 
-    def _insert(self, recs: list[PartRecord], gate: tuple[int, GateCounters] | None) -> None:
+    @contextlib.contextmanager
+    def _transaction(self, gate: tuple[int, GateCounters] | None) -> Iterator[sqlite3.Connection]:
+        """One transaction that also stores the resume point `gate`. If it fails, it is rolled back
+        and the resume point stays where it is for good: the journal no longer agrees past it."""
         db = self._connection()
         db.execute("BEGIN")
         try:
+            yield db
+            if gate is not None and not self._point_frozen:
+                epoch, counters = gate
+                db.execute(f"UPDATE epochs SET ({_GATE_COLUMNS}) = (?, ?, ?, ?, ?) WHERE epoch = ?",
+                           (*_gate_values(counters), epoch))  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._point_frozen = True
+            raise
+
+    def _insert(self, recs: list[PartRecord], gate: tuple[int, GateCounters] | None) -> None:
+        with self._transaction(gate) as db:
             db.executemany(
                 f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                 [astuple(rec)[: len(_COLUMNS)] for rec in recs],
@@ -183,18 +199,6 @@ class SqliteJournal:
             for rec in recs:
                 if rec.image is not None and self.max_images > 0:
                     self._insert_image(db, rec)
-            self._store_resume_point(db, gate)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._point_frozen = True
-            raise
-
-    def _store_resume_point(self, db: sqlite3.Connection, gate: tuple[int, GateCounters] | None) -> None:
-        if gate is not None and not self._point_frozen:
-            epoch, counters = gate
-            db.execute(f"UPDATE epochs SET ({_GATE_COLUMNS}) = (?, ?, ?, ?, ?) WHERE epoch = ?",
-                       (*_gate_values(counters), epoch))  # fmt: skip
 
     def _insert_image(self, db: sqlite3.Connection, rec: PartRecord) -> None:
         img = np.ascontiguousarray(rec.image)
@@ -226,17 +230,9 @@ class SqliteJournal:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (_utc(), name, int(raised), detail))
 
     def _amend(self, epoch: int, seq: int, outcome: str, reason: str, gate: tuple[int, GateCounters] | None) -> None:
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
+        with self._transaction(gate) as db:
             db.execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
                        (outcome, reason, epoch, seq))  # fmt: skip
-            self._store_resume_point(db, gate)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._point_frozen = True
-            raise
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:
