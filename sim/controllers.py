@@ -88,16 +88,11 @@ class InProcessController:
             await self._task
             raise ControllerError("controller stopped before the run ended")
 
-    @property
-    def status(self) -> LineStatus | None:
-        if self._latest:
-            self._latest[:] = self._latest[-1:]
-        return self._latest[-1] if self._latest else None
-
     def progress(self) -> Progress | None:
-        s = self.status
-        if s is None:
+        if not self._latest:
             return None
+        self._latest[:] = self._latest[-1:]  # only the newest status matters
+        s = self._latest[-1]
         return Progress(s.passes + s.rejects + s.failsafe, f"{s.state.value} pass {s.passes} reject {s.rejects} "
                         f"failsafe {s.failsafe} p99 {s.latency_p99_ms:.0f} ms")  # fmt: skip
 
@@ -128,6 +123,8 @@ class ControllerProcess:
         """What was done to the process, when (seconds into the run) and after how many parts."""
         self._t0 = time.monotonic()
         self._fault_done = False
+        self.fault_struck = fault is None
+        """The scenario's fault really happened (the run was long enough, the signal was sent)."""
 
     @property
     def _proc(self) -> asyncio.subprocess.Process:
@@ -199,13 +196,8 @@ class ControllerProcess:
             await asyncio.sleep(self.fault.seconds)
             await self.start()
             self.events.append({"started_again_at_s": round(time.monotonic() - self._t0, 3)})
+        self.fault_struck = True
         log.warning("fault_injected", fault=self.fault.signal, after_parts=decided)
-
-    @property
-    def fault_struck(self) -> bool:
-        """The scenario's fault really happened (the run was long enough, the signal was sent)."""
-        done = {e.get("signal") for e in self.events} | {"started" for e in self.events if "started_again_at_s" in e}
-        return self.fault is None or ("SIGCONT" if self.fault.signal == "SIGSTOP" else "started") in done
 
     async def stop(self) -> dict[str, Any]:
         """SIGTERM: the controller records its open parts and exits (0). Killed if it takes too long."""
