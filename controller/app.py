@@ -32,7 +32,7 @@ import structlog
 
 from controller import plc_codec as codec
 from controller.alarms import Alarms
-from controller.errors import CameraError, ControllerError, InferenceError, JournalError, PlcError
+from controller.errors import CameraError, ControllerError, InferenceError, JournalError, PlcError, PlcStalledError
 from controller.frame_matching import FrameMatcher, Match, MatchWindow
 from controller.plc_clock import SnapshotClock
 from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
@@ -196,7 +196,7 @@ class LineController:
                     self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
             except PlcError as exc:
                 # Read, stuck PLC or write: the same recovery (a fresh connection after any fault).
-                await self._plc_lost(str(exc))
+                await self._plc_lost(str(exc), link_fault=not isinstance(exc, PlcStalledError))
                 backoff = await self._reconnect(backoff)
                 last_life, life_changed_at = -1, time.monotonic()
                 next_poll = time.monotonic()
@@ -257,11 +257,14 @@ class LineController:
     def _note_alarm(self, name: str, raised: bool, detail: str) -> None:
         self._spawn(self.journal.note_alarm(name, raised, detail), name=f"alarm-{name}")
 
-    async def _plc_lost(self, why: str) -> None:
+    async def _plc_lost(self, why: str, *, link_fault: bool = True) -> None:
+        """The link is reset. Its alarm only where the link is at fault: after our own stall the
+        PLC's watchdog (its alarm) says what happened."""
         if self._plc_ok:
-            log.warning("plc_link_lost", error=why, epoch=self.tracker.epoch)
+            log.warning("plc_link_lost", error=why, epoch=self.tracker.epoch, link_fault=link_fault)
         self._plc_ok = False
-        self.alarms.set("plc_link", True, why)
+        if link_fault:
+            self.alarms.set("plc_link", True, why)
         self._update_health()
         self._finish_all(self.tracker.expire(time.monotonic()))
 
@@ -273,6 +276,7 @@ class LineController:
             log.info("plc_reconnected")
         except PlcError as exc:
             log.debug("plc_reconnect_failed", error=str(exc))
+            self.alarms.set("plc_link", True, str(exc))  # whatever ended the last connection, the link is down
             return min(backoff * 2, self.timing.backoff_max_s)
         return self.timing.backoff_initial_s
 

@@ -14,6 +14,11 @@ class PlcError(ControllerError):
     """The PLC link failed, timed out, or the PLC's data blocks do not match the contract."""
 
 
+class PlcStalledError(PlcError):
+    """A request outlived its timeout because this process was not running (stopped, starved), not
+    because the link failed: the connection is reset all the same, but no link alarm is due."""
+
+
 class PlcContractError(PlcError):
     """The PLC answers, but its data blocks break the interface contract (size, version)."""
 

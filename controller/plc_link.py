@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import TypeVar
@@ -19,7 +20,7 @@ from typing import TypeVar
 import snap7
 from snap7.error import S7Error
 
-from controller.errors import PlcContractError, PlcError
+from controller.errors import PlcContractError, PlcError, PlcStalledError
 from controller.plc_codec import PLC_TO_VISION_SIZE, VISION_TO_PLC_SIZE, check_plc_contract
 
 T = TypeVar("T")
@@ -114,16 +115,24 @@ class Snap7PlcLink:
     async def _call(self, request: Awaitable[T], timeout_s: float | None = None) -> T:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
         # arrives as the request completes, and a supervised loop must always stop when told to.
+        timeout_s = timeout_s or self.timeout_s
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout_s or self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 return await request
         except asyncio.CancelledError:
             self._poison()
             raise
         except TimeoutError as exc:
             await self._drop()
-            waited_ms = (timeout_s or self.timeout_s) * 1000
-            raise PlcError(f"{self.name}: request timed out after {waited_ms:.0f} ms") from exc
+            overdue_s = time.monotonic() - started - timeout_s
+            if overdue_s > timeout_s:
+                # The timer fired long after it was due: the event loop was not running (SIGSTOP, a
+                # starved VM). The answer may well have arrived meanwhile; after a stall asyncio runs
+                # the expired timer before the task the answer woke.
+                raise PlcStalledError(f"{self.name}: request overdue by {overdue_s * 1000:.0f} ms after this "
+                                      f"process stalled") from exc  # fmt: skip
+            raise PlcError(f"{self.name}: request timed out after {timeout_s * 1000:.0f} ms") from exc
         except (S7Error, OSError, RuntimeError) as exc:
             await self._drop()
             raise PlcError(f"{self.name}: {exc}") from exc

@@ -6,6 +6,7 @@ With `--hil` style hardware absent, the wire-level emulator is the strongest pee
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,7 @@ import snap7
 from snap7.type import SrvArea
 
 from controller import plc_codec as c
-from controller.errors import PlcContractError, PlcError
+from controller.errors import PlcContractError, PlcError, PlcStalledError
 from controller.plc_link import Snap7PlcLink
 from sim.plant import Plant, PlantConfig
 from sim.plc_server import SimPlc, _free_port
@@ -110,3 +111,20 @@ async def test_cancellation_mid_request_drops_the_connection(plc: SimPlc) -> Non
             await link.read_plc_to_vision()
         await link.reconnect()
         assert len(await link.read_plc_to_vision()) == c.PLC_TO_VISION_SIZE
+
+
+async def test_a_timeout_that_expired_while_this_process_stood_still_is_not_a_link_fault(plc: SimPlc) -> None:
+    """SIGSTOP, or a starved VM: the request's timer fires long after it was due. The connection is
+    reset all the same, but the error says the process stalled, so no link alarm is raised."""
+    async with Snap7PlcLink("127.0.0.1", plc.port, timeout_s=0.05) as link:
+        plc._server.lock_area(SrvArea.DB, 100)
+        try:
+            task = asyncio.create_task(link.read_plc_to_vision())
+            await asyncio.sleep(0.01)  # the request is on the wire
+            time.sleep(0.3)  # noqa: ASYNC251  # deliberately: the event loop stands still, as under SIGSTOP
+            with pytest.raises(PlcStalledError, match="overdue"):
+                await task
+        finally:
+            plc._server.unlock_area(SrvArea.DB, 100)
+        with pytest.raises(PlcError, match="not connected"):
+            await link.read_plc_to_vision()
