@@ -32,7 +32,15 @@ import structlog
 
 from controller import plc_codec as codec
 from controller.alarms import Alarms
-from controller.errors import CameraError, ControllerError, InferenceError, JournalError, PlcError, PlcStalledError
+from controller.errors import (
+    CameraError,
+    ConfigError,
+    ControllerError,
+    InferenceError,
+    JournalError,
+    PlcError,
+    PlcStalledError,
+)
 from controller.frame_matching import FrameMatcher, Match, MatchWindow
 from controller.plc_clock import SnapshotClock
 from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
@@ -98,9 +106,9 @@ class LineController:
         self._queue_times: deque[float] = deque(maxlen=200)
         """From inference done to the start of the write that carries the verdict (journal + wait)."""
         self._block = VisionBlock()
-        self._snapshot_clock = SnapshotClock()
-        self._outbox: dict[int, Queued] = {}
-        """Recorded verdicts for the next write, by seq (each part is in it at most once)."""
+        self._snapshot_clock = SnapshotClock(plc_cycle_s=margins.plc_cycle_s)
+        self._outbox: dict[tuple[int, int], Queued] = {}
+        """Recorded verdicts for the next write, by (epoch, seq) (each part is in it at most once)."""
         self._header_at = 0.0
         self._watchdog_trips: tuple[int, int] | None = None
         """(epoch, the PLC's watchdog_trips) at the last read."""
@@ -116,7 +124,6 @@ class LineController:
         self.latencies: deque[float] = deque(maxlen=512)
         self.frames_dropped = 0
         self._frames: dict[int, Frame] = {}
-        self._results: dict[int, InferenceResult] = {}
         self._life = 0
         self._plc_ok = False
         self._camera_ok = False
@@ -137,6 +144,11 @@ class LineController:
                 tg.create_task(self._exchange_loop(), name="plc-exchange")
                 tg.create_task(self._frame_loop(), name="camera-intake")
                 tg.create_task(self._status_loop(), name="status")
+        except ExceptionGroup as group:
+            refused = group.subgroup(ConfigError)
+            if refused is None:
+                raise
+            raise _first_leaf(refused) from None  # one clear line, not a traceback of the group
         finally:
             await self._shutdown()
 
@@ -148,7 +160,7 @@ class LineController:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Parts still open will be rejected by the PLC; record why, so no trigger lacks an outcome.
         for part in list(self.tracker.parts.values()):
-            done = self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.CONTROLLER_STOPPED)
+            done = self.tracker.finish(part, Outcome.FAILSAFE, Reason.CONTROLLER_STOPPED)
             if done:
                 with contextlib.suppress(JournalError):
                     await self._record(done)
@@ -175,6 +187,9 @@ class LineController:
     async def _exchange_loop(self) -> None:
         backoff = self.timing.backoff_initial_s
         last_life, life_changed_at = -1, time.monotonic()
+        life_confirmed = False
+        """The PLC's `life` changed on this connection: only then is the link up (a PLC in STOP
+        answers reads with a stuck counter; its first answer after a reconnect proves nothing)."""
         next_poll = time.monotonic()
         while True:
             _stop_if_cancelled()
@@ -186,22 +201,28 @@ class LineController:
                 if snap.epoch != self.tracker.epoch and snap.epoch != self._resumed_epoch:
                     await self._resume_epoch(snap)
                 if snap.life != last_life:
+                    life_confirmed = life_confirmed or last_life != -1
                     last_life, life_changed_at = snap.life, started
                 elif started - life_changed_at > self.timing.stale_s:
                     raise PlcError(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
-                self._on_snapshot(snap, started, time.monotonic())
-                await self._write_cycle()
-                if snap.epoch != self._resume_failed:
-                    # Every part decided by this read now has its outcome queued in the journal.
-                    self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
+                if life_confirmed:
+                    self._on_snapshot(snap, started, time.monotonic())
+                    await self._write_cycle()
+                    if snap.epoch != self._resume_failed:
+                        # Every part decided by this read now has its outcome queued in the journal.
+                        self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
             except PlcError as exc:
                 # Read, stuck PLC or write: the same recovery (a fresh connection after any fault).
                 await self._plc_lost(str(exc), link_fault=not isinstance(exc, PlcStalledError))
                 backoff = await self._reconnect(backoff)
-                last_life, life_changed_at = -1, time.monotonic()
+                # A half-applied or delayed write of the dropped connection may have left anything
+                # in the PLC's ring: the next write restores all of it from our image.
+                self._block.rewrite_all()
+                last_life, life_changed_at, life_confirmed = -1, time.monotonic(), False
                 next_poll = time.monotonic()
                 continue
-            backoff = self.timing.backoff_initial_s
+            if life_confirmed:
+                backoff = self.timing.backoff_initial_s
             next_poll = max(next_poll + self.timing.poll_s, time.monotonic())
             await asyncio.sleep(next_poll - time.monotonic())
 
@@ -263,6 +284,7 @@ class LineController:
         if self._plc_ok:
             log.warning("plc_link_lost", error=why, epoch=self.tracker.epoch, link_fault=link_fault)
         self._plc_ok = False
+        self._snapshot_clock.forget()
         if link_fault:
             self.alarms.set("plc_link", True, why)
         self._update_health()
@@ -282,14 +304,16 @@ class LineController:
 
     def _on_snapshot(self, snap: codec.PlcToVision, started: float, finished: float) -> None:
         if not self._plc_ok:
-            check_line_geometry(snap.decision_offset, self.timing.min_part_pitch_counts)
+            try:
+                check_line_geometry(snap.decision_offset, self.timing.min_part_pitch_counts)
+            except ValueError as exc:
+                raise ConfigError(f"the PLC's line geometry is refused: {exc}") from exc
             self._plc_ok = True
             self.alarms.set("plc_link", False)
             self._update_health()
         if snap.epoch != self.tracker.epoch:
             log.info("plc_epoch", epoch=snap.epoch, previous=self.tracker.epoch)
             self.matcher.reset()
-            self._results.clear()
         self._snapshot = snap
         upd = self.tracker.on_snapshot(snap, started, accept_parts=self.ready)
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
@@ -299,10 +323,12 @@ class LineController:
             self._uncount(written)  # recorded again below, replacing the row
         self._finish_all([w.revoked() for w in upd.revoked])
         self._apply_gate(upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
-        now = time.monotonic()
-        sampled_at = self._snapshot_clock.sampled_at(started, finished, snap.encoder_pos, snap.speed)
-        for part in upd.new_parts:
-            self._dispatch(self.matcher.on_trigger(part.seq, _trigger_instant(snap, part, sampled_at), now))
+        clock = self._snapshot_clock
+        clock.observe(started, finished, snap.encoder_pos, snap.speed)
+        opened = {id(part) for part in upd.new_parts}
+        triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None, first_seen=True),
+                     id(part) in opened and self.tracker.is_open(part)) for part in upd.seen]  # fmt: skip
+        self._dispatch(self.matcher.on_triggers(triggers, clock.seen_until, time.monotonic()))
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
         """The PLC lost our heartbeat (we stalled, or the link did) and rejects every part until it
@@ -354,6 +380,7 @@ class LineController:
         for q in batch:
             self._block.put(q.entry)
             q.done.part.writing = True
+        self._block.clear_decided(self.tracker.decided_seq)
         self._life = (self._life + 1) % 65536
         ready = codec.READY if self.ready else 0
         self._block.set_header(codec.VisionHeader(self._life, ready, codec.INTERFACE_VERSION, self._acked_epoch))
@@ -370,7 +397,7 @@ class LineController:
             for q in batch:
                 self._block.retract(q.entry.seq)
                 verdict = Outcome.REJECT if q.entry.verdict == codec.REJECT else Outcome.PASS
-                failed = self.tracker.write_failed(q.entry.seq, verdict)
+                failed = self.tracker.write_failed(q.done.part, verdict)
                 self._finish_all([failed], q.frame, q.result, q.t_start, q.t_end)
             raise
         t_written = time.monotonic()
@@ -379,7 +406,7 @@ class LineController:
         for q in batch:
             self._queue_times.append(t_write - q.t_end)
             p = q.done.part
-            if self.tracker.finish(p.seq, q.done.outcome, q.done.reason) is None:
+            if self.tracker.finish(p, q.done.outcome, q.done.reason) is None:
                 continue  # the epoch changed meanwhile: already recorded as fail-safe
             self._count(q.done)
             self.latencies.append(t_written - p.seen_at)
@@ -392,18 +419,18 @@ class LineController:
         (a typical request: the margin itself already covers a slow one)."""
         batch = []
         second = self._block.first_request_end(self.plc.max_write_bytes)
-        for seq, q in list(self._outbox.items()):
-            del self._outbox[seq]
+        for key, q in list(self._outbox.items()):
+            del self._outbox[key]
             part = q.done.part
-            if self.tracker.parts.get(seq) is not part:
+            if not self.tracker.is_open(part):
                 continue  # already has its outcome (epoch changed, controller stopping)
-            lands_after = _percentile(self._write_times, 0.5) if codec.verdict_offset(seq) >= second else 0.0
-            late = self.tracker.may_write(seq, now + lands_after)
+            lands_after = _percentile(self._write_times, 0.5) if codec.verdict_offset(part.seq) >= second else 0.0
+            late = self.tracker.may_write(part, now + lands_after)
             if late is None and self._acked_epoch != part.epoch:
                 late = Reason.EPOCH_CHANGED
             if late is not None:
                 part.writing = False
-                self._finish_all([self.tracker.finish(seq, Outcome.FAILSAFE, late)], q.frame, q.result,
+                self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, late)], q.frame, q.result,
                                  q.t_start, q.t_end)  # fmt: skip
                 continue
             batch.append(q)
@@ -450,11 +477,11 @@ class LineController:
         t_start = time.monotonic()
         # Admission here, not where the frame was matched: between this check and `infer` taking the
         # frame there is no await, so parts matched together see each other's load on the workers.
-        refused = self.tracker.admit(part.seq, t_start, self.inference.expected_latency_s + self.queue_s)
+        refused = self.tracker.admit(part, t_start, self.inference.expected_latency_s + self.queue_s)
         if refused is Reason.NO_BUDGET and not self.inference.healthy:
             refused = Reason.INFERENCE_UNAVAILABLE
         if refused is not None:
-            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, refused)], frame=frame)
+            self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, refused)], frame=frame)
             return
         wait = min(max(0.0, self.tracker.time_left(part, t_start) - self.queue_s), MAX_WAIT_S)
         try:
@@ -463,16 +490,16 @@ class LineController:
             reason = Reason.INFERENCE_UNAVAILABLE if not self.inference.healthy else Reason.INFERENCE_FAILED
             now = time.monotonic()
             timed_out = self.inference.healthy and now >= t_start + wait  # too slow, not broken
-            if timed_out or self.tracker.may_write(part.seq, now) is Reason.LATE:
+            if timed_out or self.tracker.may_write(part, now) is Reason.LATE:
                 reason = Reason.LATE
             log.info("inference_failed", epoch=part.epoch, seq=part.seq, error=str(exc))
-            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, reason)], frame=frame)
+            self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, reason)], frame=frame)
             return
         t_end = time.monotonic()
         self._model_version = result.model_version
-        late = self.tracker.may_write(part.seq, t_end)
+        late = self.tracker.may_write(part, t_end)
         if late is not None:
-            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, late)], frame, result, t_start, t_end)
+            self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, late)], frame, result, t_start, t_end)
             return
         outcome, reason = (Outcome.REJECT, Reason.MODEL_REJECT) if result.reject else (Outcome.PASS, Reason.MODEL_PASS)
         done = Finished(part, outcome, reason)
@@ -480,13 +507,13 @@ class LineController:
             await self._record(done, frame, result, t_start, t_end)
         except JournalError as exc:
             self.alarms.set("journal", True, str(exc))
-            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, Reason.JOURNAL_FAILED)])
+            self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, Reason.JOURNAL_FAILED)])
             return
         self.alarms.set("journal", False)
         # The record says PASS/REJECT; if the write cannot happen in time, the record is replaced.
-        late = self.tracker.may_write(part.seq, time.monotonic())
+        late = self.tracker.may_write(part, time.monotonic())
         if late is not None or self._acked_epoch != part.epoch:
-            self._finish_all([self.tracker.finish(part.seq, Outcome.FAILSAFE, late or Reason.EPOCH_CHANGED)],
+            self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, late or Reason.EPOCH_CHANGED)],
                              frame, result, t_start, t_end)  # fmt: skip
             return
         entry = codec.VerdictEntry(
@@ -494,7 +521,7 @@ class LineController:
             codec.score_to_word(result.score),
         )  # fmt: skip
         part.writing = True  # the exchange loop owns its outcome from here
-        self._outbox[part.seq] = Queued(done, entry, frame, result, t_start, t_end)
+        self._outbox[part.epoch, part.seq] = Queued(done, entry, frame, result, t_start, t_end)
 
     @property
     def queue_s(self) -> float:
@@ -522,7 +549,8 @@ class LineController:
         for done in finished:
             if done is None:
                 continue  # already had its outcome
-            self.matcher.forget_trigger(done.part.seq)
+            if done.part.epoch == self.tracker.epoch:  # the matcher only knows this epoch's triggers
+                self.matcher.forget_trigger(done.part.seq)
             self._count(done)
             if done.outcome is Outcome.FAILSAFE:
                 log.info("failsafe", epoch=done.part.epoch, seq=done.part.seq, reason=done.reason.value)
@@ -598,6 +626,11 @@ async def _settled(job: Awaitable[None]) -> None:
     await job
 
 
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 def _stop_if_cancelled() -> None:
     """Python 3.11's asyncio.wait_for, used inside python-snap7, can swallow a cancellation that
     arrives as its inner await completes. Supervised loops check at every turn so that a
@@ -605,15 +638,6 @@ def _stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _trigger_instant(snap: codec.PlcToVision, part: Part, sampled_at: float) -> float:
-    """When the photo-eye fired, in our clock: when the PLC sampled this snapshot minus the distance
-    the conveyor moved since the latched position, at the current speed. Far sharper than when we
-    saw it."""
-    if snap.speed < 1.0:
-        return sampled_at
-    return sampled_at - wrap_diff(snap.encoder_pos, part.trigger_pos) / snap.speed
 
 
 __all__ = ["ControllerError", "LineController", "Timing"]

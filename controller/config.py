@@ -52,7 +52,8 @@ class PylonCameraConfig(_Strict):
 
 class MatchConfig(_Strict):
     frame_latency_ms: float = Field(0.0, ge=0)
-    tolerance_ms: float = Field(10.0, gt=0)
+    tolerance_ms: float = Field(10.0, gt=0, description="largest |exposure − trigger| (camera delay, clock error)")
+    same_part_ms: float = Field(15.0, gt=0, description="an exposure this close to the trigger shows the part")
 
 
 class RayInferenceConfig(_Strict):

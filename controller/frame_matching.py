@@ -1,19 +1,37 @@
 """Frame ↔ trigger association: which camera frame belongs to which trigger sequence number.
 
-Sans-I/O. A frame is given to a part only when two independent clues agree: the camera's frame
-counter is consistent with the counter offset learnt so far, and the frame arrived within a time
-window of when the trigger was seen. A part with no such frame gets none (and so no verdict):
-a missing frame is a fail-safe reject, a wrong frame could be an escape.
+Sans-I/O. Every instant is an interval that contains the truth (controller/plc_clock.py): a
+trigger's from the reads around it, a frame's from its exposure time and the camera's tolerance.
+A frame is given to a part only when the evidence proves it, never on a best guess:
 
-Learning the offset (camera counters never reset with the PLC) needs one unambiguous pair: exactly
-one unmatched trigger and one unmatched frame inside the window. Dropped frames keep the offset
-(the counter skips); a spurious frame shifts the camera counter, breaks the lock, and the offset is
-learnt again from the next unambiguous pair.
+- **Time says exactly one trigger.** Of all triggers, those already seen (matched or not) and those
+  not yet seen (they fired after the last read was sampled), exactly one can have caused this
+  exposure. While a later read could still show another candidate, the frame waits for that read.
+- **And the counter agrees.** While locked, the camera's frame counter minus the trigger's
+  sequence number equals the learnt offset. If time proves another trigger, the lock breaks and
+  nothing is matched until it is relearnt.
+- **And the exposure shows the part.** The trigger's instant is known within `same_part_s`, so even
+  a glitch exposure that fits it shows this part, not the gap or a neighbour.
+- **Learning the lock** needs two consecutive proven pairs with the same offset, each proven both
+  ways: the frame fits only that trigger, and the trigger fits only that frame (of those that
+  arrived, and of those that could still arrive: frames come in exposure order).
+
+A part with no proven frame gets none: a missing frame is a fail-safe reject (`no_frame`), a wrong
+frame could be an escape. Dropped frames keep the offset (the counter skips); a spurious frame
+shifts the counter, breaks the lock, and costs the parts until two proven pairs relock it.
+Assumption: a frame's exposure time is known within `tolerance_s` of its trigger's instant (a
+synchronised camera clock, or arrival stamped at the driver minus a steady `frame_latency_s`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from controller.plc_clock import Interval
+
+UNSEEN = -1
+"""Stands for a trigger (or frame) that may exist but has not been seen yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +40,15 @@ class MatchWindow:
     """Typical delay from trigger to frame arrival (exposure + readout + transfer); subtracted from
     the arrival time of frames that carry no synchronised exposure timestamp."""
     tolerance_s: float = 0.010
-    """Allowed |arrival − trigger seen − latency|; keep below half the smallest part pitch in time."""
+    """Largest |exposure − trigger instant|. Two triggers closer than twice this (plus their
+    intervals' widths) cannot be told apart by time: keep it well below the smallest part pitch."""
+    same_part_s: float = 0.010
+    """An exposure this close to a trigger's instant still shows that part (its length in time at
+    line speed). A trigger known only within an interval wider than this less `tolerance_s` cannot
+    take a frame: a glitch exposure inside it could show the gap or another part."""
     hold_s: float = 0.5
-    """How long an unmatched frame or trigger waits for its partner before it is given up."""
+    """How long a frame or trigger is remembered (as a candidate for others, and waiting for its
+    partner); longer than any part's time from trigger to deadline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,88 +57,133 @@ class Match:
     frame_counter: int
 
 
+@dataclass(slots=True)
+class _Trigger:
+    at: Interval
+    open: bool = True
+    """Still waiting for its frame (False: matched, or its part already has an outcome)."""
+
+
+@dataclass(slots=True)
+class _Frame:
+    exposed_at: float
+    arrived: float
+    open: bool = True
+
+
 class FrameMatcher:
     def __init__(self, window: MatchWindow) -> None:
         self.window = window
         self.offset: int | None = None
         """counter − seq while locked."""
-        self._triggers: dict[int, float] = {}
-        self._frames: dict[int, float] = {}
+        self._triggers: dict[int, _Trigger] = {}
+        self._frames: dict[int, _Frame] = {}
+        self._seen_until = -math.inf
+        """Every trigger that fired before this instant has been seen."""
+        self._newest_exposure = -math.inf
+        self._proven: tuple[int, int] | None = None
+        """While unlocked: the last pair proven both ways, (seq, counter), waiting for its successor."""
         self.spurious_frames = 0
+        """Frames given up unmatched (spurious, or their part was not provable in time)."""
         self.relocks = 0
+        self.lock_breaks = 0
 
     def reset(self) -> None:
-        """Forget pending triggers (PLC epoch change). The counter offset no longer applies either:
-        sequence numbers restart at 1."""
+        """A new PLC epoch: sequence numbers restart at 1, so the triggers and the offset go."""
         self._triggers.clear()
         self.offset = None
+        self._proven = None
+        self._seen_until = -math.inf
 
-    def on_trigger(self, seq: int, triggered_at: float, now: float) -> list[Match]:
-        """`triggered_at`: best estimate of the trigger instant (controller monotonic time)."""
-        self._triggers[seq] = triggered_at
+    def on_triggers(self, triggers: list[tuple[int, Interval, bool]], seen_until: float, now: float) -> list[Match]:
+        """One PLC read: the triggers it showed first, as (seq, when it fired, still open: False for
+        a part that already has its outcome), and the instant before which every trigger is seen."""
+        for seq, at, is_open in triggers:
+            self._triggers[seq] = _Trigger(at, is_open)
+        self._seen_until = max(self._seen_until, seen_until)
         return self._match(now)
 
     def on_frame(self, counter: int, exposed_at: float, now: float) -> list[Match]:
-        """`exposed_at`: the exposure instant, or the arrival time minus `frame_latency_s`'s worth."""
-        self._frames[counter] = exposed_at
+        """`exposed_at`: the exposure instant, or the arrival time minus `frame_latency_s`."""
+        self._frames[counter] = _Frame(exposed_at, now)
+        self._newest_exposure = max(self._newest_exposure, exposed_at)
         return self._match(now)
 
     def forget_trigger(self, seq: int) -> None:
-        """The part finished without a frame (deadline passed); stop waiting for one."""
-        self._triggers.pop(seq, None)
+        """The part has its outcome (e.g. its deadline passed): it takes no frame any more, but stays
+        a candidate, so that its frame arriving late cannot be taken for a neighbour's."""
+        trigger = self._triggers.get(seq)
+        if trigger is not None:
+            trigger.open = False
 
-    def _fits(self, trigger_at: float, frame_at: float) -> bool:
-        return abs(frame_at - trigger_at) <= self.window.tolerance_s
+    # ------------------------------------------------------------------ evidence
+    def _fits(self, at: Interval, exposed_at: float) -> bool:
+        tol = self.window.tolerance_s
+        return at.lo - tol <= exposed_at <= at.hi + tol
 
-    def _match(self, now: float) -> list[Match]:
-        matches: list[Match] = []
-        if self.offset is not None:
-            for counter, frame_at in sorted(self._frames.items()):
-                seq = counter - self.offset
-                trigger_at = self._triggers.get(seq)
-                if trigger_at is not None and self._fits(trigger_at, frame_at):
-                    matches.append(self._take(seq, counter))
-                elif trigger_at is not None:
-                    self.offset = None  # counter says yes, time says no: trust neither
-                    break
-        if self.offset is None:
-            matches.extend(self._learn_offset())
-        self._age_out(now)
-        return matches
-
-    def _learn_offset(self) -> list[Match]:
-        for counter, frame_at in sorted(self._frames.items()):
-            fitting = [s for s, t in self._triggers.items() if self._fits(t, frame_at)]
-            rivals = [c for c, f in self._frames.items() if c != counter and any(
-                self._fits(self._triggers[s], f) for s in fitting)]
-            if len(fitting) == 1 and not rivals:
-                seq = fitting[0]
-                self.offset = counter - seq
-                self.relocks += 1
-                return [self._take(seq, counter), *self._match_locked()]
-        return []
-
-    def _match_locked(self) -> list[Match]:
-        assert self.offset is not None
-        out = []
-        for counter, frame_at in sorted(self._frames.items()):
-            seq = counter - self.offset
-            trigger_at = self._triggers.get(seq)
-            if trigger_at is not None and self._fits(trigger_at, frame_at):
-                out.append(self._take(seq, counter))
+    def _triggers_for(self, frame: _Frame) -> list[int]:
+        """Every trigger that could have caused `frame`, UNSEEN included where a later read could show one."""
+        out = [s for s, t in self._triggers.items() if self._fits(t.at, frame.exposed_at)]
+        if frame.exposed_at + self.window.tolerance_s >= self._seen_until:
+            out.append(UNSEEN)
         return out
 
-    def _take(self, seq: int, counter: int) -> Match:
-        del self._triggers[seq]
-        del self._frames[counter]
-        return Match(seq, counter)
+    def _frames_for(self, trigger: _Trigger) -> list[int]:
+        """Every frame that could belong to `trigger`, UNSEEN included where one could still arrive."""
+        out = [c for c, f in self._frames.items() if self._fits(trigger.at, f.exposed_at)]
+        if self._newest_exposure <= trigger.at.hi + self.window.tolerance_s:
+            out.append(UNSEEN)
+        return out
+
+    # ------------------------------------------------------------------ decisions
+    def _match(self, now: float) -> list[Match]:
+        self._age_out(now)
+        matches: list[Match] = []
+        for counter in sorted(c for c, f in self._frames.items() if f.open):
+            frame = self._frames[counter]
+            if not frame.open:
+                continue  # taken while relocking
+            candidates = self._triggers_for(frame)
+            if len(candidates) != 1 or candidates[0] == UNSEEN:
+                continue  # not proven (yet): wait for the next read, or for good if ambiguous
+            seq = candidates[0]
+            at = self._triggers[seq].at
+            if at.hi - at.lo + self.window.tolerance_s > self.window.same_part_s:
+                continue  # too vague a trigger instant to prove the exposure shows this part
+            if self.offset is not None and counter - seq != self.offset:
+                self.offset, self._proven = None, None  # time proves another trigger than the counter
+                self.lock_breaks += 1
+            if self.offset is not None:
+                matches += self._take(seq, counter)
+            else:
+                matches += self._learn(seq, counter)
+        return matches
+
+    def _learn(self, seq: int, counter: int) -> list[Match]:
+        if self._frames_for(self._triggers[seq]) != [counter]:
+            return []  # the trigger could still have another frame: not proven both ways
+        proven, self._proven = self._proven, (seq, counter)
+        if proven is None or proven[0] != seq - 1 or proven[1] - proven[0] != counter - seq:
+            return []
+        self.offset = counter - seq
+        self.relocks += 1
+        self._proven = None
+        return self._take(*proven) + self._take(seq, counter)
+
+    def _take(self, seq: int, counter: int) -> list[Match]:
+        trigger, frame = self._triggers.get(seq), self._frames[counter]
+        frame.open = False
+        if trigger is None or not trigger.open:
+            return []  # its part already has an outcome: the frame is used up, nobody else gets it
+        trigger.open = False
+        return [Match(seq, counter)]
 
     def _age_out(self, now: float) -> None:
         hold = self.window.hold_s
-        for counter, at in list(self._frames.items()):
-            if now - at > hold:
+        for counter, frame in list(self._frames.items()):
+            if now - frame.arrived > hold:
                 del self._frames[counter]
-                self.spurious_frames += 1
-        for seq, at in list(self._triggers.items()):
-            if now - at > hold:
+                self.spurious_frames += frame.open
+        for seq, trigger in list(self._triggers.items()):
+            if now - trigger.at.hi > hold:
                 del self._triggers[seq]

@@ -1,26 +1,50 @@
-"""When did the PLC sample the snapshot we just read, in our monotonic clock?
+"""When did things at the PLC happen, in our monotonic clock? Always as an interval, never a point.
 
 A read tells only that the PLC sampled its encoder somewhere between sending the request and
-receiving the reply. On a fast link that is sharp enough; on a slow, jittery one the midpoint is off
-by half the difference of the two one-way delays (±10 ms at 20 ± 10 ms each way), enough to hand a
-frame to no part. The encoder sharpens it: at a steady speed, each earlier read, moved forward by
-the distance travelled since, bounds the same instant again, and the bounds intersect to about the
-smallest delays seen each way, whose difference is small (NTP's minimum filter, with the conveyor
-as the reference clock). The current read's own interval always bounds the result, so a speed
-change can cost sharpness, never more error than the midpoint would have.
+receiving the reply (less one PLC cycle: the block holds the last scan's values). Event-loop lag
+only widens that interval, it never moves it: a reply handled 75 ms late gives a 75 ms wide
+interval that still contains the truth. The encoder sharpens it: at a steady speed, each earlier
+read, moved forward by the distance travelled since, bounds the same instant again, and the bounds
+intersect to about the smallest delays seen each way (NTP's minimum filter, with the conveyor as
+the reference clock). The current read's own interval always bounds the result.
+
+A trigger's instant is bounded twice: by the read that first showed it and the one before that
+did not (hard bounds, whatever the speed did), and by the distance the conveyor moved since its
+latched position, at the speeds seen between the two reads (sharp while the conveyor runs).
 
 Pure: no I/O, no clock. Not here: the trigger ↔ frame association (controller/frame_matching.py).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
 from controller.tracking import wrap_diff
 
 STEADY = 0.02
-"""Earlier reads count only while the speed stays within 2 % of the current one."""
+"""Earlier reads count only while the speed stays within 2 % of the current one; also the error
+allowed on the PLC's filtered speed when turning a distance into a time."""
+MAX_ACCEL = 20_000.0
+"""Counts/s² the conveyor's speed can change at most (2 m/s² at 10 counts/mm: a drive that reaches
+1 m/s in half a second). Between two reads the speed can have left the values both reads saw by
+this much per second: over τ seconds a time told from a distance is off by up to a·τ²/(2·v)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """A closed interval of controller monotonic time (s) that contains the true instant."""
+
+    lo: float
+    hi: float
+
+    def intersect(self, other: Interval) -> Interval | None:
+        lo, hi = max(self.lo, other.lo), min(self.hi, other.hi)
+        return Interval(lo, hi) if lo <= hi else None
+
+    def shifted(self, by: float) -> Interval:
+        return Interval(self.lo + by, self.hi + by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,22 +56,67 @@ class _Read:
 
 
 class SnapshotClock:
-    def __init__(self, keep: int = 8) -> None:
+    def __init__(self, plc_cycle_s: float = 0.0, keep: int = 8, max_accel: float = MAX_ACCEL) -> None:
+        self.plc_cycle_s = plc_cycle_s
+        self.max_accel = max_accel
+        """The block holds the values of the PLC's last scan: up to one cycle older than the read."""
         self._reads: deque[_Read] = deque(maxlen=keep)
+        self._previous: _Read | None = None
+        """The read before the current one on this connection (None after a reconnect)."""
+        self._current: _Read | None = None
+        self._sampled: Interval | None = None
 
-    def sampled_at(self, sent: float, received: float, encoder_pos: int, speed: float) -> float:
-        """Best estimate of when the PLC sampled `encoder_pos` (read sent/received in our clock)."""
-        read = _Read(sent, received, encoder_pos, speed)
-        lo, hi = sent, received
+    def forget(self) -> None:
+        """The link was reset: the next read has no predecessor to bound its new triggers."""
+        self._reads.clear()
+        self._previous = self._current = None
+        self._sampled = None
+
+    def observe(self, sent: float, received: float, encoder_pos: int, speed: float) -> Interval:
+        """Record one read (sent/received in our clock); returns when the PLC sampled `encoder_pos`."""
+        read = _Read(sent - self.plc_cycle_s, received, encoder_pos, speed)
+        lo, hi = read.sent, read.received
         if speed >= 1.0:
             for r in self._reads:
                 if abs(r.speed - speed) > STEADY * speed:
                     continue
                 travelled_s = wrap_diff(encoder_pos, r.encoder_pos) / speed
-                lo, hi = max(lo, r.sent + travelled_s), min(hi, r.received + travelled_s)
+                slack = self._accel_error(received - r.sent, speed)
+                lo, hi = max(lo, r.sent + travelled_s - slack), min(hi, r.received + travelled_s + slack)
         else:
             self._reads.clear()  # standing still: the encoder says nothing about time
         self._reads.append(read)
-        if lo > hi:  # the earlier reads disagree (the speed changed): trust this read alone
-            return (sent + received) / 2
-        return (lo + hi) / 2
+        self._previous, self._current = self._current, read
+        self._sampled = Interval(lo, hi) if lo <= hi else Interval(read.sent, read.received)
+        return self._sampled
+
+    @property
+    def seen_until(self) -> float:
+        """Every trigger latched before this instant is in the current read."""
+        return self._current.sent if self._current else -math.inf
+
+    def trigger_interval(self, trigger_pos: int | None, *, first_seen: bool) -> Interval:
+        """When the trigger latched at `trigger_pos` fired, from the current read. `first_seen`: the
+        previous read did not hold it, so it fired after that read was sampled (a hard lower bound).
+        `trigger_pos` None: its position is unknown (ring overrun), only the hard bounds apply."""
+        cur, sampled = self._current, self._sampled
+        assert cur is not None and sampled is not None, "observe() a read first"
+        after = self._previous.sent if first_seen and self._previous else -math.inf
+        hard = Interval(after, sampled.hi)
+        if trigger_pos is None or cur.speed < 1.0:
+            return hard
+        travelled = wrap_diff(cur.encoder_pos, trigger_pos)
+        if travelled < 0:
+            return hard
+        speeds = [cur.speed] + ([self._previous.speed] if self._previous and self._previous.speed >= 1.0 else [])
+        v_lo, v_hi = min(speeds) * (1 - STEADY), max(speeds) * (1 + STEADY)
+        elapsed = (travelled + 1) / v_lo  # +1 count: the latched position is the count at or after the edge
+        slack = self._accel_error(elapsed, v_lo)
+        if slack >= elapsed:
+            return hard  # the speed could have changed too much since: the distance tells nothing
+        by_distance = Interval(sampled.lo - elapsed - slack, sampled.hi - travelled / v_hi + slack)
+        return by_distance.intersect(hard) or hard
+
+    def _accel_error(self, span_s: float, speed: float) -> float:
+        """How far off a time told from a distance at `speed` can be after `span_s` of unseen speed changes."""
+        return self.max_accel * span_s * span_s / (2 * speed)

@@ -87,6 +87,8 @@ class Part:
     decision_pos: int
     seen_at: float
     frame_counter: int | None = None
+    latched: bool = True
+    """Its trigger position was read from the ring (False: lost to ring overrun, `trigger_pos` 0)."""
     writing: bool = False
     """Its verdict write is in flight: the write's own outcome decides, not expiry."""
 
@@ -137,6 +139,8 @@ class GateCounters:
 @dataclass(slots=True)
 class SnapshotUpdate:
     new_parts: list[Part] = field(default_factory=list)
+    seen: list[Part] = field(default_factory=list)
+    """Every trigger first seen in this snapshot: the new parts and those that failed safe at once."""
     finished: list[Finished] = field(default_factory=list)
     epoch_changed: bool = False
     overrun: int = 0
@@ -201,7 +205,9 @@ class Tracker:
         oldest_in_ring = snap.trigger_seq - TRIGGER_RING + 1
         for seq in range(first_new, snap.trigger_seq + 1):
             pos = snap.trigger_pos(seq) if seq >= oldest_in_ring else None
-            part = Part(self.epoch, seq, pos or 0, (pos or 0) + snap.decision_offset, read_started)
+            part = Part(self.epoch, seq, pos or 0, (pos or 0) + snap.decision_offset, read_started,
+                        latched=pos is not None)  # fmt: skip
+            upd.seen.append(part)
             if seq <= snap.decided_seq:
                 # Decided before we could see it: before we acknowledged a new epoch (rule 5), or
                 # while the link was down. Either way the PLC had no verdict from us.
@@ -261,37 +267,38 @@ class Tracker:
             return Reason.LATE
         return None
 
-    def may_write(self, seq: int, now: float) -> Reason | None:
-        """None if a verdict for `seq` can still be on time; otherwise why not."""
-        part = self.parts.get(seq)
-        if part is None:
-            return Reason.LATE  # already finished (e.g. expired): never write twice
+    def is_open(self, part: Part) -> bool:
+        """`part` itself (not another epoch's part with its sequence number) still awaits its outcome."""
+        return self.parts.get(part.seq) is part
+
+    def may_write(self, part: Part, now: float) -> Reason | None:
+        """None if a verdict for `part` can still be on time; otherwise why not."""
+        if not self.is_open(part):
+            # Already finished (e.g. expired: never write twice), or of another epoch.
+            return Reason.LATE if part.epoch == self.epoch else Reason.EPOCH_CHANGED
         return self._cannot_write(part, now)
 
-    def admit(self, seq: int, now: float, expected_s: float) -> Reason | None:
+    def admit(self, part: Part, now: float, expected_s: float) -> Reason | None:
         """Admission control: None if inference expected to take `expected_s` fits the budget."""
-        part = self.parts.get(seq)
-        if part is None:
-            return Reason.LATE
-        reason = self._cannot_write(part, now)
+        reason = self.may_write(part, now)
         if reason is None and self.time_left(part, now) < expected_s:
             return Reason.NO_BUDGET
         return reason
 
-    def write_failed(self, seq: int, verdict: Outcome) -> Finished | None:
-        """The write of `seq`'s verdict failed or timed out: fail-safe `plc_write_failed`, and watched,
-        since the entry may have landed in time all the same."""
-        part = self.parts.pop(seq, None)
-        if part is None:
+    def write_failed(self, part: Part, verdict: Outcome) -> Finished | None:
+        """The write of `part`'s verdict failed or timed out: fail-safe `plc_write_failed`, and
+        watched, since the entry may have landed in time all the same."""
+        if not self.is_open(part):
             return None
+        del self.parts[part.seq]
         done = Finished(part, Outcome.FAILSAFE, Reason.PLC_WRITE_FAILED)
-        self.awaiting_gate[seq] = GateWatch(done, verdict, confirmed=False)
+        self.awaiting_gate[part.seq] = GateWatch(done, verdict, confirmed=False)
         return done
 
-    def finish(self, seq: int, outcome: Outcome, reason: Reason) -> Finished | None:
-        """Close a part; None if it was already closed (exactly one outcome per trigger)."""
-        part = self.parts.get(seq)
-        return self._finish(part, outcome, reason) if part else None
+    def finish(self, part: Part, outcome: Outcome, reason: Reason) -> Finished | None:
+        """Close `part`; None if it was already closed or is of another epoch (exactly one outcome
+        per trigger, and never another part's)."""
+        return self._finish(part, outcome, reason) if self.is_open(part) else None
 
     def _finish(self, part: Part, outcome: Outcome, reason: Reason) -> Finished:
         self.parts.pop(part.seq, None)

@@ -15,6 +15,7 @@ Pure: no I/O, no clock. Not here: when to write (controller/app.py), the layout 
 from __future__ import annotations
 
 from controller import plc_codec as c
+from controller.tracking import wrap_diff
 
 _EMPTY_ENTRY = bytes(c.VERDICT_ENTRY_SIZE)
 
@@ -43,6 +44,19 @@ class VisionBlock:
         """A new PLC epoch: the PLC's ring has been zeroed (by the caller's own write); so is ours."""
         self._data[c.VERDICT_RING_OFFSET :] = bytes(c.VISION_TO_PLC_SIZE - c.VERDICT_RING_OFFSET)
         self._dirty_end = 0
+
+    def clear_decided(self, decided_seq: int) -> None:
+        """Zero the entries of parts the PLC has decided, where this write covers them anyway: an old
+        PASS byte then never lies next to a sequence number a half-applied write could complete."""
+        end = max(c.VERDICT_RING_OFFSET, self._dirty_end)
+        for off in range(c.VERDICT_RING_OFFSET, end, c.VERDICT_ENTRY_SIZE):
+            seq = c.decode_verdict(bytes(self._data[off : off + c.VERDICT_ENTRY_SIZE])).seq
+            if seq != 0 and wrap_diff(seq, decided_seq) <= 0:
+                self._data[off : off + c.VERDICT_ENTRY_SIZE] = _EMPTY_ENTRY
+
+    def rewrite_all(self) -> None:
+        """After a reconnect: the next write brings the whole ring back to this image."""
+        self._dirty_end = c.VISION_TO_PLC_SIZE
 
     def _set_slot(self, seq: int, data: bytes) -> None:
         off = c.verdict_offset(seq)

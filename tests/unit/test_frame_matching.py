@@ -1,73 +1,244 @@
-"""Frame ↔ trigger association: right frame or no frame, never another part's."""
+"""Frame ↔ trigger association: right frame or no frame, never another part's.
+
+The property tests drive the real pure core (controller/plc_clock.py's intervals and
+controller/frame_matching.py) with a line model in virtual time that has what a loaded controller
+really sees: PLC reads answered 0–150 ms late (event-loop stalls), frames handled before their
+trigger's read, spurious frames anywhere, dropped frames and bursts of them, camera counter resets,
+speed changes. They assert safety (every match is the truth) and liveness (with clean timing,
+≥ 99.9 % of parts get their frame in time).
+"""
 
 from __future__ import annotations
 
-from hypothesis import given
+import math
+import random
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.frame_matching import FrameMatcher, Match, MatchWindow
+from controller.plc_clock import Interval, SnapshotClock
 
-W = MatchWindow(tolerance_s=0.010, hold_s=0.5)
+W = MatchWindow(tolerance_s=0.003, same_part_s=0.007, hold_s=0.5)
+DEADLINE_S = 0.35
+"""Trigger to the last moment a frame is still useful (decision point less inference and margins)."""
+STEP_S = 0.0005
+ACCEL = 10_000.0
+"""The model drive's acceleration, counts/s²: half the limit the clock allows for (plc_clock.MAX_ACCEL)."""
+IN_VIEW_S = (W.same_part_s, W.same_part_s)
+"""A part is in the camera's view from 7 ms before its trigger to 7 ms after (half the smallest
+pitch, 14 ms): a glitch exposure then shows that part, at any other moment no part or another's."""
 
 
-def test_locks_on_an_unambiguous_pair_then_follows_the_counter() -> None:
+def _at(t: float, width: float = 0.001) -> Interval:
+    return Interval(t - width, t + width)
+
+
+# ---------------------------------------------------------------------------- examples
+def test_locks_after_two_pairs_proven_both_ways_then_follows_the_counter() -> None:
     m = FrameMatcher(W)
-    assert m.on_trigger(1, 1.000, 1.0) == []
-    assert m.on_frame(500, 1.002, 1.0) == [Match(1, 500)]
-    assert m.on_frame(501, 1.051, 1.05) == []  # frame first, trigger seen later
-    assert m.on_trigger(2, 1.050, 1.06) == [Match(2, 501)]
+    assert m.on_triggers([(1, _at(1.000), True)], 1.003, 1.003) == []
+    assert m.on_frame(500, 1.001, 1.004) == []  # trigger 1 could still get a later frame
+    assert m.on_triggers([(2, _at(1.050), True)], 1.053, 1.053) == []
+    assert m.on_frame(501, 1.051, 1.054) == []  # pair 1 proven; pair 2 waits for a later frame
+    assert m.on_triggers([(3, _at(1.100), True)], 1.106, 1.106) == []
+    assert m.on_frame(502, 1.101, 1.104) == [Match(1, 500), Match(2, 501), Match(3, 502)]
+    assert m.on_frame(503, 1.151, 1.152) == []  # locked, but trigger 4 is not read yet
+    assert m.on_triggers([(4, _at(1.150), True)], 1.156, 1.156) == [Match(4, 503)]
+
+
+def _locked() -> FrameMatcher:
+    m = FrameMatcher(W)
+    for i in range(3):
+        t = 1.0 + i * 0.05
+        m.on_triggers([(i + 1, _at(t), True)], t + 0.006, t + 0.006)
+        m.on_frame(10 + i, t + 0.001, t + 0.004)
+    assert m.offset == 9
+    return m
 
 
 def test_dropped_frame_leaves_its_part_without_one() -> None:
-    m = FrameMatcher(W)
-    m.on_trigger(1, 1.0, 1.0)
-    m.on_frame(10, 1.0, 1.0)
-    m.on_trigger(2, 1.05, 1.05)  # frame 11 lost
-    m.on_trigger(3, 1.10, 1.10)
-    assert m.on_frame(12, 1.10, 1.10) == [Match(3, 12)]
+    m = _locked()
+    m.on_triggers([(4, _at(1.15), True), (5, _at(1.20), True)], 1.206, 1.206)  # frame 13 lost
+    assert m.on_frame(14, 1.201, 1.204) == [Match(5, 14)]
 
 
-def test_spurious_frame_is_discarded_and_the_lock_relearnt() -> None:
-    m = FrameMatcher(W)
-    m.on_trigger(1, 1.0, 1.0)
-    m.on_frame(10, 1.0, 1.0)
-    assert m.on_frame(11, 1.025, 1.025) == []  # glitch: no trigger near it
-    m.on_trigger(2, 1.05, 1.05)
-    assert m.on_frame(12, 1.05, 1.05) == [Match(2, 12)]  # counter says 2→11, time says 12
-    m.on_frame(13, 2.0, 2.0)  # ages the spurious frame out
-    assert m.spurious_frames >= 1
+def test_spurious_frame_is_never_given_and_breaks_the_lock() -> None:
+    m = _locked()
+    assert m.on_frame(13, 1.125, 1.126) == []  # a glitch between two parts: fits no trigger
+    m.on_triggers([(4, _at(1.15), True)], 1.156, 1.156)
+    assert m.on_frame(14, 1.151, 1.154) == []  # time proves 4, the counter says 5: not guessed
+    assert m.offset is None and m.lock_breaks == 1
 
 
-def test_ambiguous_pairs_are_not_guessed() -> None:
-    m = FrameMatcher(W)
-    m.on_trigger(1, 1.000, 1.0)
-    m.on_trigger(2, 1.004, 1.0)  # two triggers within the window and no lock yet
-    assert m.on_frame(7, 1.002, 1.0) == []
+def test_a_trigger_interval_that_spans_two_frames_is_not_guessed() -> None:
+    m = _locked()
+    # A read answered 80 ms late: trigger 4's interval covers part 5's exposure too.
+    m.on_triggers([(4, Interval(1.14, 1.22), True), (5, _at(1.20), True)], 1.206, 1.23)
+    # Only trigger 4 fits frame 13, but 80 ms is too vague to tell its image from a glitch's.
+    assert m.on_frame(13, 1.151, 1.231) == []
+    assert m.on_frame(14, 1.201, 1.232) == []  # 4 and 5 both fit: part 5 fails safe, no guess
 
 
-@given(
-    st.lists(st.tuples(st.floats(0.035, 0.2), st.booleans(), st.booleans(), st.floats(-0.004, 0.004)),
-             min_size=1, max_size=60),
-    st.integers(0, 2**40),
-)
-def test_never_gives_a_part_another_parts_frame(events: list[tuple[float, bool, bool, float]], base: int) -> None:
-    """Random pitch, frame drops, spurious frames (between parts, as a glitch on the trigger line
-    would make them) and timing jitter: every match is the truth."""
-    m = FrameMatcher(W)
-    times = [1.0]
-    for pitch, *_ in events:
-        times.append(times[-1] + pitch)
-    counter, truth = base, {}
-    matches: list[Match] = []
-    for seq, ((_, drop, spurious, jitter), t) in enumerate(zip(events, times[1:], strict=False), start=1):
-        matches += m.on_trigger(seq, t, t)
-        counter += 1
-        if not drop:
-            truth[counter] = seq
-            matches += m.on_frame(counter, t + jitter, t + abs(jitter))
-        if spurious and seq < len(events):
+def test_a_frame_before_its_triggers_read_waits_for_the_read() -> None:
+    m = _locked()
+    assert m.on_frame(13, 1.151, 1.152) == []  # the read that shows trigger 4 has not come back
+    assert m.on_triggers([(4, _at(1.15), True)], 1.156, 1.16) == [Match(4, 13)]
+
+
+# ---------------------------------------------------------------------------- line model
+@dataclass
+class Line:
+    """A seeded line in virtual time, and what the controller sees of it."""
+
+    rng: random.Random
+    parts: int = 80
+    pitch_s: tuple[float, float] = (0.035, 0.065)
+    speed: float = 10_000.0
+    speed_changes: bool = False
+    stalls: float = 0.0
+    """Probability per read that the event loop stalls 0–150 ms before handling its reply."""
+    drop: float = 0.0
+    burst: float = 0.0
+    spurious: float = 0.0
+    counter_resets: int = 0
+    truth: dict[int, int] = field(default_factory=dict)
+    """frame counter → seq."""
+    trigger_at: dict[int, float] = field(default_factory=dict)
+    matched_at: dict[int, float] = field(default_factory=dict)
+
+    def run(self, matcher: FrameMatcher) -> list[Match]:
+        rng = self.rng
+        # Plant: trigger instants (PLC scans of 1 ms), speed profile, encoder.
+        t, times = 1.0, []
+        for _ in range(self.parts):
+            t += rng.uniform(*self.pitch_s)
+            times.append(round(t, 3))
+        end = times[-1] + 0.5
+        # The drive ramps towards a new target speed now and then, within its acceleration limit.
+        targets = {round(rng.uniform(1.0, end), 3): self.speed * rng.uniform(0.5, 1.2)
+                   for _ in range(4 if self.speed_changes else 0)}  # fmt: skip
+        speeds, positions, v, p = [], [], self.speed, 0.0
+        target = self.speed
+        for i in range(int(end / STEP_S) + 2):
+            target = targets.get(round(i * STEP_S, 3), target)
+            v += max(-ACCEL * STEP_S, min(ACCEL * STEP_S, target - v))
+            speeds.append(v)
+            positions.append(p)
+            p += v * STEP_S
+
+        def speed_at(x: float) -> float:
+            return speeds[int(x / STEP_S)]
+
+        def pos_at(x: float) -> int:
+            i = int(x / STEP_S)
+            return int(positions[i] + speeds[i] * (x - i * STEP_S)) % 2**32
+
+        # Camera: exposures 0–2 ms after the trigger's scan, spurious frames anywhere, drops.
+        exposures: list[tuple[float, int | None]] = [(x + rng.uniform(0, 0.002), seq)
+                                                     for seq, x in enumerate(times, start=1)]  # fmt: skip
+        for _ in range(int(self.spurious * self.parts)):
+            exposures.append((rng.uniform(times[0] - 0.05, end), None))
+        exposures.sort()
+        events: list[tuple[float, int, tuple[object, ...]]] = []
+        counter, burst_left = rng.randrange(2**40), 0
+        resets = sorted(rng.sample(range(len(exposures)), min(self.counter_resets, len(exposures))))
+        for i, (e, seq) in enumerate(exposures):
             counter += 1
-            between = (t + times[seq + 1]) / 2
-            matches += m.on_frame(counter, between, between)
-    for match in matches:
-        assert truth.get(match.frame_counter) == match.seq
+            if i in resets:
+                counter = rng.randrange(2**20)
+            if burst_left or rng.random() < self.drop:
+                burst_left = max(0, burst_left - 1)
+                continue
+            if rng.random() < self.burst:
+                burst_left = 4
+                continue
+            if seq is None:  # a glitch while a part is still under the camera shows that part
+                seq = next((s for s, x in enumerate(times, start=1) if x - IN_VIEW_S[0] <= e <= x + IN_VIEW_S[1]), None)
+            else:
+                self.trigger_at[seq] = times[seq - 1]
+            if seq is not None:
+                self.truth[counter] = seq
+            events.append((e + rng.uniform(0.001, 0.006), 1, (counter, e)))
+        # The controller's event loop: reads every 2 ms; a stall delays whatever it handles next.
+        clock, last_seq, sent, handled_until = SnapshotClock(plc_cycle_s=0.001), 0, 1.0, 0.0
+        frames = sorted(events)
+        matches: list[Match] = []
+        fi = 0
+        while sent < end:
+            sampled = sent + rng.uniform(0.0002, 0.001)
+            scan = math.floor(sampled * 1000) / 1000  # the block holds the last scan's values
+            reply = sampled + rng.uniform(0.0002, 0.001)
+            if rng.random() < self.stalls:
+                reply += rng.uniform(0.0, 0.150)
+            while fi < len(frames) and frames[fi][0] <= reply:  # frames handled before this reply
+                arrived, _, (c, e) = frames[fi]
+                now = max(arrived, handled_until)
+                handled_until = now
+                self._note(matches, matcher.on_frame(c, e, now), now)  # type: ignore[arg-type]
+                fi += 1
+            now = max(reply, handled_until)
+            handled_until = now
+            pos, v = pos_at(scan), speed_at(scan)
+            clock.observe(sent, now, pos, v)
+            seq_now = sum(1 for x in times if x <= scan)
+            new = [(s, clock.trigger_interval(pos_at(times[s - 1]), first_seen=True), True)
+                   for s in range(last_seq + 1, seq_now + 1)]  # fmt: skip
+            last_seq = seq_now
+            self._note(matches, matcher.on_triggers(new, clock.seen_until, now), now)
+            sent = now + 0.002
+        return matches
+
+    def _note(self, matches: list[Match], new: list[Match], now: float) -> None:
+        for m in new:
+            self.matched_at[m.seq] = now
+        matches += new
+
+    def assert_safe(self, matches: list[Match]) -> None:
+        for m in matches:
+            assert self.truth.get(m.frame_counter) == m.seq, f"part {m.seq} given frame {m.frame_counter}"
+
+    def in_time(self) -> float:
+        """Share of the parts whose frame arrived that got it before their deadline."""
+        with_frame = set(self.trigger_at)
+        ok = [s for s in with_frame if self.matched_at.get(s, math.inf) <= self.trigger_at[s] + DEADLINE_S]
+        return len(ok) / max(1, len(with_frame))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    stalls=st.sampled_from([0.0, 0.01, 0.05, 0.2]),
+    drop=st.sampled_from([0.0, 0.01, 0.1]),
+    burst=st.sampled_from([0.0, 0.01]),
+    spurious=st.sampled_from([0.0, 0.02, 0.1]),
+    resets=st.integers(0, 2),
+    speed_changes=st.booleans(),
+    fast=st.booleans(),
+)
+def test_never_gives_a_part_another_parts_frame(seed: int, stalls: float, drop: float, burst: float,
+                                               spurious: float, resets: int, speed_changes: bool, fast: bool) -> None:
+    line = Line(random.Random(seed), stalls=stalls, drop=drop, burst=burst, spurious=spurious, counter_resets=resets,
+                speed_changes=speed_changes, pitch_s=(0.014, 0.026) if fast else (0.035, 0.065))  # fmt: skip
+    line.assert_safe(line.run(FrameMatcher(W)))
+
+
+def test_with_clean_timing_every_part_gets_its_frame_in_time() -> None:
+    """Liveness: a matcher that never matches, or guesses too little, fails here."""
+    for seed in range(5):
+        line = Line(random.Random(seed), parts=500)
+        line.assert_safe(line.run(FrameMatcher(W)))
+        assert line.in_time() >= 0.999, f"seed {seed}: {line.in_time():.4f}"
+    fast = Line(random.Random(9), parts=1000, pitch_s=(0.014, 0.026))  # 50 parts/s
+    fast.assert_safe(fast.run(FrameMatcher(W)))
+    assert fast.in_time() >= 0.999
+
+
+def test_under_load_and_faults_most_parts_still_get_their_frame() -> None:
+    """Stalls (one of 0–150 ms every ~1.2 s), drops and glitches cost the parts they touch (fail-safe),
+    not the line. (A stall every 0.25 s costs about 17 %: the triggers it hides are known only
+    within what the drive's acceleration allows, wider than `same_part_s`.)"""
+    line = Line(random.Random(4), parts=1000, stalls=0.002, drop=0.01, spurious=0.01, speed_changes=True)
+    line.assert_safe(line.run(FrameMatcher(W)))
+    assert line.in_time() >= 0.95

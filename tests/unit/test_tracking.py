@@ -47,18 +47,19 @@ def test_a_stopped_conveyor_stops_the_clock() -> None:
     t.on_snapshot(snap(pos=1000, speed=0.0, trigger_seq=1, triggers={1: 0}), 0.1, accept_parts=True)
     part = t.parts[1]
     assert t.time_left(part, 1000.0) == float("inf")
-    assert t.may_write(1, 1000.0) is None
+    assert t.may_write(part, 1000.0) is None
 
 
 def test_part_expires_at_deadline_position_not_at_decision() -> None:
     t = Tracker(MARGINS)
     t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
+    part = t.parts[1]
     margin = MARGINS.counts(10_000.0)
-    assert t.may_write(1, (4000 - margin - 1) / 10_000) is None
+    assert t.may_write(part, (4000 - margin - 1) / 10_000) is None
     upd = t.on_snapshot(snap(pos=4000 - margin, trigger_seq=1, triggers={1: 0}), 1.0, accept_parts=True)
     (done,) = upd.finished
     assert (done.outcome, done.reason) == (Outcome.FAILSAFE, Reason.NO_FRAME)
-    assert t.may_write(1, 1.0) is Reason.LATE  # never written after its outcome
+    assert t.may_write(part, 1.0) is Reason.LATE  # never written after its outcome
 
 
 def test_epoch_change_fails_every_open_part_safe() -> None:
@@ -91,8 +92,8 @@ def test_verdict_slot_reuse_guard() -> None:
 def test_admission_refuses_a_part_whose_budget_is_too_small() -> None:
     t = Tracker(MARGINS)
     t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
-    assert t.admit(1, 0.0, expected_s=0.1) is None
-    assert t.admit(1, 0.0, expected_s=1.0) is Reason.NO_BUDGET
+    assert t.admit(t.parts[1], 0.0, expected_s=0.1) is None
+    assert t.admit(t.parts[1], 0.0, expected_s=1.0) is Reason.NO_BUDGET
 
 
 def test_not_ready_controller_fails_new_triggers_safe() -> None:
@@ -104,8 +105,25 @@ def test_not_ready_controller_fails_new_triggers_safe() -> None:
 def test_exactly_one_outcome_per_part() -> None:
     t = Tracker(MARGINS)
     t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
-    assert t.finish(1, Outcome.PASS, Reason.MODEL_PASS) is not None
-    assert t.finish(1, Outcome.FAILSAFE, Reason.LATE) is None
+    part = t.parts[1]
+    assert t.finish(part, Outcome.PASS, Reason.MODEL_PASS) is not None
+    assert t.finish(part, Outcome.FAILSAFE, Reason.LATE) is None
+
+
+def test_a_part_of_an_old_epoch_never_closes_or_writes_for_the_new_part_with_its_seq() -> None:
+    """Identity is (epoch, seq): an inference still running for old-epoch part A/1 when the PLC
+    restarts must not close new-epoch part B/1, nor be allowed to write."""
+    t = Tracker(MARGINS)
+    t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
+    old = t.parts[1]
+    t.on_snapshot(snap(epoch=8, trigger_seq=1, triggers={1: 50}), 0.01, accept_parts=True)
+    new = t.parts[1]
+    assert new is not old and new.epoch == 8
+    assert t.may_write(old, 0.01) is Reason.EPOCH_CHANGED
+    assert t.admit(old, 0.01, expected_s=0.0) is Reason.EPOCH_CHANGED
+    assert t.finish(old, Outcome.PASS, Reason.MODEL_PASS) is None
+    assert t.write_failed(old, Outcome.PASS) is None
+    assert t.parts[1] is new and t.may_write(new, 0.01) is None
 
 
 def test_line_geometry_with_more_than_63_parts_in_flight_is_refused() -> None:

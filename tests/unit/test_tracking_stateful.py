@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from controller import plc_codec as c
-from controller.tracking import Margins, Outcome, Reason, Tracker
+from controller.tracking import Margins, Outcome, Reason, Tracker, wrap_diff
 from sim.plc_program import PlcProgram
 
 SCAN_S = 0.001
@@ -41,6 +41,9 @@ class LineMachine(RuleBasedStateMachine):
         self.pending_edges: list[tuple[int, int, int]] = []
         self.outcomes: dict[tuple[int, int], str] = {}
         self.written: dict[tuple[int, int], int] = {}
+        self.polled_at, self.polled_speed = 0.0, 0.0
+        self.allowed = 0
+        """Verdicts the tracker allowed to be written (liveness: not every run may end with none)."""
         self.dropped_by_restart: set[tuple[int, int]] = set()
         """Parts the PLC stopped tracking at a restart: rejected at the gate whatever was written."""
 
@@ -80,6 +83,7 @@ class LineMachine(RuleBasedStateMachine):
     def poll(self) -> None:
         snap = c.decode_plc_to_vision(bytes(self.prog.plc_db))
         upd = self.tracker.on_snapshot(snap, self.t, accept_parts=True)
+        self.polled_at, self.polled_speed = self.t, snap.speed
         for written in upd.revoked:  # the controller learns that its written verdict never acted
             assert (written.part.epoch, written.part.seq) in self.dropped_by_restart
         # Every written verdict here lands in time with the heartbeat alive: the gate counters must
@@ -98,9 +102,21 @@ class LineMachine(RuleBasedStateMachine):
         """Inference for one open part finishes after `infer_s`; write it only if still on time."""
         part = sorted(self.tracker.parts.values(), key=lambda p: p.seq)[pick % len(self.tracker.parts)]
         self.run_conveyor(infer_s, self.speed)
-        if self.tracker.may_write(part.seq, self.t) is not None or self.tracker.epoch != part.epoch:
-            return  # the next poll expires it
+        refused = self.tracker.may_write(part, self.t)
         snap = c.decode_plc_to_vision(bytes(self.prog.plc_db))
+        if refused is None:
+            self.allowed += 1
+        elif part.epoch == snap.epoch and self.speed > 0:
+            # Liveness: the tracker may refuse only what really cannot be on time any more. Its
+            # projection from the last poll over-estimates the position by at most what the conveyor
+            # can gain between polls; beyond that margin a refusal would reject a part for nothing.
+            left = wrap_diff(part.decision_pos, int(self.pos) % 2**32)
+            v = self.polled_speed  # the tracker projects at the speed of its last read
+            slack = MARGINS.counts(v) + v * (self.t - self.polled_at) + 2 * max(v, self.speed) * SCAN_S
+            owned = part.seq > snap.trigger_seq - c.VERDICT_RING and part.seq > snap.decided_seq
+            assert not (owned and left > slack), f"seq {part.seq} refused ({refused}) with {left} counts left"
+        if refused is not None:
+            return  # the next poll expires it
         if part.epoch == snap.epoch:  # (after an unseen restart the epoch's clear-then-ack protects)
             assert part.seq > snap.trigger_seq - c.VERDICT_RING, "slot owned by a newer part"
         # The write lands within the write margin: one scan later, at most.
@@ -110,7 +126,7 @@ class LineMachine(RuleBasedStateMachine):
         off = c.verdict_offset(part.seq)
         self.vision[off : off + 8] = c.encode_verdict(c.VerdictEntry(part.seq, code, 0, 0))
         self._scan()
-        done = self.tracker.finish(part.seq, Outcome.REJECT if reject else Outcome.PASS,
+        done = self.tracker.finish(part, Outcome.REJECT if reject else Outcome.PASS,
                                    Reason.MODEL_REJECT if reject else Reason.MODEL_PASS)  # fmt: skip
         assert done is not None
         self._outcome(part.epoch, part.seq, done.outcome)
