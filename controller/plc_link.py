@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import TypeVar
 
 import snap7
-from snap7.error import S7Error
+from snap7.error import S7Error, S7ProtocolError
 
 from controller.errors import PlcContractError, PlcError, PlcStalledError
 from controller.plc_codec import PLC_TO_VISION_SIZE, VISION_TO_PLC_SIZE, check_plc_contract
@@ -79,12 +80,16 @@ class Snap7PlcLink:
                     raise PlcContractError(f"{self.name}: {exc}") from exc
 
     async def _readable(self, db: int, offset: int) -> bool:
+        """Whether the PLC serves byte `offset` of DB `db`. A PLC refuses a read past a DB's end
+        with an error code in a complete answer, so that refusal leaves the connection clean and
+        in use; any other failure drops it (by our own rule) and we connect again."""
         try:
-            await self._call(self._require().db_read(db, offset, 1), self.connect_timeout_s)
+            answer = await self._call(_refusal_as_none(self._require().db_read(db, offset, 1)),
+                                      self.connect_timeout_s)  # fmt: skip
         except PlcError:
-            await self._connect()  # any failed request drops the connection, by our own rule
+            await self._connect()
             return False
-        return True
+        return answer is not None
 
     async def read_plc_to_vision(self) -> bytes:
         data = await self._call(self._require().db_read(self.db_in, 0, PLC_TO_VISION_SIZE))
@@ -160,6 +165,21 @@ class Snap7PlcLink:
             await _quiet_disconnect(client)
         closing, self._closing = self._closing, set()
         await asyncio.gather(*closing, return_exceptions=True)
+
+
+_REFUSED = re.compile(r"Read operation failed: .* \(0x[0-9a-f]{2}\)$")
+"""python-snap7's error for a read answered with an item return code other than success (0x05
+address out of range, 0x0a object does not exist): the answer arrived whole, under the request's
+own sequence number, so no late reply is left on the socket."""
+
+
+async def _refusal_as_none(request: Awaitable[T]) -> T | None:
+    try:
+        return await request
+    except S7ProtocolError as exc:
+        if _REFUSED.match(str(exc)):
+            return None
+        raise
 
 
 async def _quiet_disconnect(client: snap7.AsyncClient) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import snap7
+from snap7.server import EVC_CLIENT_ADDED
 from snap7.type import SrvArea
 
 from controller import plc_codec as c
@@ -128,3 +129,19 @@ async def test_a_timeout_that_expired_while_this_process_stood_still_is_not_a_li
             plc._server.unlock_area(SrvArea.DB, 100)
         with pytest.raises(PlcError, match="not connected"):
             await link.read_plc_to_vision()
+
+
+async def test_checking_the_contract_takes_one_connection() -> None:
+    """The size probe reads one byte past each DB's end; the PLC's refusal is a complete answer, so
+    the probe must not cost a reconnect (it cost two at every start)."""
+    plc_db = bytearray(c.PLC_TO_VISION_SIZE)
+    plc_db[3] = 1  # interface version
+    server, port = _server_with(plc_db, bytearray(c.VISION_TO_PLC_SIZE))
+    connects: list[int] = []
+    server.set_events_callback(lambda e: connects.append(1) if e.EvtCode == EVC_CLIENT_ADDED else None)
+    try:
+        async with Snap7PlcLink("127.0.0.1", port) as link:
+            assert len(await link.read_plc_to_vision()) == c.PLC_TO_VISION_SIZE  # the same connection serves
+        assert len(connects) == 1
+    finally:
+        server.stop()
