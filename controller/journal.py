@@ -1,10 +1,15 @@
 """The part journal: every trigger's one outcome, durable before the PLC may act on a PASS.
 
 SQLite in WAL mode with `synchronous=FULL`: once `record` returns, the row survives a crash or
-power loss. One writer thread owns the connection so fsyncs never block the event loop. Frames are
-kept (zlib) for review and retraining, up to `max_images`; the oldest images are evicted first,
-records are never evicted by images. A record is keyed by (epoch, seq): recording it again replaces
-it, so a part that failed after its first record still has exactly one outcome.
+power loss. One writer thread owns the connection so fsyncs never block the event loop, and it
+serves two lanes: records, amendments and reads first (the verdict path waits on them), then, only
+when none is waiting, the lazy lane in one batch without an fsync of its own: frames (zlib) for
+review and retraining, when each verdict's write was acknowledged (`t_written`) and the alarm
+history. Those reach the disk with the next durable record, and survive the controller being killed
+(they are in the OS's cache); a power cut can lose the last of them, never a record. Frames are
+kept up to `max_images`; the oldest images are evicted first, records are never evicted by images.
+A record is keyed by (epoch, seq): recording it again replaces it, so a part that failed after its
+first record still has exactly one outcome.
 It also keeps, per epoch, the PLC's gate counters up to which the journal agrees with the gate (the
 resume point, stored with every record: a restarted controller learns from it what happened while
 it was down, controller/resume.py), and every alarm raised or cleared.
@@ -16,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import astuple, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +65,7 @@ class SqliteJournal:
         self.path = path
         self.max_images = max_images
         self._db: sqlite3.Connection | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._pool = _TwoLaneWriter(f"journal-{path.name}")
         self._healthy = False
         self.error: str | None = None
         self._gate: tuple[int, GateCounters] | None = None
@@ -82,6 +89,8 @@ class SqliteJournal:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            await asyncio.wrap_future(self._pool.submit(_nothing, lazy=True))  # the lazy lane drained first
         await self._run(self._close)
         self._pool.shutdown()
 
@@ -92,7 +101,11 @@ class SqliteJournal:
         """Durable in one transaction (one fsync), all or none. Queued at the call: the journal
         applies records and amendments in the order they were made."""
         which = f"epoch {recs[0].epoch} seq {recs[0].seq}" + (f" and {len(recs) - 1} more" if len(recs) > 1 else "")
-        return self._submit(f"journal write failed for {which}", self._insert, recs, self._gate)
+        durable = self._submit(f"journal write failed for {which}", self._insert, recs, self._gate)
+        images = [rec for rec in recs if rec.image is not None]
+        if images and self.max_images > 0:
+            self._pool.submit(self._insert_images, images, lazy=True)
+        return durable
 
     def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> Awaitable[None]:
         """What the gate did, learned after the decision, replaces the recorded outcome and reason.
@@ -123,17 +136,17 @@ class SqliteJournal:
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (diagnostic: an alarm is shown live whether or not this lands)."""
         with contextlib.suppress(sqlite3.Error, RuntimeError):  # RuntimeError: journal already closed
-            await self._run(self._insert_alarm, name, raised, detail)
+            await asyncio.wrap_future(self._pool.submit(self._insert_alarm, name, raised, detail, lazy=True))
 
     def note_written(self, epoch: int, seq: int, t_written: float) -> Awaitable[None]:
         """When the PLC acknowledged the verdict's write. Queued at the call; never raises (a
         restarted controller uses it to tell acknowledged writes from the others)."""
-        return self._submit(None, self._update_written, epoch, seq, t_written)
+        return self._submit(None, self._update_written, epoch, seq, t_written, lazy=True)
 
-    def _submit(self, error: str | None, fn: Callable[..., None], *args: object) -> Awaitable[None]:
-        """Queue `fn` on the one writer thread now, so journal order is call order. The result
-        raises JournalError(error: ...) on failure, or never raises where `error` is None."""
-        job = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def _submit(self, error: str | None, fn: Callable[..., None], *args: object, lazy: bool = False) -> Awaitable[None]:
+        """Queue `fn` on the writer thread now, so journal order is call order within each lane. The
+        result raises JournalError(error: ...) on failure, or never raises where `error` is None."""
+        job = asyncio.wrap_future(self._pool.submit(fn, *args, lazy=lazy))
         return asyncio.ensure_future(self._checked(job, error))
 
     async def _checked(self, job: Awaitable[None], error: str | None) -> None:
@@ -150,10 +163,11 @@ class SqliteJournal:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         # A dedicated thread per journal: sqlite3 connections are not shared across threads.
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
     # ------------------------------------------------------------------ writer thread only
     def _open(self) -> None:
+        self._pool.lazy_batch = self._lazy_batch
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
@@ -196,18 +210,34 @@ class SqliteJournal:
                 f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                 [astuple(rec)[: len(_COLUMNS)] for rec in recs],
             )
-            for rec in recs:
-                if rec.image is not None and self.max_images > 0:
-                    self._insert_image(db, rec)
 
-    def _insert_image(self, db: sqlite3.Connection, rec: PartRecord) -> None:
-        img = np.ascontiguousarray(rec.image)
-        channels = 1 if img.ndim == 2 else img.shape[2]
-        db.execute(
-            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
-            (rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)),
-        )
+    def _insert_images(self, recs: list[PartRecord]) -> None:
+        db = self._connection()
+        for rec in recs:
+            img = np.ascontiguousarray(rec.image)
+            channels = 1 if img.ndim == 2 else img.shape[2]
+            db.execute(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                (rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)),
+            )
         db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
+
+    def _lazy_batch(self, jobs: list[Callable[[], None]]) -> None:
+        """The lazy lane's jobs in one transaction without an fsync (the next durable commit syncs them)."""
+        db = self._connection()
+        db.execute("PRAGMA synchronous=OFF")
+        try:
+            db.execute("BEGIN")
+            try:
+                for job in jobs:
+                    job()
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
 
     def _resume_point(self, epoch: int, gate: GateCounters) -> GateCounters:
         db = self._connection()
@@ -275,3 +305,79 @@ def read_image(db: sqlite3.Connection, epoch: int, seq: int) -> np.ndarray | Non
     h, w, ch, data = row
     shape = (h, w) if ch == 1 else (h, w, ch)
     return np.frombuffer(zlib.decompress(data), dtype=np.uint8).reshape(shape)
+
+
+class _TwoLaneWriter:
+    """The journal's one thread: urgent jobs in call order first; lazy jobs, in call order, only when
+    no urgent job waits, all that are queued run as one batch (`lazy_batch`). Not an Executor:
+    nothing but the journal submits to it."""
+
+    def __init__(self, name: str) -> None:
+        self.lazy_batch: Callable[[list[Callable[[], None]]], None] = _run_each
+        self._urgent: deque[tuple[Future[object], Callable[[], object]]] = deque()
+        self._lazy: deque[tuple[Future[object], Callable[[], object]]] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: object, lazy: bool = False) -> Future[T]:
+        future: Future[T] = Future()
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("journal writer is shut down")
+            (self._lazy if lazy else self._urgent).append((future, lambda: fn(*args)))  # type: ignore[arg-type]
+            self._wake.notify()
+        return future
+
+    def shutdown(self) -> None:
+        """Finish every queued job, then end the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._urgent or self._lazy or self._stopping):
+                    self._wake.wait()
+                if self._urgent:
+                    batch, lazy = [self._urgent.popleft()], False
+                elif self._lazy:
+                    batch, lazy = list(self._lazy), True
+                    self._lazy.clear()
+                else:
+                    return
+            batch = [(f, job) for f, job in batch if f.set_running_or_notify_cancel()]
+            if lazy:
+                self._run_lazy(batch)
+            for future, job in [] if lazy else batch:
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    future.set_exception(exc)
+
+    def _run_lazy(self, batch: list[tuple[Future[object], Callable[[], object]]]) -> None:
+        results: dict[int, object] = {}
+
+        def run(i: int, job: Callable[[], object]) -> Callable[[], None]:
+            return lambda: results.__setitem__(i, job())
+
+        try:
+            self.lazy_batch([run(i, job) for i, (_, job) in enumerate(batch)])
+        except BaseException as exc:
+            for future, _ in batch:
+                future.set_exception(exc)
+            return
+        for i, (future, _) in enumerate(batch):
+            future.set_result(results.get(i))
+
+
+def _run_each(jobs: list[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
+
+
+def _nothing() -> None:
+    pass
