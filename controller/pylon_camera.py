@@ -306,7 +306,9 @@ class PylonCamera:
                         image: Image = np.array(view, dtype=np.uint8, copy=True)
                         del view  # pypylon refuses to leave the block while the view is referenced
                     self._note_counter(counter)
-                    self._post(self._deliver, counter, image)
+                    # Stamped here, not when the event loop gets to it: association needs the arrival
+                    # time without the loop's lag (controller/frame_matching.py).
+                    self._post(self._deliver, counter, image, time.monotonic())
                 else:
                     self._grab_failures += 1
                     # Remember its counter so the next good frame does not count this loss again as a gap.
@@ -337,13 +339,13 @@ class PylonCamera:
 
     # -- loop-side callbacks ---------------------------------------------------------------------
 
-    def _deliver(self, counter: int, image: Image) -> None:
+    def _deliver(self, counter: int, image: Image, received_at: float) -> None:
         if self._closed:
             return
         if len(self._queue) >= self._queue_size:
             self._queue_overflows += 1  # drop newest (see the policy where the queue is created)
             return
-        self._queue.append(Frame(counter=counter, image=image, received_at=time.monotonic()))
+        self._queue.append(Frame(counter=counter, image=image, received_at=received_at))
         self._wakeup.set()
 
     def _fail(self, message: str, cause: BaseException | None) -> None:
