@@ -26,7 +26,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import astuple, fields
+from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -101,7 +101,8 @@ class SqliteJournal:
         """Durable in one transaction (one fsync), all or none. Queued at the call: the journal
         applies records and amendments in the order they were made."""
         which = f"epoch {recs[0].epoch} seq {recs[0].seq}" + (f" and {len(recs) - 1} more" if len(recs) > 1 else "")
-        durable = self._submit(f"journal write failed for {which}", self._insert, recs, self._gate)
+        durable = self._submit(f"journal write failed for {which}", self._insert_rows, recs, batch="records",
+                               meta=self._gate)  # fmt: skip
         images = [rec for rec in recs if rec.image is not None]
         if images and self.max_images > 0:
             self._pool.submit(self._insert_images, images, lazy=True)
@@ -143,10 +144,11 @@ class SqliteJournal:
         restarted controller uses it to tell acknowledged writes from the others)."""
         return self._submit(None, self._update_written, epoch, seq, t_written, lazy=True)
 
-    def _submit(self, error: str | None, fn: Callable[..., None], *args: object, lazy: bool = False) -> Awaitable[None]:
+    def _submit(self, error: str | None, fn: Callable[..., None], *args: object, lazy: bool = False,
+                batch: str | None = None, meta: object = None) -> Awaitable[None]:  # fmt: skip
         """Queue `fn` on the writer thread now, so journal order is call order within each lane. The
         result raises JournalError(error: ...) on failure, or never raises where `error` is None."""
-        job = asyncio.wrap_future(self._pool.submit(fn, *args, lazy=lazy))
+        job = asyncio.wrap_future(self._pool.submit(fn, *args, lazy=lazy, batch=batch, meta=meta))
         return asyncio.ensure_future(self._checked(job, error))
 
     async def _checked(self, job: Awaitable[None], error: str | None) -> None:
@@ -167,7 +169,7 @@ class SqliteJournal:
 
     # ------------------------------------------------------------------ writer thread only
     def _open(self) -> None:
-        self._pool.lazy_batch = self._lazy_batch
+        self._pool.batchers = {"lazy": self._lazy_batch, "records": self._record_batch}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
@@ -204,12 +206,19 @@ class SqliteJournal:
             self._point_frozen = True
             raise
 
-    def _insert(self, recs: list[PartRecord], gate: tuple[int, GateCounters] | None) -> None:
-        with self._transaction(gate) as db:
-            db.executemany(
-                f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                [astuple(rec)[: len(_COLUMNS)] for rec in recs],
-            )
+    def _insert_rows(self, recs: list[PartRecord]) -> None:
+        """Inside a transaction of `_record_batch`."""
+        self._connection().executemany(
+            f"INSERT OR REPLACE INTO parts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            [astuple(rec)[: len(_COLUMNS)] for rec in recs],
+        )
+
+    def _record_batch(self, jobs: list[Callable[[], None]], gate: object) -> None:
+        """Group commit: the records queued since the last commit (a verdict path's exchange cycle
+        usually queues one or two) in one transaction, storing the last one's resume point."""
+        with self._transaction(gate):  # type: ignore[arg-type]
+            for job in jobs:
+                job()
 
     def _insert_images(self, recs: list[PartRecord]) -> None:
         db = self._connection()
@@ -222,7 +231,7 @@ class SqliteJournal:
             )
         db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
 
-    def _lazy_batch(self, jobs: list[Callable[[], None]]) -> None:
+    def _lazy_batch(self, jobs: list[Callable[[], None]], meta: object = None) -> None:
         """The lazy lane's jobs in one transaction without an fsync (the next durable commit syncs them)."""
         db = self._connection()
         db.execute("PRAGMA synchronous=OFF")
@@ -308,25 +317,29 @@ def read_image(db: sqlite3.Connection, epoch: int, seq: int) -> np.ndarray | Non
 
 
 class _TwoLaneWriter:
-    """The journal's one thread: urgent jobs in call order first; lazy jobs, in call order, only when
-    no urgent job waits, all that are queued run as one batch (`lazy_batch`). Not an Executor:
-    nothing but the journal submits to it."""
+    """The journal's one thread. Urgent jobs run in call order first; consecutive urgent jobs of one
+    batch kind run together (group commit: one transaction, one fsync, all or none). Lazy jobs, in
+    call order, run only when no urgent job waits, all that are queued as one batch. Not an
+    Executor: nothing but the journal submits to it."""
 
     def __init__(self, name: str) -> None:
-        self.lazy_batch: Callable[[list[Callable[[], None]]], None] = _run_each
-        self._urgent: deque[tuple[Future[object], Callable[[], object]]] = deque()
-        self._lazy: deque[tuple[Future[object], Callable[[], object]]] = deque()
+        self.batchers: dict[str, Callable[[list[Callable[[], None]], object], None]] = {}
+        """Batch kind → runs the batch's jobs in one transaction, given the last job's `meta`."""
+        self._urgent: deque[_Job] = deque()
+        self._lazy: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[..., T], *args: object, lazy: bool = False) -> Future[T]:
+    def submit(self, fn: Callable[..., T], *args: object, lazy: bool = False, batch: str | None = None,
+               meta: object = None) -> Future[T]:  # fmt: skip
         future: Future[T] = Future()
         with self._wake:
             if self._stopping:
                 raise RuntimeError("journal writer is shut down")
-            (self._lazy if lazy else self._urgent).append((future, lambda: fn(*args)))  # type: ignore[arg-type]
+            job = _Job(future, lambda: fn(*args), "lazy" if lazy else batch, meta)  # type: ignore[arg-type]
+            (self._lazy if lazy else self._urgent).append(job)
             self._wake.notify()
         return future
 
@@ -343,41 +356,50 @@ class _TwoLaneWriter:
                 while not (self._urgent or self._lazy or self._stopping):
                     self._wake.wait()
                 if self._urgent:
-                    batch, lazy = [self._urgent.popleft()], False
+                    jobs = [self._urgent.popleft()]
+                    while jobs[0].batch and self._urgent and self._urgent[0].batch == jobs[0].batch:
+                        jobs.append(self._urgent.popleft())
                 elif self._lazy:
-                    batch, lazy = list(self._lazy), True
+                    jobs = list(self._lazy)
                     self._lazy.clear()
                 else:
                     return
-            batch = [(f, job) for f, job in batch if f.set_running_or_notify_cancel()]
-            if lazy:
-                self._run_lazy(batch)
-            for future, job in [] if lazy else batch:
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if jobs and jobs[0].batch:
+                self._run_batch(self.batchers.get(jobs[0].batch, _run_each), jobs)
+            for job in [] if jobs and jobs[0].batch else jobs:
                 try:
-                    future.set_result(job())
+                    job.future.set_result(job.call())
                 except BaseException as exc:  # handed to the awaiting coroutine
-                    future.set_exception(exc)
+                    job.future.set_exception(exc)
 
-    def _run_lazy(self, batch: list[tuple[Future[object], Callable[[], object]]]) -> None:
+    @staticmethod
+    def _run_batch(batcher: Callable[[list[Callable[[], None]], object], None], jobs: list[_Job]) -> None:
         results: dict[int, object] = {}
 
-        def run(i: int, job: Callable[[], object]) -> Callable[[], None]:
-            return lambda: results.__setitem__(i, job())
+        def run(i: int, call: Callable[[], object]) -> Callable[[], None]:
+            return lambda: results.__setitem__(i, call())
 
         try:
-            self.lazy_batch([run(i, job) for i, (_, job) in enumerate(batch)])
+            batcher([run(i, job.call) for i, job in enumerate(jobs)], jobs[-1].meta)
         except BaseException as exc:
-            for future, _ in batch:
-                future.set_exception(exc)
+            for job in jobs:
+                job.future.set_exception(exc)
             return
-        for i, (future, _) in enumerate(batch):
-            future.set_result(results.get(i))
+        for i, job in enumerate(jobs):
+            job.future.set_result(results.get(i))
 
 
-def _run_each(jobs: list[Callable[[], None]]) -> None:
+@dataclass(slots=True)
+class _Job:
+    future: Future[object]
+    call: Callable[[], object]
+    batch: str | None
+    meta: object
+
+
+def _run_each(jobs: list[Callable[[], None]], meta: object = None) -> None:
     for job in jobs:
         job()
-
-
 def _nothing() -> None:
     pass

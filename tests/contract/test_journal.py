@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,29 @@ def test_records_written_together_land_together_or_not_at_all(tmp_path: Path) ->
     asyncio.run(run())
     seqs = [s for (s,) in sqlite3.connect(path).execute("SELECT seq FROM parts ORDER BY seq")]
     assert seqs == [1]
+
+
+def test_records_queued_together_are_committed_together_and_frames_follow_lazily(tmp_path: Path) -> None:
+    """Group commit: records queued while the writer was busy share one transaction (one fsync), in
+    call order, all or none; the frames come after, in the lazy lane, and are all there once closed."""
+    path = tmp_path / "journal.db"
+
+    async def run() -> None:
+        async with SqliteJournal(path) as j:
+            await j.record(rec(1))
+            bad = rec(3)
+            bad.trigger_pos = object()  # type: ignore[assignment]
+            busy = j._pool.submit(time.sleep, 0.2)  # the writer is busy (an fsync) while three are queued
+            jobs = [j.record(rec(2, image=np.full((2, 2), 2, np.uint8))), j.record(bad), j.record(rec(4))]
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            assert all(isinstance(r, JournalError) for r in results)  # one transaction: none landed
+            assert busy.done()
+            await asyncio.gather(*(j.record(rec(s, image=np.full((2, 2), s, np.uint8))) for s in (5, 6, 7)))
+
+    asyncio.run(run())
+    db = sqlite3.connect(path)
+    assert [s for (s,) in db.execute("SELECT seq FROM parts ORDER BY seq")] == [1, 5, 6, 7]
+    assert all(int(read_image(db, 7, s)[0, 0]) == s for s in (5, 6, 7))  # type: ignore[index]
 
 
 def test_a_journal_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
