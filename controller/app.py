@@ -32,6 +32,7 @@ import structlog
 
 from controller import plc_codec as codec
 from controller.alarms import Alarms
+from controller.budget import VerdictBudget
 from controller.errors import (
     CameraError,
     ConfigError,
@@ -63,8 +64,6 @@ log = structlog.get_logger("lineinspect.controller")
 
 MAX_PENDING_FRAMES = 64
 """Frames waiting for their trigger; beyond this the oldest is dropped and counted."""
-MAX_WAIT_S = 5.0
-"""Upper bound on one inference wait while the conveyor stands (the deadline is positional)."""
 _REASON_OF_GATE = {Outcome.PASS: Reason.MODEL_PASS.value, Outcome.REJECT: Reason.MODEL_REJECT.value}
 _WRITTEN = frozenset({Reason.MODEL_PASS, Reason.MODEL_REJECT, Reason.PLC_WRITE_FAILED})
 """Outcomes recorded with a verdict written, or about to be (the record is durable first)."""
@@ -101,9 +100,7 @@ class LineController:
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self.timing = timing
         self.tracker = Tracker(margins)
-        self._base_margins = margins
-        self._write_times: deque[float] = deque(maxlen=200)
-        self._queue_times: deque[float] = deque(maxlen=200)
+        self.budget = VerdictBudget(margins.write_s)
         """From inference done to the start of the write that carries the verdict (journal + wait)."""
         self._block = VisionBlock()
         self._snapshot_clock = SnapshotClock(plc_cycle_s=margins.plc_cycle_s)
@@ -404,7 +401,7 @@ class LineController:
         self._block.written()
         self._header_at = t_write
         for q in batch:
-            self._queue_times.append(t_write - q.t_end)
+            self.budget.learn_queue(t_write - q.t_end)
             p = q.done.part
             if self.tracker.finish(p, q.done.outcome, q.done.reason) is None:
                 continue  # the epoch changed meanwhile: already recorded as fail-safe
@@ -424,7 +421,7 @@ class LineController:
             part = q.done.part
             if not self.tracker.is_open(part):
                 continue  # already has its outcome (epoch changed, controller stopping)
-            lands_after = _percentile(self._write_times, 0.5) if codec.verdict_offset(part.seq) >= second else 0.0
+            lands_after = self.budget.lands_after(codec.verdict_offset(part.seq) >= second)
             late = self.tracker.may_write(part, now + lands_after)
             if late is None and self._acked_epoch != part.epoch:
                 late = Reason.EPOCH_CHANGED
@@ -477,13 +474,13 @@ class LineController:
         t_start = time.monotonic()
         # Admission here, not where the frame was matched: between this check and `infer` taking the
         # frame there is no await, so parts matched together see each other's load on the workers.
-        refused = self.tracker.admit(part, t_start, self.inference.expected_latency_s + self.queue_s)
+        refused = self.tracker.admit(part, t_start, self.budget.admission_s(self.inference.expected_latency_s))
         if refused is Reason.NO_BUDGET and not self.inference.healthy:
             refused = Reason.INFERENCE_UNAVAILABLE
         if refused is not None:
             self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, refused)], frame=frame)
             return
-        wait = min(max(0.0, self.tracker.time_left(part, t_start) - self.queue_s), MAX_WAIT_S)
+        wait = self.budget.inference_wait(self.tracker.time_left(part, t_start))
         try:
             result = await self.inference.infer(frame.image, t_start + wait)
         except InferenceError as exc:
@@ -523,23 +520,10 @@ class LineController:
         part.writing = True  # the exchange loop owns its outcome from here
         self._outbox[part.epoch, part.seq] = Queued(done, entry, frame, result, t_start, t_end)
 
-    @property
-    def queue_s(self) -> float:
-        """How long a verdict waits after inference for the write that carries it (journal fsync,
-        then the rest of the exchange cycle), for admission: the 95th percentile of the last ones.
-        Not the maximum: one wait across a reconnect would refuse every part for minutes after."""
-        return _percentile(self._queue_times, 0.95)
-
     def _learn_write_time(self, seconds: float) -> None:
-        """The deadline margin must cover one S7 write request as this line really does it: never
-        below the configured margin, raised to the 99th percentile of the last requests' round
-        trips. The entry lands when the request arrives, about half the round trip, so this has room
-        already; a verdict whose write takes longer than its margin is late at the PLC: rejected,
-        never a wrong pass."""
-        self._write_times.append(seconds)
-        write_s = max(self._base_margins.write_s, _percentile(self._write_times, 0.99))
-        if write_s != self.tracker.margins.write_s:
-            self.tracker.margins = replace(self.tracker.margins, write_s=write_s)
+        self.budget.learn_write(seconds)
+        if self.budget.write_s != self.tracker.margins.write_s:
+            self.tracker.margins = replace(self.tracker.margins, write_s=self.budget.write_s)
 
     # ------------------------------------------------------------------ outcomes
     def _finish_all(
@@ -613,13 +597,6 @@ class LineController:
             self._update_health()  # also while the PLC is unreachable and no exchange runs
             self.on_status(self.status())
             await asyncio.sleep(0.2)
-
-
-def _percentile(values: deque[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ranked = sorted(values)
-    return ranked[min(len(ranked) - 1, int(q * len(ranked)))]
 
 
 async def _settled(job: Awaitable[None]) -> None:
