@@ -3,8 +3,10 @@
 - `InProcessController`: in the runner's process, so faults can reach inside it (kill an inference
   actor, slow its inference, hot-swap the model) and its internals can be reported.
 - `ControllerProcess`: its own `lineinspect run --config line.toml` process, exactly as at a line,
-  so faults can reach the process itself: SIGSTOP it for a while, or SIGKILL it and start it again.
-  Its progress is read from its journal (SQLite in WAL mode lets a reader in beside it).
+  so nothing of the runner (progress bar, judge, simulator plumbing) shares its event loop, GIL or
+  garbage collector, and so faults can reach the process itself: SIGSTOP it for a while, or SIGKILL
+  it and start it again. Its progress is read from its journal (SQLite in WAL mode lets a reader
+  in beside it), its end-of-run numbers from its JSON log.
 
 Both give the same `Progress` and stop the same way. Not here: the simulated line or the judge
 (sim/runner.py).
@@ -29,6 +31,7 @@ import structlog
 
 from controller.app import LineController
 from controller.bootstrap import run_controller
+from controller.cli import run_stats
 from controller.config import LineConfig
 from controller.errors import ControllerError
 from controller.status import LineStatus
@@ -81,6 +84,10 @@ class InProcessController:
             wrap_inference=self.wrap_inference,
         ))  # fmt: skip
 
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
     async def check(self) -> None:
         """Raise if the controller ended before the run did (its start-up error, if any)."""
         assert self._task is not None
@@ -99,12 +106,7 @@ class InProcessController:
     async def stop(self) -> dict[str, Any]:
         assert self._task is not None
         self._stop.set()
-        c = await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
-        return {
-            "frames_dropped": c.frames_dropped, "spurious_frames": c.matcher.spurious_frames,
-            "gate_corrections": dict(c.gate_corrections), "gate_inferred_by_order": c.gate_ambiguous,
-            "write_margin_ms": c.tracker.margins.write_s * 1000, "verdict_queue_p95_ms": c.queue_s * 1000,
-        }  # fmt: skip
+        return run_stats(await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S))
 
 
 # ---------------------------------------------------------------------- its own process
@@ -130,6 +132,13 @@ class ControllerProcess:
     def _proc(self) -> asyncio.subprocess.Process:
         return self._procs[-1]
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _log(self, n: int, suffix: str = "log") -> Path:
+        return self.workdir / f"controller-{n}.{suffix}"
+
     async def __aenter__(self) -> ControllerProcess:
         await self.start()
         return self
@@ -145,18 +154,21 @@ class ControllerProcess:
             await proc.wait()
 
     async def start(self) -> None:
-        log_file = (self.workdir / f"controller-{len(self._procs) + 1}.log").open("wb")
-        with log_file:
+        n = len(self._procs) + 1
+        self._log(n).unlink(missing_ok=True)  # its log is opened for appending
+        # Its structured log as JSON lines; anything else it prints (a traceback) beside it.
+        with self._log(n, "stderr").open("wb") as stderr:
             self._procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller.cli", "run", "--config", str(self.config_path),
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                "--log-file", str(self._log(n)),
+                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             ))  # fmt: skip
 
     async def check(self) -> None:
         if self._proc.returncode is not None:
             raise ControllerError(f"controller process exited with {self._proc.returncode} before the run ended "
-                                  f"(see {self.workdir}/controller-{len(self._procs)}.log)")  # fmt: skip
+                                  f"(see {self._log(len(self._procs), 'stderr')})")  # fmt: skip
 
     def _counts(self) -> dict[str, int]:
         if not self.journal.exists():
@@ -207,7 +219,21 @@ class ControllerProcess:
             await asyncio.wait_for(self._proc.wait(), STOP_TIMEOUT_S)
         exit_code = self._proc.returncode
         self._kill_group(self._proc.pid)
-        return {"process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code}}
+        ended = self._logged(("controller_stopped", "gc_pauses"))
+        return {**ended.get("controller_stopped", {}), "gc_pauses": ended.get("gc_pauses"),
+                "process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code}}  # fmt: skip
+
+    def _logged(self, events: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """The last process's last log entry of each of these events, less the log's own fields."""
+        found: dict[str, dict[str, Any]] = {}
+        path = self._log(len(self._procs))
+        for line in path.read_text().splitlines() if path.exists() else []:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("event") in events:
+                    found[entry["event"]] = {k: v for k, v in entry.items()
+                                             if k not in ("event", "level", "timestamp")}  # fmt: skip
+        return found
 
     def _kill_group(self, pgid: int) -> None:
         """Once per group: later, its id may belong to someone else."""

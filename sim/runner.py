@@ -28,6 +28,7 @@ from controller.config import LineConfig
 from controller.errors import ControllerError
 from sim.controllers import ControllerProcess, InProcessController, Progress
 from sim.judge import judge
+from sim.load import SimLoad
 from sim.plant import PlantConfig
 from sim.plots import plot_run
 from sim.scenarios import SCENARIOS, Scenario
@@ -56,6 +57,8 @@ class SimRun:
     swap_model_after: int | None = None
     swap_model: Path | None = None
     """Hot-swap to this model once `swap_model_after` parts have their outcome."""
+    load: int = 0
+    """Busy processes at the controller's priority while the line runs (sim/load.py)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,6 +155,15 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
     }, scenario.controller))  # fmt: skip
 
 
+def _needs_in_process(run: SimRun, scenario: Scenario) -> bool:
+    """Faults on the inference side reach inside the controller (kill an actor, slow or swap the
+    model): only those runs keep it in this process. Every other run gives it its own process, as
+    at a line, so the progress bar, the judge and the simulator's plumbing here never share its
+    event loop, its GIL or its garbage collector."""
+    return (run.kill_actor_after is not None or run.swap_model is not None
+            or scenario.kill_actor_after is not None or scenario.inference.slow_rate > 0)  # fmt: skip
+
+
 def scenario_names() -> list[str]:
     return list(SCENARIOS)
 
@@ -186,7 +198,7 @@ async def run_simulated_line(
             raise ControllerError(f"line simulator failed to start: {hello}")
         cfg = _controller_config(run, scenario, hello, journal_path)
         controller: InProcessController | ControllerProcess
-        if scenario.process is not None:
+        if not _needs_in_process(run, scenario):
             controller = ControllerProcess(cfg, run.workdir, scenario.process, parts)
             faults: Any = controller
         else:
@@ -200,10 +212,12 @@ async def run_simulated_line(
             controller = InProcessController(cfg, wrap)
             faults = _InferenceFaults(run, controller)
         started = time.monotonic()
+        # The simulator bounds the line's own time; this bounds ours if it hangs (and the load's).
+        timeout_s = parts / run.rate_parts_s * 4 + 300
         async with controller:
-            # The simulator bounds the line's own time; this bounds ours if it hangs.
-            timeout_s = parts / run.rate_parts_s * 4 + 300
-            end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None, timeout_s)
+            with SimLoad(run.load, seconds=timeout_s) as load:
+                end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None,
+                                   timeout_s, on_running=lambda: load.start(priority_of=controller.pid))  # fmt: skip
             stats = await controller.stop()
         assert proc.stdin is not None
         proc.stdin.close()  # the simulator may go now
@@ -212,6 +226,7 @@ async def run_simulated_line(
         report = json.loads(report_path.read_text())
         summary = judge(report, journal_path)
         summary["controller"] = {**stats, "wall_s": time.monotonic() - started}
+        summary["load"] = load.summary()
         if isinstance(faults, _InferenceFaults):
             summary["faults"] = faults.done
             running = faults.controller.started
@@ -232,15 +247,18 @@ async def run_simulated_line(
 
 async def _drive(
     sim: asyncio.subprocess.Process, controller: InProcessController | ControllerProcess, faults: Any,
-    progress: Callable[[Progress], None], timeout_s: float,
+    progress: Callable[[Progress], None], timeout_s: float, *, on_running: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:  # fmt: skip
     """Until the simulator says the line is done: watch the controller, show progress, inject the
-    scenario's fault by part count. Returns the simulator's last message."""
+    scenario's fault by part count. `on_running` is called once the line is up (controller ready,
+    conveyor started). Returns the simulator's last message."""
 
     async def watch_sim() -> dict[str, Any]:
         assert sim.stdout is not None
         while line := await sim.stdout.readline():
             msg = json.loads(line)
+            if msg["event"] == "running":
+                on_running()
             if msg["event"] in ("done", "error"):
                 return dict(msg)
         return {"event": "error", "error": "line simulator exited"}

@@ -102,6 +102,11 @@ def test_simulated_line_end_to_end(tmp_path: Path) -> None:
     assert "misassociations" in proc.stderr  # the summary table is printed for people
 
 
+def test_a_negative_load_is_one_clear_error(tmp_path: Path) -> None:
+    proc = lineinspect("sim", "--parts", "5", "--load", "-1", "--workdir", str(tmp_path / "run"), cwd=tmp_path)
+    assert_one_line_error(proc, "--load must be 0 or more")
+
+
 def test_build_engine_without_tensorrt_says_how_to_get_it(tmp_path: Path, tiny_model: Path) -> None:
     proc = lineinspect("build-engine", str(tiny_model), "--cache", str(tmp_path / "engines"), cwd=tmp_path)
     assert_one_line_error(proc, "TensorRT is not installed", "lineinspect[gpu]")
