@@ -14,8 +14,13 @@ settings.register_profile("ci", max_examples=200, deadline=None, suppress_health
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# Threads that libraries start once per process and keep by design.
-_LONG_LIVED = ("ray_", "Thread-", "ThreadPoolExecutor", "asyncio_", "pylon", "journal", "grpc", "MainThread")
+# Threads that live as long as the process by design, and only those: Ray's driver threads
+# ("ray_print_logs", "ray_listen_error_messages", ...) and gRPC's, started by the first ray.init
+# of the test session and shared by every later test. Nothing else is exempt: an unnamed thread
+# ("Thread-N"), a ThreadPoolExecutor's worker ("ThreadPoolExecutor-N_M", or its prefix such as
+# "journal", "infer") or the event loop's default executor ("asyncio_N", shut down with the
+# test's loop) still alive after a test belongs to something the test left open.
+_PROCESS_LIFETIME = ("ray_", "grpc")
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +30,7 @@ def no_leaked_threads() -> Iterator[None]:
     deadline = time.monotonic() + 5
     while True:
         leaked = [t for t in threading.enumerate()
-                  if t.ident not in before and t.is_alive() and not t.name.startswith(_LONG_LIVED)]  # fmt: skip
+                  if t.ident not in before and t.is_alive() and not t.name.startswith(_PROCESS_LIFETIME)]  # fmt: skip
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.05)
