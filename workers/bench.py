@@ -9,7 +9,8 @@ time per configuration are bounded, and a configuration stopped by its time limi
 
 Responsible for: measuring (`bench_engines`), relating the numbers to a simulated-line summary
 (`controller_overhead`), and presenting them (`format_table`, `write_report`). Not responsible for:
-running the simulated line (sim.runner.run_simulated_line does) or the CLI.
+running the simulated line (sim.runner.run_simulated_line does), the CLI, or what it costs to get a
+frame to an engine and back (workers.bench_dispatch: local thread, plain Ray call, compiled graph).
 
 The other processes on the machine share its cores: numbers taken next to other work are noisier
 and slower than on an idle line PC.

@@ -1,6 +1,8 @@
 """The `InferenceService` contract, for every implementation: LocalInferencePool (threads) and
-RayInferencePool (real local Ray; skipped where Ray is not installed, e.g. the GPU test machine).
-Also what both pools add beyond the protocol (hot model swap), and the Ray pool's micro-batching.
+RayInferencePool (real local Ray; skipped where Ray is not installed, e.g. the GPU test machine)
+with each of its dispatches: plain actor calls ("ray") and one Ray Compiled Graph per actor
+("ray-compiled"). Also what the pools add beyond the protocol (hot model swap), and the Ray
+pool's micro-batching and actor failures, under both dispatches.
 
 'slow' model: ~100 ms per inference on one core, long enough to keep a request in flight while a
 test times it out, fills the pool or kills its actor. The tiny models' score rises with the image's
@@ -92,7 +94,7 @@ def need_ray(ray_cluster: Any) -> Any:
 Factory = Callable[..., Any]
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", "ray", "ray-compiled"])
 def make_pool(request: pytest.FixtureRequest) -> Factory:
     """A factory: (model path, capacity) → an unstarted pool admitting `capacity` requests at once."""
     if request.param == "local":
@@ -100,7 +102,14 @@ def make_pool(request: pytest.FixtureRequest) -> Factory:
     need_ray(request.getfixturevalue("ray_cluster"))
     from workers.ray_pool import RayInferencePool
 
-    return lambda path, capacity=2: RayInferencePool(path, num_actors=1, max_in_flight_per_actor=capacity)
+    dispatch = "compiled" if request.param == "ray-compiled" else "actor"
+    return lambda path, capacity=2: RayInferencePool(
+        path, num_actors=1, max_in_flight_per_actor=capacity, dispatch=dispatch
+    )
+
+
+# The Ray pool's own tests, once per dispatch ("ray_" in the id: the module's Ray fixture looks for "ray").
+ray_dispatch = pytest.mark.parametrize("dispatch", ["actor", "compiled"], ids=["ray_actor", "ray_compiled"])
 
 
 @pytest.fixture
@@ -222,11 +231,14 @@ async def test_missing_model_is_a_config_error_at_start(make_pool: Factory, tmp_
 # -- Ray only ----------------------------------------------------------------------------------
 
 
-async def test_ray_actor_killed_mid_flight(ray_cluster: Any, models: dict[str, str]) -> None:
+@ray_dispatch
+async def test_ray_actor_killed_mid_flight(ray_cluster: Any, models: dict[str, str], dispatch: str) -> None:
     ray = need_ray(ray_cluster)
     from workers.ray_pool import RayInferencePool
 
-    async with RayInferencePool(models["slow"], num_actors=1, recovery_backoff_s=(0.05, 0.5)) as pool:
+    async with RayInferencePool(
+        models["slow"], num_actors=1, recovery_backoff_s=(0.05, 0.5), dispatch=dispatch
+    ) as pool:
         before = await pool.infer(FRAME, time.monotonic() + 5)
         call = asyncio.create_task(pool.infer(FRAME, time.monotonic() + 10))
         await asyncio.sleep(SLOW_S / 3)  # the actor is now busy with it
@@ -242,11 +254,26 @@ async def test_ray_actor_killed_mid_flight(ray_cluster: Any, models: dict[str, s
         assert after.worker != before.worker  # a restarted process (the name carries the pid)
 
 
-async def test_ray_routes_to_least_outstanding_actor(ray_cluster: Any, models: dict[str, str]) -> None:
+async def test_ray_actors_run_at_the_controllers_priority(ray_cluster: Any, models: dict[str, str]) -> None:
+    """Ray starts workers at nice 15; an inference actor at a lower priority than the controller
+    loses the CPU to it and to the line it serves exactly when the machine is busy."""
+    need_ray(ray_cluster)
+    import os
+
+    from workers.ray_pool import RayInferencePool
+
+    async with RayInferencePool(models["fast"], num_actors=1) as pool:
+        (handle,) = pool.actor_handles
+        nice = await asyncio.wait_for(asyncio.wrap_future(handle.niceness.remote().future()), 30)
+    assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@ray_dispatch
+async def test_ray_routes_to_least_outstanding_actor(ray_cluster: Any, models: dict[str, str], dispatch: str) -> None:
     need_ray(ray_cluster)
     from workers.ray_pool import RayInferencePool
 
-    async with RayInferencePool(models["slow"], num_actors=2, max_in_flight_per_actor=1) as pool:
+    async with RayInferencePool(models["slow"], num_actors=2, max_in_flight_per_actor=1, dispatch=dispatch) as pool:
         assert sorted(pool.healthy_actors) == ["infer-0", "infer-1"]
         deadline = time.monotonic() + 10
         results = await asyncio.gather(*(pool.infer(FRAME, deadline) for _ in range(2)))
@@ -334,8 +361,9 @@ def levels_frames(levels: list[int]) -> list[np.ndarray]:
     return [np.full((160, 160), v, np.uint8) for v in levels]
 
 
+@ray_dispatch
 async def test_ray_burst_is_batched_and_each_caller_gets_its_own_result(
-    ray_cluster: Any, models: dict[str, str]
+    ray_cluster: Any, models: dict[str, str], dispatch: str
 ) -> None:
     need_ray(ray_cluster)
     from workers.ray_pool import RayInferencePool
@@ -343,7 +371,7 @@ async def test_ray_burst_is_batched_and_each_caller_gets_its_own_result(
     frames = levels_frames([0, 50, 100, 150, 200, 255])
     # The slow model scores exactly like the fast one (its extra layers are multiplied by zero).
     want = OnnxRuntimeEngine(models["fast"]).infer_batch(frames)
-    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4) as pool:
+    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4, dispatch=dispatch) as pool:
         deadline = time.monotonic() + 30
         got = await asyncio.gather(*(pool.infer(f, deadline) for f in frames))
         sizes = pool.batch_sizes
@@ -355,11 +383,12 @@ async def test_ray_burst_is_batched_and_each_caller_gets_its_own_result(
     assert sizes == {1: 2, 4: 1}
 
 
-async def test_ray_lone_request_goes_at_once(ray_cluster: Any, models: dict[str, str]) -> None:
+@ray_dispatch
+async def test_ray_lone_request_goes_at_once(ray_cluster: Any, models: dict[str, str], dispatch: str) -> None:
     need_ray(ray_cluster)
     from workers.ray_pool import RayInferencePool
 
-    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4) as pool:
+    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4, dispatch=dispatch) as pool:
         t0 = time.monotonic()
         # A deadline far away: a batcher holding the frame for company would hold it for seconds.
         await pool.infer(FRAME, t0 + 20)
@@ -367,13 +396,14 @@ async def test_ray_lone_request_goes_at_once(ray_cluster: Any, models: dict[str,
         assert pool.batch_sizes == {1: 1}
 
 
+@ray_dispatch
 async def test_ray_frame_with_a_near_deadline_is_not_held_back_for_batching(
-    ray_cluster: Any, models: dict[str, str]
+    ray_cluster: Any, models: dict[str, str], dispatch: str
 ) -> None:
     need_ray(ray_cluster)
     from workers.ray_pool import RayInferencePool
 
-    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4) as pool:
+    async with RayInferencePool(models["slow"], max_in_flight_per_actor=8, max_batch=4, dispatch=dispatch) as pool:
         await pool.infer(FRAME, time.monotonic() + 10)  # a service-time sample beside the canary's
         call_s = pool.expected_latency_s  # the idle actor's p95 call time
         far = time.monotonic() + 30

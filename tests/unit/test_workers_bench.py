@@ -1,5 +1,6 @@
-"""workers.bench on the tiny model: row fields and sanity of the numbers, the TensorRT skip, the
-overhead arithmetic, and the report files. No assertion on how fast anything is."""
+"""workers.bench and workers.bench_dispatch on the tiny model: row fields and sanity of the numbers,
+the TensorRT skip, the overhead arithmetic, the report files, and the busy processes' clean-up. No
+assertion on how fast anything is."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from workers.bench import bench_engines, controller_overhead, format_table, write_report
+from workers.bench_dispatch import bench_dispatch, busy_processes, format_dispatch_table
 from workers.tiny_model import build_tiny_model
 
 SIZES = (1, 2, 4)
@@ -102,3 +104,34 @@ def test_report_files_and_table(rows: list[dict[str, Any]], tmp_path: Any) -> No
     alone = write_report(rows, None, tmp_path / "alone")
     assert alone["png"].read_bytes()[:4] == b"\x89PNG"
     assert json.loads(alone["json"].read_text())["overhead"] is None
+
+
+# -- the dispatch benchmark (local dispatch only here: no Ray start in a unit test) --------------
+
+
+def test_dispatch_bench_local_row(tmp_path: Any) -> None:
+    model = build_tiny_model(tmp_path / "tiny.onnx", size=32, version="tiny-d")
+    (row,) = bench_dispatch(model, dispatches=("local",), frames=15, warmup=2, gap_s=0.0)
+    assert (row["dispatch"], row["load"], row["frames"], row["failed"]) == ("local", 0, 15, 0)
+    for key in ("round_trip_ms", "engine_ms", "overhead_ms"):
+        stats = row[key]
+        assert stats["max"] >= stats["p99"] >= stats["p50"]
+    # The round trip contains the engine's own time; what is left is the dispatch.
+    assert row["round_trip_ms"]["p50"] >= row["engine_ms"]["p50"] > 0
+    assert row["cpu_ms_per_frame"]["this_process"] >= 0  # clock ticks: a tiny model may use less than one
+    assert row["cpu_ms_per_frame"]["worker"] is None and row["worker_idle_cpu_pct"] is None  # no other process
+    table = format_dispatch_table([row, {"dispatch": "ray-compiled", "load": 2, "skipped": "ray is not installed"}])
+    assert "local" in table and "skipped: ray is not installed" in table
+
+
+def test_dispatch_bench_refuses_bad_arguments(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        bench_dispatch(tmp_path / "none.onnx", dispatches=("grpc",))
+    with pytest.raises(ValueError):
+        bench_dispatch(tmp_path / "none.onnx", dispatches=("local",), loads=(-1,))
+
+
+def test_busy_processes_are_gone_afterwards() -> None:
+    with busy_processes(2, limit_s=30) as procs:
+        assert all(p.poll() is None for p in procs)  # spinning
+    assert all(p.returncode is not None for p in procs)  # killed and reaped, not left to their limit
