@@ -18,12 +18,13 @@ Dispatch, per pool (`dispatch=`): "compiled" sends each batch through one Ray Co
 actor (shared-memory channels, frames read in place by the actor; see `ray_compiled`); "actor"
 (the default) makes a plain actor call per batch (task spec over gRPC). The pool's admission,
 batching, deadlines, health and model swap are the same for both. What decides: a compiled graph
-cuts the dispatch overhead (p50 2.9 → 1.2 ms, p99 7.8 → 3.6 ms per frame on this 2-core machine,
-workers.bench_dispatch) but its channel readers spin while they wait, so on a machine where the
-actors share the cores with the controller and the line it serves, the spinning costs the line
-more than the hop saves (here a 100-part line at 50 parts/s went from p50 15 ms with plain calls to
-19–53 ms, with spurious/no_frame parts). Use "compiled" where the actors have cores of their own (a
-GPU node, a worker node); keep "actor" where they share the controller's. It also restarts slower
+cuts the dispatch overhead on a quiet machine (p50 2.8 → 1.2 ms per frame on this 2-core machine,
+workers.bench_dispatch; its p99, and everything with busy processes alongside, is no better in
+repeated runs) but its channel readers spin while they wait, so where the actors share the cores
+with the controller and the line it serves, the spinning costs the line more than the hop saves
+(here a 100-part line at 50 parts/s went from p50 15 ms with plain calls to 19–53 ms, with
+spurious/no_frame parts). Use "compiled" where the actors have cores of their own (a GPU node, a
+worker node); keep "actor" where they share the controller's. It also restarts slower
 after an actor death (≈ +1.5 s: a new graph, and torch imported in the new process). Readiness
 probes are plain calls in both modes; the canary goes through the graph in "compiled" mode.
 
