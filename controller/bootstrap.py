@@ -112,9 +112,11 @@ async def run_controller(
         await _connect_all(stack, {"plc": plc, "camera": camera, "inference": inference, "journal": journal})
         publishers = [on_status] if on_status else []
         if cfg.hmi.enabled:
-            from hmi.server import HmiServer
+            # Its own process (asyncua never runs in this event loop), fed snapshots, restarted when
+            # it dies; the controller neither waits for it to listen nor notices when it is down.
+            from hmi.process import HmiProcess
 
-            hmi = await stack.enter_async_context(HmiServer(cfg.hmi.endpoint))
+            hmi = await stack.enter_async_context(HmiProcess(cfg.hmi.endpoint))
             publishers.append(hmi.publish)
         d = cfg.deadline
         controller = LineController(

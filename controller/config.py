@@ -10,8 +10,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.errors import ConfigError
 
@@ -84,6 +85,19 @@ class JournalConfig(_Strict):
 class HmiConfig(_Strict):
     enabled: bool = True
     endpoint: str = "opc.tcp://127.0.0.1:4840/lineinspect/"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _opc_tcp_url(cls, value: str) -> str:
+        """Checked here, where a bad value is one line naming the key, not later in the HMI process."""
+        url = urlparse(value)
+        try:
+            port = url.port
+        except ValueError:  # a port that is not a number, or out of range
+            port = None
+        if url.scheme != "opc.tcp" or not url.hostname or port is None:
+            raise ValueError(f"must look like opc.tcp://host:port/path, got {value!r}")
+        return value
 
 
 class DeadlineConfig(_Strict):

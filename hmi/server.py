@@ -10,6 +10,17 @@ Not responsible for (yet): security (signing/encryption, user authentication), w
 nodes for operators, alarms & conditions, history. Until security arrives the server accepts anonymous
 clients on an unencrypted endpoint, and therefore lets them do nothing but read, browse and subscribe.
 
+Limits (`HmiLimits`), so that no client can make the server do unbounded work: sessions and TCP
+connections, request size (checked by the transport before a request is decoded), nodes per request
+for every service that takes a list (Browse, Read, RegisterNodes, ...: refused whole with
+BadTooManyOperations, and advertised in ServerCapabilities/OperationLimits so well-behaved clients
+split their requests), session timeout and time to activate a session. A Browse returns every
+matching reference of each node (asyncua ignores RequestedMaxReferencesPerNode): bounded, since the
+address space is fixed (node management is refused), by the nodes per request.
+
+Not here: running in its own process, away from the controller (hmi/process.py, hmi/child.py), and
+how the refusals asyncua logs are kept from flooding the log (hmi/child.py).
+
 Binding: the endpoint's host is the interface it listens on (default loopback: nothing off-box can
 connect until the endpoint names the panel network). Port 0 asks the OS for a free port (asyncua
 supports it); `endpoint` then reports the real one. Endpoint descriptions sent to clients echo the
@@ -22,14 +33,20 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
+import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from asyncua import Node, Server, ua
+from asyncua.common.connection import TransportLimits
+from asyncua.common.utils import Buffer, ServiceError
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User
+from asyncua.server.internal_session import InternalSession
+from asyncua.ua.ua_binary import nodeid_from_binary
 
 from controller.errors import ControllerError
 from controller.status import LineStatus
@@ -89,18 +106,12 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
         _json_object,
     ),
     StatusVariable("latency_p50_ms", "LatencyP50Ms", _F64, "Median trigger-to-verdict latency (ms)."),
-    StatusVariable(
-        "latency_p99_ms", "LatencyP99Ms", _F64, "99th-percentile trigger-to-verdict latency (ms)."
-    ),
-    StatusVariable(
-        "plc_rejects_vision", "PlcRejectsVision", _I64, "Rejects the PLC executed on a vision verdict."
-    ),
+    StatusVariable("latency_p99_ms", "LatencyP99Ms", _F64, "99th-percentile trigger-to-verdict latency (ms)."),
+    StatusVariable("plc_rejects_vision", "PlcRejectsVision", _I64, "Rejects the PLC executed on a vision verdict."),
     StatusVariable(
         "plc_rejects_failsafe", "PlcRejectsFailsafe", _I64, "Rejects the PLC executed fail-safe (no verdict)."
     ),
-    StatusVariable(
-        "plc_verdicts_late", "PlcVerdictsLate", _I64, "Verdicts the PLC received too late to use."
-    ),
+    StatusVariable("plc_verdicts_late", "PlcVerdictsLate", _I64, "Verdicts the PLC received too late to use."),
     StatusVariable("plc_watchdog_trips", "PlcWatchdogTrips", _I64, "Watchdog trips counted by the PLC."),
     StatusVariable("alarms", "Alarms", _STR, "Active alarm texts (empty when none).", list, array=True),
     StatusVariable("model_version", "ModelVersion", _STR, "Version of the inspection model in use."),
@@ -110,6 +121,66 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
 # Not a LineStatus field: when the controller last published, so a panel can tell a frozen
 # controller (old timestamp) from a quiet line (fresh timestamp, same counts).
 UPDATED_AT = StatusVariable("", "UpdatedAt", ua.VariantType.DateTime, "When this status was published (UTC).")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HmiLimits:
+    """What one panel network may ask of the server. A panel needs one or two sessions and requests
+    of a few dozen nodes (the `Line` object has 22 variables): every limit is far above that."""
+
+    max_sessions: int = 20
+    """Activated sessions; one more is refused with BadMaxConnectionsReached."""
+    spare_connections: int = 4
+    """TCP connections beyond `max_sessions` (discovery, a session being set up); more are closed at once."""
+    max_request_bytes: int = 64 * 1024
+    """Largest request message (all chunks); a longer one is refused by the transport, undecoded."""
+    max_nodes_per_request: int = 100
+    """Nodes (or items) in one Browse, Read, TranslateBrowsePaths, RegisterNodes, monitored-item call."""
+    max_session_timeout_s: float = 30.0
+    """A session nobody uses is closed after at most this long, whatever its client asked for."""
+    activation_timeout_s: float = 5.0
+    """A connection that has not activated a session by then is closed."""
+    max_subscriptions: int = 40
+
+
+def _skip(n: int) -> Callable[[Buffer], None]:
+    return lambda buf: buf.skip(n)
+
+
+def _skip_view_then(n: int) -> Callable[[Buffer], None]:
+    def skip(buf: Buffer) -> None:
+        nodeid_from_binary(buf)  # ViewDescription.ViewId
+        buf.skip(8 + 4 + n)  # .Timestamp, .ViewVersion, then n bytes of the request's own fields
+
+    return skip
+
+
+# For each service that takes a list: how to skip the request's fields before its (first) list, as
+# encoded by OPC UA Binary (Part 6), so its length can be read without decoding the request.
+_LIST_AFTER: dict[str, Callable[[Buffer], None]] = {
+    "Browse": _skip_view_then(4),  # RequestedMaxReferencesPerNode, then NodesToBrowse
+    "BrowseNext": _skip(1),  # ReleaseContinuationPoints, then ContinuationPoints
+    "Read": _skip(8 + 4),  # MaxAge, TimestampsToReturn, then NodesToRead
+    "TranslateBrowsePathsToNodeIds": _skip(0),
+    "RegisterNodes": _skip(0),
+    "UnregisterNodes": _skip(0),
+    "CreateMonitoredItems": _skip(4 + 4),  # SubscriptionId, TimestampsToReturn
+    "ModifyMonitoredItems": _skip(4 + 4),
+    "SetMonitoringMode": _skip(4 + 4),  # SubscriptionId, MonitoringMode
+    "SetTriggering": _skip(4 + 4),  # SubscriptionId, TriggeringItemId, then LinksToAdd (LinksToRemove follows)
+    "DeleteMonitoredItems": _skip(4),
+    "DeleteSubscriptions": _skip(0),
+    "TransferSubscriptions": _skip(0),
+    "Publish": _skip(0),  # SubscriptionAcknowledgements
+}
+
+
+def _list_length(buf: Buffer) -> int:
+    (n,) = _INT32.unpack(buf.read(4))
+    return max(n, 0)  # -1: a null array
+
+
+_INT32 = struct.Struct("<i")
 
 
 class _ReadOnlyServices(SimpleRoleRuleset):
@@ -149,8 +220,37 @@ class _ReadOnlyServices(SimpleRoleRuleset):
         )
     )
 
+    _LISTS: ClassVar[dict[ua.NodeId, Callable[[Buffer], None]]] = {
+        ua.NodeId(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")): skip
+        for service, skip in _LIST_AFTER.items()
+    }
+
+    def __init__(self, max_nodes_per_request: int) -> None:
+        super().__init__()
+        self.max_nodes = max_nodes_per_request
+
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
-        return action_type_id in self._ALLOWED
+        if action_type_id not in self._ALLOWED:
+            return False
+        skip = self._LISTS.get(action_type_id)
+        if skip is not None:
+            self._check_list_lengths(action_type_id, skip, body)
+        return True
+
+    def _check_list_lengths(self, service: ua.NodeId, skip: Callable[[Buffer], None], body: Buffer) -> None:
+        """Refuse a request with too many nodes before asyncua decodes and serves it (serving one
+        Browse of 10,000 nodes took asyncua 38 s of CPU). Reads only a copy of the body."""
+        buf = body.copy()
+        try:
+            skip(buf)
+            lengths = [_list_length(buf)]
+            if service == ua.NodeId(ua.ObjectIds.SetTriggeringRequest_Encoding_DefaultBinary):
+                buf.skip(4 * lengths[0])  # LinksToAdd: UInt32 each
+                lengths.append(_list_length(buf))
+        except Exception:
+            return  # malformed: asyncua's own decoding refuses it
+        if max(lengths) > self.max_nodes:
+            raise ServiceError(ua.StatusCodes.BadTooManyOperations)
 
 
 class HmiServer:
@@ -162,6 +262,7 @@ class HmiServer:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         update_rate_hz: float = 5.0,
+        limits: HmiLimits = HmiLimits(),  # frozen: one shared default is safe
     ) -> None:
         """Cheap: nothing listens until `async with`.
 
@@ -175,6 +276,7 @@ class HmiServer:
         self._endpoint = endpoint
         self._namespace = namespace
         self._period_s = 1.0 / update_rate_hz
+        self._limits = limits
 
         # Overflow policy: latest value wins. publish() overwrites this one slot; statuses the writer
         # never saw are simply superseded (each one is a complete snapshot, so nothing is lost).
@@ -200,12 +302,13 @@ class HmiServer:
         """How many statuses have been written into the address space (not how many were published)."""
         return self._updates_written
 
-    def publish(self, status: LineStatus) -> None:
-        """Offer the newest status. Sync, O(1), never blocks; call it from the event loop's thread.
+    def publish(self, status: LineStatus, published_at: datetime | None = None) -> None:
+        """Offer the newest status, published by the controller at `published_at` (default: now).
+        Sync, O(1), never blocks; call it from the event loop's thread.
 
         Works before start and after stop too (the value is then shown at the next start, or dropped)."""
         self._latest = status
-        self._latest_at = datetime.now(UTC)
+        self._latest_at = published_at or datetime.now(UTC)
         self._pending.set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -218,10 +321,15 @@ class HmiServer:
         server.set_endpoint(self._endpoint)
         server.set_server_name("lineinspect HMI")
         await server.set_application_uri(f"{self._namespace}:hmi")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity], permission_ruleset=_ReadOnlyServices())
+        server.set_security_policy(
+            [ua.SecurityPolicyType.NoSecurity],
+            permission_ruleset=_ReadOnlyServices(self._limits.max_nodes_per_request),
+        )
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         server.allow_remote_admin(False)
+        _apply_limits(server, self._limits)
         try:
+            await _advertise_limits(server, self._limits)
             await self._build_address_space(server)
             await self._write(self._latest)  # panels never see Null, even before the first publish
             await server.start()  # on failure it has already stopped what it started
@@ -262,9 +370,7 @@ class HmiServer:
 
     async def _build_address_space(self, server: Server) -> None:
         idx = await server.register_namespace(self._namespace)
-        line = await server.nodes.objects.add_object(
-            ua.NodeId(LINE_OBJECT, idx), ua.QualifiedName(LINE_OBJECT, idx)
-        )
+        line = await server.nodes.objects.add_object(ua.NodeId(LINE_OBJECT, idx), ua.QualifiedName(LINE_OBJECT, idx))
         await _describe(line, "The inspection line as seen by the vision controller (read-only).")
         for var in (*STATUS_VARIABLES, UPDATED_AT):
             initial = ua.Variant([] if var.array else _zero(var.variant_type), var.variant_type)
@@ -317,6 +423,34 @@ class HmiServer:
 _UNSET = object()
 
 
+def _apply_limits(server: Server, limits: HmiLimits) -> None:
+    buffer = server.limits.max_recv_buffer
+    server.limits = TransportLimits(
+        max_recv_buffer=buffer,
+        max_send_buffer=server.limits.max_send_buffer,
+        max_chunk_count=math.ceil(limits.max_request_bytes / buffer),
+        max_message_size=limits.max_request_bytes,
+    )
+    iserver = server.iserver
+    iserver.max_connections = limits.max_sessions + limits.spare_connections
+    # A class attribute in asyncua (one count per process): this process serves only this server.
+    InternalSession.max_connections = limits.max_sessions
+    iserver.max_session_timeout_ms = limits.max_session_timeout_s * 1000
+    iserver.min_session_timeout_ms = min(iserver.min_session_timeout_ms, iserver.max_session_timeout_ms)
+    iserver.max_pending_activation_seconds = limits.activation_timeout_s
+    iserver.max_subscriptions = limits.max_subscriptions
+
+
+async def _advertise_limits(server: Server, limits: HmiLimits) -> None:
+    """ServerCapabilities/OperationLimits say 10,000 in asyncua's defaults: tell clients the truth."""
+    ids = ua.ObjectIds
+    for name in ("MaxNodesPerRead", "MaxNodesPerBrowse", "MaxNodesPerRegisterNodes",
+                 "MaxNodesPerTranslateBrowsePathsToNodeIds", "MaxMonitoredItemsPerCall"):  # fmt: skip
+        node = server.get_node(ua.NodeId(getattr(ids, f"Server_ServerCapabilities_OperationLimits_{name}")))
+        await node.write_value(ua.Variant(limits.max_nodes_per_request, ua.VariantType.UInt32))
+    # Writes, calls and node management are refused whatever their size (0 would mean "no limit").
+
+
 def _zero(variant_type: ua.VariantType) -> Any:
     return {
         ua.VariantType.Int64: 0,
@@ -328,6 +462,4 @@ def _zero(variant_type: ua.VariantType) -> Any:
 
 
 async def _describe(node: Node, text: str) -> None:
-    await node.write_attribute(
-        ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(text, "en")))
-    )
+    await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(text, "en"))))
