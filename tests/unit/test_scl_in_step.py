@@ -3,7 +3,8 @@
 Parses the two DATA_BLOCK declarations, lays them out with the S7 standard-DB (non-optimized)
 alignment rules and checks every offset and size against controller/plc_codec.py; then checks,
 cheaply, that the FB still contains each rule's key statements (sim/plc_program.py is the same
-rules in Python and has its own behavioural tests).
+rules in Python and has its own behavioural tests). The gate's own rules (reject window, geometry
+check, touching parts, gate eye, edge capture) are checked in test_scl_gate.py.
 """
 
 from __future__ import annotations
@@ -185,8 +186,8 @@ def test_fb_constants_match_the_codec() -> None:
         ("1 ring pos before seq before trigger_seq",
          r"triggers\[#slot\]\.encoder_pos\s*:=.*?triggers\[#slot\]\.seq\s*:=.*?\.trigger_seq\s*:=\s*#seq"),
         ("1 camera pulse", r"#q_camera_trigger\s*:="),
-        ("2 signed wrap difference",
-         r"_TO_DINT\(\s*UDINT_TO_DWORD\(\s*#i_encoder\s*-\s*#fifo\[#fifo_head\]\.decision_pos"),
+        ("2 decision at the signed wrap difference",
+         r"\"LI_Diff\"\(\s*a\s*:=\s*#i_encoder\s*,\s*b\s*:=\s*#fifo\[#fifo_head\]\.decision_pos\s*\)\s*<\s*0\s+THEN\s+EXIT"),
         ("2 pass conditions",
          r"#ready\s+AND\s+NOT\s+#wd_tripped\s+AND\s+\"VisionToPlc\"\.epoch_ack\s*=\s*\"PlcToVision\"\.epoch\s+AND\s+#own"),
         ("2 pass code", r"#verdict\s*=\s*#PASS"),
@@ -204,3 +205,11 @@ def test_fb_constants_match_the_codec() -> None:
 )  # fmt: skip
 def test_fb_has_each_rule(rule: str, pattern: str) -> None:
     assert re.search(pattern, _fb(), re.S | re.I), f"rule {rule}: {pattern!r} not found in LineInspect"
+
+
+def test_signed_wrap_difference_is_the_bit_reinterpretation() -> None:
+    """LI_Diff, which every position and seq comparison goes through, is a - b reinterpreted as
+    DInt (the wrap-safe distance of the contract), not a plain subtraction."""
+    m = re.search(r'FUNCTION\s+"LI_Diff"\s*:\s*DInt(.*?)END_FUNCTION\b', _source(), re.S)
+    assert m, "FUNCTION LI_Diff not found"
+    assert re.search(r"#LI_Diff\s*:=\s*DWORD_TO_DINT\(\s*UDINT_TO_DWORD\(\s*#a\s*-\s*#b\s*\)\s*\)\s*;", m.group(1))
