@@ -95,9 +95,11 @@ class LineController:
     def __init__(
         self, plc: PlcLink, camera: FrameSource, inference: InferenceService, journal: Journal, *,
         margins: Margins, window: MatchWindow, timing: Timing,
-        on_status: Callable[[LineStatus], None] | None = None,
+        on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
+        self._now = clock
+        """Monotonic seconds; the event loop's clock must agree (tests run the controller in virtual time)."""
         self.timing = timing
         self.tracker = Tracker(margins)
         self.budget = VerdictBudget(margins.write_s)
@@ -183,14 +185,14 @@ class LineController:
     # ------------------------------------------------------------------ PLC exchange
     async def _exchange_loop(self) -> None:
         backoff = self.timing.backoff_initial_s
-        last_life, life_changed_at = -1, time.monotonic()
+        last_life, life_changed_at = -1, self._now()
         life_confirmed = False
         """The PLC's `life` changed on this connection: only then is the link up (a PLC in STOP
         answers reads with a stuck counter; its first answer after a reconnect proves nothing)."""
-        next_poll = time.monotonic()
+        next_poll = self._now()
         while True:
             _stop_if_cancelled()
-            started = time.monotonic()
+            started = self._now()
             try:
                 snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
                 if snap.epoch != self._acked_epoch:
@@ -203,7 +205,7 @@ class LineController:
                 elif started - life_changed_at > self.timing.stale_s:
                     raise PlcError(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
                 if life_confirmed:
-                    self._on_snapshot(snap, started, time.monotonic())
+                    self._on_snapshot(snap, started, self._now())
                     await self._write_cycle()
                     if snap.epoch != self._resume_failed:
                         # Every part decided by this read now has its outcome queued in the journal.
@@ -215,13 +217,13 @@ class LineController:
                 # A half-applied or delayed write of the dropped connection may have left anything
                 # in the PLC's ring: the next write restores all of it from our image.
                 self._block.rewrite_all()
-                last_life, life_changed_at, life_confirmed = -1, time.monotonic(), False
-                next_poll = time.monotonic()
+                last_life, life_changed_at, life_confirmed = -1, self._now(), False
+                next_poll = self._now()
                 continue
             if life_confirmed:
                 backoff = self.timing.backoff_initial_s
-            next_poll = max(next_poll + self.timing.poll_s, time.monotonic())
-            await asyncio.sleep(next_poll - time.monotonic())
+            next_poll = max(next_poll + self.timing.poll_s, self._now())
+            await asyncio.sleep(next_poll - self._now())
 
     async def _acknowledge_epoch(self, epoch: int) -> None:
         """Clear the whole verdict ring, then acknowledge. A verdict written for the old epoch just
@@ -258,7 +260,7 @@ class LineController:
             if resumed.unrecorded:
                 jobs.append(self.journal.record_many([
                     PartRecord(epoch=snap.epoch, seq=seq, outcome=Outcome.FAILSAFE.value, reason=down, trigger_pos=0,
-                               t_decided=time.monotonic(), wall_utc=wall) for seq in resumed.unrecorded
+                               t_decided=self._now(), wall_utc=wall) for seq in resumed.unrecorded
                 ]))  # fmt: skip
             await asyncio.gather(*jobs)
         except JournalError as exc:
@@ -285,7 +287,7 @@ class LineController:
         if link_fault:
             self.alarms.set("plc_link", True, why)
         self._update_health()
-        self._finish_all(self.tracker.expire(time.monotonic()))
+        self._finish_all(self.tracker.expire(self._now()))
 
     async def _reconnect(self, backoff: float) -> float:
         """Capped exponential backoff with jitter; returns the next backoff."""
@@ -316,16 +318,17 @@ class LineController:
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
         self._watch_plc_watchdog(snap)
         self._finish_all(upd.finished)
-        for written in upd.revoked:
-            self._uncount(written)  # recorded again below, replacing the row
-        self._finish_all([w.revoked() for w in upd.revoked])
-        self._apply_gate(upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
+        # Written parts the restarted PLC no longer tracks: amended, so the record keeps the verdict
+        # written, its frame and its scores (a part decided just before the restart, unseen by us,
+        # may in fact have passed on that verdict; the new epoch's counters cannot tell).
+        revoked = [(written, written.revoked()) for written in upd.revoked]
+        self._apply_gate(revoked + upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
         clock = self._snapshot_clock
         clock.observe(started, finished, snap.encoder_pos, snap.speed)
         opened = {id(part) for part in upd.new_parts}
         triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None, first_seen=True),
                      id(part) in opened and self.tracker.is_open(part)) for part in upd.seen]  # fmt: skip
-        self._dispatch(self.matcher.on_triggers(triggers, clock.seen_until, time.monotonic()))
+        self._dispatch(self.matcher.on_triggers(triggers, clock.seen_until, self._now()))
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
         """The PLC lost our heartbeat (we stalled, or the link did) and rejects every part until it
@@ -370,7 +373,7 @@ class LineController:
         if self._acked_epoch is None or not self._plc_ok:
             return
         self._update_health()
-        now = time.monotonic()
+        now = self._now()
         batch = self._take_outbox(now)
         if not batch and now - self._header_at < self.timing.heartbeat_s:
             return
@@ -381,12 +384,12 @@ class LineController:
         self._life = (self._life + 1) % 65536
         ready = codec.READY if self.ready else 0
         self._block.set_header(codec.VisionHeader(self._life, ready, codec.INTERFACE_VERSION, self._acked_epoch))
-        t_write = time.monotonic()
+        t_write = self._now()
         try:
             for offset, data in self._block.next_writes(self.plc.max_write_bytes):
-                t_request = time.monotonic()
+                t_request = self._now()
                 await self.plc.write_vision_to_plc(offset, data)
-                self._learn_write_time(time.monotonic() - t_request)
+                self._learn_write_time(self._now() - t_request)
         except (PlcError, asyncio.CancelledError):
             # It may have landed or not: record fail-safe with the verdict written, take the entries
             # back in the next write, and let the gate counters tell what really happened
@@ -397,7 +400,7 @@ class LineController:
                 failed = self.tracker.write_failed(q.done.part, verdict)
                 self._finish_all([failed], q.frame, q.result, q.t_start, q.t_end)
             raise
-        t_written = time.monotonic()
+        t_written = self._now()
         self._block.written()
         self._header_at = t_write
         for q in batch:
@@ -471,7 +474,7 @@ class LineController:
 
     async def _judge(self, part: Part, frame: Frame) -> None:
         """Admit, infer, record durably, then queue the verdict — each step only while on time."""
-        t_start = time.monotonic()
+        t_start = self._now()
         # Admission here, not where the frame was matched: between this check and `infer` taking the
         # frame there is no await, so parts matched together see each other's load on the workers.
         refused = self.tracker.admit(part, t_start, self.budget.admission_s(self.inference.expected_latency_s))
@@ -485,14 +488,14 @@ class LineController:
             result = await self.inference.infer(frame.image, t_start + wait)
         except InferenceError as exc:
             reason = Reason.INFERENCE_UNAVAILABLE if not self.inference.healthy else Reason.INFERENCE_FAILED
-            now = time.monotonic()
+            now = self._now()
             timed_out = self.inference.healthy and now >= t_start + wait  # too slow, not broken
             if timed_out or self.tracker.may_write(part, now) is Reason.LATE:
                 reason = Reason.LATE
             log.info("inference_failed", epoch=part.epoch, seq=part.seq, error=str(exc))
             self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, reason)], frame=frame)
             return
-        t_end = time.monotonic()
+        t_end = self._now()
         self._model_version = result.model_version
         late = self.tracker.may_write(part, t_end)
         if late is not None:
@@ -508,7 +511,7 @@ class LineController:
             return
         self.alarms.set("journal", False)
         # The record says PASS/REJECT; if the write cannot happen in time, the record is replaced.
-        late = self.tracker.may_write(part, time.monotonic())
+        late = self.tracker.may_write(part, self._now())
         if late is not None or self._acked_epoch != part.epoch:
             self._finish_all([self.tracker.finish(part, Outcome.FAILSAFE, late or Reason.EPOCH_CHANGED)],
                              frame, result, t_start, t_end)  # fmt: skip
@@ -566,7 +569,7 @@ class LineController:
             defect_class=result.defect_class if result else None, score=result.score if result else None,
             model_version=result.model_version if result else None, worker=result.worker if result else None,
             t_trigger_seen=p.seen_at, t_frame=frame.received_at if frame else None,
-            t_infer_start=t_start, t_infer_end=t_end, t_decided=time.monotonic(),
+            t_infer_start=t_start, t_infer_end=t_end, t_decided=self._now(),
             wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"), written_verdict=written,
             image=frame.image if frame else None,
         ))  # fmt: skip
