@@ -122,7 +122,7 @@ async def _apply_snapshots(reader: asyncio.StreamReader, server: HmiServer) -> N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmi.child", description=__doc__.split("\n")[0])
     parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--nice", type=int, default=10, help="added to the controller's nice value")
+    parser.add_argument("--nice", type=int, default=19, help="added to the controller's nice value")
     args = parser.parse_args(argv)
     os.nice(args.nice)  # here rather than preexec_fn, which would cost the controller a fork instead of a vfork
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,7 +13,7 @@ after a capped exponential backoff with jitter, reset once a child has served fo
 failures are logged at their first occurrence and at recovery, not at every retry; they never change
 the controller's health (the HMI is a window onto the line, not part of it).
 
-The child runs `nice` (10 by default) above the controller's priority, and its only way back to the
+The child runs `nice` +19 (by default) from the controller's priority, and its only way back to the
 controller is its stdout, read as the same bounded, validated frames: today just "listening on
 <endpoint>"; an operator command would be one more validated message type there.
 
@@ -52,7 +52,7 @@ class HmiProcess:
         self,
         endpoint: str,
         *,
-        nice: int = 10,
+        nice: int = 19,
         backoff_s: tuple[float, float] = (0.5, 30.0),
         healthy_after_s: float = 60.0,
         stderr: IO[bytes] | int | None = None,

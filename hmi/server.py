@@ -14,7 +14,8 @@ Limits (`HmiLimits`), so that no client can make the server do unbounded work: s
 connections, request size (checked by the transport before a request is decoded), nodes per request
 for every service that takes a list (Browse, Read, RegisterNodes, ...: refused whole with
 BadTooManyOperations, and advertised in ServerCapabilities/OperationLimits so well-behaved clients
-split their requests), session timeout and time to activate a session. A Browse returns every
+split their requests), nodes served per second by all clients together (BadServerTooBusy beyond),
+session timeout and time to activate a session. A Browse returns every
 matching reference of each node (asyncua ignores RequestedMaxReferencesPerNode): bounded, since the
 address space is fixed (node management is refused), by the nodes per request.
 
@@ -35,6 +36,7 @@ import json
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -141,6 +143,10 @@ class HmiLimits:
     activation_timeout_s: float = 5.0
     """A connection that has not activated a session by then is closed."""
     max_subscriptions: int = 40
+    max_nodes_per_second: float = 1000.0
+    """Nodes served per second by Browse, Read, ..., all clients together (a token bucket holding one
+    second's worth); beyond it, BadServerTooBusy. Serving 10,000 Types-folder nodes costs this process
+    ~1.2 s of CPU: the budget keeps a flood of well-formed requests to a fraction of a core."""
 
 
 def _skip(n: int) -> Callable[[Buffer], None]:
@@ -173,6 +179,9 @@ _LIST_AFTER: dict[str, Callable[[Buffer], None]] = {
     "TransferSubscriptions": _skip(0),
     "Publish": _skip(0),  # SubscriptionAcknowledgements
 }
+_BUDGETED = frozenset({"Browse", "BrowseNext", "Read", "TranslateBrowsePathsToNodeIds", "RegisterNodes",
+                       "CreateMonitoredItems"})  # fmt: skip
+"""Services whose nodes cost the server work to serve; a subscription's Publish is not one of them."""
 
 
 def _list_length(buf: Buffer) -> int:
@@ -225,9 +234,16 @@ class _ReadOnlyServices(SimpleRoleRuleset):
         for service, skip in _LIST_AFTER.items()
     }
 
-    def __init__(self, max_nodes_per_request: int) -> None:
+    _COSTLY: ClassVar[frozenset[ua.NodeId]] = frozenset(
+        ua.NodeId(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")) for service in _BUDGETED
+    )
+
+    def __init__(self, max_nodes_per_request: int, max_nodes_per_second: float) -> None:
         super().__init__()
         self.max_nodes = max_nodes_per_request
+        self.rate = max_nodes_per_second
+        self._tokens = max_nodes_per_second
+        self._refilled_at = time.monotonic()
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         if action_type_id not in self._ALLOWED:
@@ -251,6 +267,16 @@ class _ReadOnlyServices(SimpleRoleRuleset):
             return  # malformed: asyncua's own decoding refuses it
         if max(lengths) > self.max_nodes:
             raise ServiceError(ua.StatusCodes.BadTooManyOperations)
+        if service in self._COSTLY:
+            self._spend(max(sum(lengths), 1))
+
+    def _spend(self, nodes: int) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._refilled_at) * self.rate)
+        self._refilled_at = now
+        if nodes > self._tokens:
+            raise ServiceError(ua.StatusCodes.BadServerTooBusy)
+        self._tokens -= nodes
 
 
 class HmiServer:
@@ -323,7 +349,7 @@ class HmiServer:
         await server.set_application_uri(f"{self._namespace}:hmi")
         server.set_security_policy(
             [ua.SecurityPolicyType.NoSecurity],
-            permission_ruleset=_ReadOnlyServices(self._limits.max_nodes_per_request),
+            permission_ruleset=_ReadOnlyServices(self._limits.max_nodes_per_request, self._limits.max_nodes_per_second),
         )
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         server.allow_remote_admin(False)

@@ -27,6 +27,7 @@ import structlog
 from controller.config import LineConfig
 from controller.errors import ControllerError
 from sim.controllers import ControllerProcess, InProcessController, Progress
+from sim.hmi_flood import SimHmiFlood
 from sim.judge import judge
 from sim.load import SimLoad
 from sim.plant import PlantConfig
@@ -215,9 +216,18 @@ async def run_simulated_line(
         # The simulator bounds the line's own time; this bounds ours if it hangs (and the load's).
         timeout_s = parts / run.rate_parts_s * 4 + 300
         async with controller:
-            with SimLoad(run.load, seconds=timeout_s) as load:
+            flood_at = cfg.hmi.endpoint if scenario.hmi_flood else None
+            with (
+                SimLoad(run.load, seconds=timeout_s) as load,
+                SimHmiFlood(flood_at, seed=run.seed, workdir=run.workdir, seconds=timeout_s) as flood,
+            ):
+
+                def on_running() -> None:
+                    load.start(priority_of=controller.pid)
+                    flood.start()
+
                 end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None,
-                                   timeout_s, on_running=lambda: load.start(priority_of=controller.pid))  # fmt: skip
+                                   timeout_s, on_running=on_running)  # fmt: skip
             stats = await controller.stop()
         assert proc.stdin is not None
         proc.stdin.close()  # the simulator may go now
@@ -227,6 +237,8 @@ async def run_simulated_line(
         summary = judge(report, journal_path)
         summary["controller"] = {**stats, "wall_s": time.monotonic() - started}
         summary["load"] = load.summary()
+        if scenario.hmi_flood:
+            summary["hmi_flood"] = flood.summary()
         if isinstance(faults, _InferenceFaults):
             summary["faults"] = faults.done
             running = faults.controller.started
@@ -296,7 +308,7 @@ def _criterion(
         + (", ".join(f"{a} raised and cleared once" for a in sorted(scenario.alarms)) or "none") + ", no other"
     )  # fmt: skip
     # A fault scenario proves nothing if its fault never struck (the run was too short for it).
-    summary["fault_struck"] = faults.fault_struck
+    summary["fault_struck"] = faults.fault_struck and summary.get("hmi_flood", {}).get("struck", True)
     summary["ok"] = (summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
                      and summary["fault_struck"])  # fmt: skip
     summary["journal"] = str(workdir / "journal.db")

@@ -51,6 +51,8 @@ class Scenario:
     controller: dict[str, dict[str, object]] = field(default_factory=dict)
     """Overrides of the controller's line config, by section: what commissioning such a line
     would set (each with its reason where the scenario is declared)."""
+    hmi_flood: bool = False
+    """A hostile panel network floods the controller's OPC UA server while the line runs (sim/hmi_flood.py)."""
 
     def plant_config(self, base: PlantConfig) -> PlantConfig:
         return replace(base, **self.plant)  # type: ignore[arg-type]
@@ -114,6 +116,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              # (no_frame, late, not_ready); the watchdog still tripped at the first writes.
              failsafe_allowed=frozenset({"controller_down", "watchdog_tripped", "no_frame", "late", "not_ready",
                                          "no_budget", "plc_link_lost"})),
+    Scenario("hmi-flood", "10,000-node browses, 50 sessions at once and sessions never closed, against the HMI",
+             hmi_flood=True,
+             # The HMI runs in its own process with limits: the verdict path must not notice, so no
+             # fail-safe and no alarm is explained by the flood. The HMI is on even with --no-hmi.
+             controller={"hmi": {"enabled": True}}),
     Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
              # The fault's fail-safe reasons are allowed wherever a worker is killed.
              kill_actor_after=60, alarms=frozenset({"inference"})),

@@ -245,6 +245,31 @@ async def test_too_many_nodes_in_one_request_are_refused_cheaply(hmi: Hmi) -> No
     assert await hmi.node("ModelVersion").read_value() is not None
 
 
+async def test_nodes_served_per_second_are_budgeted_for_all_clients_together(hmi: Hmi) -> None:
+    limits = HmiLimits()
+    params = ua.BrowseParameters()
+    params.NodesToBrowse = [
+        ua.BrowseDescription(NodeId=ua.NodeId(ua.ObjectIds.ObjectsFolder)) for _ in range(limits.max_nodes_per_request)
+    ]
+    outcomes = []
+    for _ in range(int(limits.max_nodes_per_second / limits.max_nodes_per_request) * 3):
+        try:
+            await hmi.client.uaclient.browse(params)
+            outcomes.append("served")
+        except ua.UaStatusCodeError as exc:
+            outcomes.append(ua.StatusCode(exc.code).name)
+    assert "BadServerTooBusy" in outcomes and set(outcomes) <= {"served", "BadServerTooBusy"}, outcomes
+
+    async def served_again() -> bool:
+        try:
+            await hmi.client.uaclient.browse(params)
+            return True
+        except ua.UaStatusCodeError:
+            return False
+
+    await _eventually(served_again)
+
+
 async def test_sessions_beyond_the_limit_are_refused(hmi: Hmi) -> None:
     limit = HmiLimits().max_sessions
     clients: list[Client] = []
