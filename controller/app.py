@@ -324,7 +324,7 @@ class LineController:
         revoked = [(written, written.revoked()) for written in upd.revoked]
         self._apply_gate(revoked + upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
         clock = self._snapshot_clock
-        clock.observe(started, finished, snap.encoder_pos, snap.speed)
+        clock.observe(started, finished, snap.encoder_pos, snap.speed, snap.life)
         opened = {id(part) for part in upd.new_parts}
         triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None, first_seen=True),
                      id(part) in opened and self.tracker.is_open(part)) for part in upd.seen]  # fmt: skip

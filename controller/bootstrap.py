@@ -65,7 +65,7 @@ def _build_inference(cfg: LineConfig) -> Any:
         )  # fmt: skip
     return RayInferencePool(
         inf.model, num_actors=inf.actors, max_in_flight_per_actor=max(inf.max_in_flight_per_actor, inf.max_batch),
-        engine=inf.engine, num_gpus=inf.num_gpus, max_batch=inf.max_batch, spread=inf.spread,
+        engine=inf.engine, num_gpus=inf.num_gpus, max_batch=inf.max_batch, spread=inf.spread, dispatch=inf.dispatch,
         engine_cache_dir=inf.engine_cache_dir if inf.engine == "tensorrt" else None,
     )  # fmt: skip
 

@@ -64,8 +64,10 @@ class RayInferenceConfig(_Strict):
     actors: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0, description="per actor: 1 = one actor per GPU, 0.5 = two per GPU")
     max_batch: int = Field(1, ge=1, description="micro-batch size; on CPUs batching only adds latency")
-    max_in_flight_per_actor: int = Field(2, ge=1)
+    max_in_flight_per_actor: int = Field(4, ge=1, description="bounded; admission refuses what cannot finish in time")
     spread: bool = Field(False, description="place actors on different Ray nodes")
+    dispatch: Literal["actor", "compiled"] = Field(
+        "actor", description="compiled: Ray compiled graphs (shared memory); for actors with cores of their own")
     engine_cache_dir: Path = Path("runs/engines")
     ray_address: str | None = None
     """None: start a local Ray; otherwise join that cluster."""

@@ -1,7 +1,9 @@
 """When did things at the PLC happen, in our monotonic clock? Always as an interval, never a point.
 
-A read tells only that the PLC sampled its encoder somewhere between sending the request and
-receiving the reply (less one PLC cycle: the block holds the last scan's values). Event-loop lag
+A read tells only that the PLC sampled its encoder before receiving the reply, and after the
+previous read was sent if its `life` counter moved since that read (the block holds the last
+scan's values; no assumption on the PLC's cycle time; a first read on a connection assumes one
+cycle, `plc_cycle_s`). Event-loop lag
 only widens that interval, it never moves it: a reply handled 75 ms late gives a 75 ms wide
 interval that still contains the truth. The encoder sharpens it: at a steady speed, each earlier
 read, moved forward by the distance travelled since, bounds the same instant again, and the bounds
@@ -21,15 +23,12 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from controller.tracking import wrap_diff
+from controller.tracking import MAX_ACCEL, wrap_diff
 
 STEADY = 0.02
 """Earlier reads count only while the speed stays within 2 % of the current one; also the error
 allowed on the PLC's filtered speed when turning a distance into a time."""
-MAX_ACCEL = 20_000.0
-"""Counts/s² the conveyor's speed can change at most (2 m/s² at 10 counts/mm: a drive that reaches
-1 m/s in half a second). Between two reads the speed can have left the values both reads saw by
-this much per second: over τ seconds a time told from a distance is off by up to a·τ²/(2·v)."""
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +49,19 @@ class Interval:
 @dataclass(frozen=True, slots=True)
 class _Read:
     sent: float
+    earliest: float
+    """The earliest the PLC can have sampled this read's values."""
     received: float
     encoder_pos: int
     speed: float
+    life: int
 
 
 class SnapshotClock:
     def __init__(self, plc_cycle_s: float = 0.0, keep: int = 8, max_accel: float = MAX_ACCEL) -> None:
         self.plc_cycle_s = plc_cycle_s
+        """For a first read on a connection: how much older than the request its values can be."""
         self.max_accel = max_accel
-        """The block holds the values of the PLC's last scan: up to one cycle older than the read."""
         self._reads: deque[_Read] = deque(maxlen=keep)
         self._previous: _Read | None = None
         """The read before the current one on this connection (None after a reconnect)."""
@@ -72,28 +74,34 @@ class SnapshotClock:
         self._previous = self._current = None
         self._sampled = None
 
-    def observe(self, sent: float, received: float, encoder_pos: int, speed: float) -> Interval:
-        """Record one read (sent/received in our clock); returns when the PLC sampled `encoder_pos`."""
-        read = _Read(sent - self.plc_cycle_s, received, encoder_pos, speed)
-        lo, hi = read.sent, read.received
+    def observe(self, sent: float, received: float, encoder_pos: int, speed: float, life: int) -> Interval:
+        """Record one read (sent/received in our clock, the PLC's `life` in it); returns when the
+        PLC sampled `encoder_pos`."""
+        prev = self._current
+        if prev is None:
+            earliest = sent - self.plc_cycle_s
+        else:  # a new scan ran after the previous read was served; or these are that read's values
+            earliest = min(sent, prev.sent) if life != prev.life else prev.earliest
+        read = _Read(sent, earliest, received, encoder_pos, speed, life)
+        lo, hi = read.earliest, read.received
         if speed >= 1.0:
             for r in self._reads:
                 if abs(r.speed - speed) > STEADY * speed:
                     continue
                 travelled_s = wrap_diff(encoder_pos, r.encoder_pos) / speed
                 slack = self._accel_error(received - r.sent, speed)
-                lo, hi = max(lo, r.sent + travelled_s - slack), min(hi, r.received + travelled_s + slack)
+                lo, hi = max(lo, r.earliest + travelled_s - slack), min(hi, r.received + travelled_s + slack)
         else:
             self._reads.clear()  # standing still: the encoder says nothing about time
         self._reads.append(read)
         self._previous, self._current = self._current, read
-        self._sampled = Interval(lo, hi) if lo <= hi else Interval(read.sent, read.received)
+        self._sampled = Interval(lo, hi) if lo <= hi else Interval(read.earliest, read.received)
         return self._sampled
 
     @property
     def seen_until(self) -> float:
         """Every trigger latched before this instant is in the current read."""
-        return self._current.sent if self._current else -math.inf
+        return self._current.earliest if self._current else -math.inf
 
     def trigger_interval(self, trigger_pos: int | None, *, first_seen: bool) -> Interval:
         """When the trigger latched at `trigger_pos` fired, from the current read. `first_seen`: the
@@ -118,5 +126,6 @@ class SnapshotClock:
         return by_distance.intersect(hard) or hard
 
     def _accel_error(self, span_s: float, speed: float) -> float:
-        """How far off a time told from a distance at `speed` can be after `span_s` of unseen speed changes."""
+        """How far off a time told from a distance at `speed` can be after `span_s` of unseen speed
+        changes: a·τ²/(2·v) at the drive's largest acceleration (tracking.MAX_ACCEL)."""
         return self.max_accel * span_s * span_s / (2 * speed)

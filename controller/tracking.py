@@ -16,6 +16,10 @@ from enum import StrEnum
 
 from controller.plc_codec import TRIGGER_RING, U32, VERDICT_RING, PlcToVision
 
+MAX_ACCEL = 20_000.0
+"""Counts/s² the conveyor's speed can change at most (2 m/s² at 10 counts/mm: a drive that reaches
+1 m/s in half a second). Positions projected from a read assume the worst: the conveyor sped up."""
+
 MAX_IN_FLIGHT = VERDICT_RING - 1
 """The verdict ring holds 64 entries; one slot stays free so a writer never overtakes a reader."""
 
@@ -240,8 +244,10 @@ class Tracker:
 
     # ---------------------------------------------------------------- time and position
     def position(self, now: float) -> int:
-        """Projected encoder position at `now` (speed × time since the last read)."""
-        return (self._pos + int(self._speed * max(0.0, now - self._pos_at))) % U32
+        """Projected encoder position at `now`: the furthest the conveyor can have come since the
+        last read (at its speed, speeding up as hard as it can), so a deadline is never late."""
+        dt = max(0.0, now - self._pos_at)
+        return (self._pos + int(self._speed * dt + MAX_ACCEL * dt * dt / 2)) % U32
 
     def counts_left(self, part: Part, now: float) -> int:
         """Encoder counts until the part's deadline (negative once passed)."""

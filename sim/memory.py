@@ -202,8 +202,6 @@ class SimMemoryLine:
         self.truth: dict[int, int] = {}
         """part_id → defect class (0 = good)."""
         self.pos = 0.0
-        self.dropped_at_restart: set[tuple[int, int]] = set()
-        """(epoch, seq) the PLC still tracked when it restarted: rejected, whatever was written."""
 
     async def run(self) -> None:
         """Move every part past the gate, then a little more; returns when the line has run empty."""
@@ -227,7 +225,6 @@ class SimMemoryLine:
                 edges.append((part_id, self.truth[part_id], int(self.pos) % 2**32))
                 next_part += self.rng.uniform(*self.pitch_counts)
             if restart_at is not None and now >= restart_at:
-                self.dropped_at_restart |= {(self.program.epoch, t.seq) for t in self.program.fifo}
                 self.program.start(now)
                 restart_at = None
             pulses = self.program.scan(now, int(self.pos) % 2**32, v, True, edges)
@@ -238,9 +235,20 @@ class SimMemoryLine:
             if pending_glitch is not None and now >= pending_glitch:
                 self.camera.glitch(now)
                 pending_glitch = None
-        for _ in range(50):  # the controller records the last decisions
+        for _ in range(1000):  # the controller sees and records the last decisions (bounded: 1 s)
             await asyncio.sleep(SCAN_S)
             self.program.scan(loop.time(), int(self.pos) % 2**32, 0.0, True, [])
+            if {(d.epoch, d.seq) for d in self.program.log} <= set(self.journal.parts):
+                break
+
+    def _unseen_at_restart(self) -> set[tuple[int, int]]:
+        """Per epoch that ended in a restart: the decisions after the last seq the journal has."""
+        last_epoch = self.program.epoch
+        newest: dict[int, int] = {}
+        for ep, seq in self.journal.parts:
+            newest[ep] = max(newest.get(ep, 0), seq)
+        return {(d.epoch, d.seq) for d in self.program.log
+                if d.epoch != last_epoch and d.seq > newest.get(d.epoch, 0) and d.gate != "pass"}  # fmt: skip
 
     def judge(self) -> dict[str, int]:
         """The ground truth against the journal: what the issue's criteria count."""
@@ -256,10 +264,10 @@ class SimMemoryLine:
             "passed_without_own_pass": sum(1 for k, d in decisions.items()
                                            if d.gate == "pass" and k not in written_pass),
             "escapes": sum(1 for d in decisions.values() if d.gate == "pass" and d.truth != 0),
-            # A trigger latched after the controller's last read and dropped by a PLC restart before
-            # the next one is unknowable to the controller (the ring is zeroed): rejected, unrecorded.
-            "without_one_outcome": len((set(decisions) ^ set(records)) - self.dropped_at_restart),
-            "unseen_at_restart": len(self.dropped_at_restart - set(records)),
+            # Triggers latched after the controller's last read of an epoch that a PLC restart then
+            # wiped (decided or dropped, all rejected) are unknowable to it: the ring is zeroed.
+            "without_one_outcome": len((set(decisions) ^ set(records)) - (unseen := self._unseen_at_restart())),
+            "unseen_at_restart": len(unseen),
             # A verdict written and decided just before a PLC restart the controller had not seen yet:
             # it records `epoch_changed` (the new epoch's counters cannot tell what the gate did).
             "gate_unknown_at_restart": len(unknown := {

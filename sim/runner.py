@@ -152,6 +152,9 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
         "journal": {"path": str(journal_path)},
         "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/"},
         "deadline": {"min_part_pitch_counts": int(mean_pitch * 0.7 * 10)},
+        # The simulated camera stamps each exposure with the scan that latched its trigger (2 ms for
+        # the clocks' jitter); a part is in view for half the smallest pitch.
+        "match": {"tolerance_ms": 2.0, "same_part_ms": 0.5 * mean_pitch * 0.7 / run.speed_mm_s * 1000},
         **run.extra,
     }, scenario.controller))  # fmt: skip
 

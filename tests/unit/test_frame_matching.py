@@ -20,15 +20,19 @@ from hypothesis import strategies as st
 from controller.frame_matching import FrameMatcher, Match, MatchWindow
 from controller.plc_clock import Interval, SnapshotClock
 
-W = MatchWindow(tolerance_s=0.003, same_part_s=0.007, hold_s=0.5)
+W = MatchWindow(tolerance_s=0.002, same_part_s=0.015, hold_s=0.5)
 DEADLINE_S = 0.35
 """Trigger to the last moment a frame is still useful (decision point less inference and margins)."""
 STEP_S = 0.0005
 ACCEL = 10_000.0
 """The model drive's acceleration, counts/s²: half the limit the clock allows for (plc_clock.MAX_ACCEL)."""
-IN_VIEW_S = (W.same_part_s, W.same_part_s)
-"""A part is in the camera's view from 7 ms before its trigger to 7 ms after (half the smallest
-pitch, 14 ms): a glitch exposure then shows that part, at any other moment no part or another's."""
+
+
+def window_for(pitch_s: tuple[float, float]) -> MatchWindow:
+    """What the line engineer configures: a part is in the camera's view for half the smallest pitch
+    either side of its trigger (a glitch exposure then shows that part; at any other moment no
+    part or another's), and the camera exposes within 2 ms of the trigger."""
+    return MatchWindow(tolerance_s=0.002, same_part_s=pitch_s[0] / 2, hold_s=0.5)
 
 
 def _at(t: float, width: float = 0.001) -> Interval:
@@ -103,12 +107,17 @@ class Line:
     burst: float = 0.0
     spurious: float = 0.0
     counter_resets: int = 0
+    window: MatchWindow = field(init=False)
     truth: dict[int, int] = field(default_factory=dict)
     """frame counter → seq."""
     trigger_at: dict[int, float] = field(default_factory=dict)
     matched_at: dict[int, float] = field(default_factory=dict)
 
-    def run(self, matcher: FrameMatcher) -> list[Match]:
+    def __post_init__(self) -> None:
+        self.window = window_for(self.pitch_s)
+
+    def run(self, matcher: FrameMatcher | None = None) -> list[Match]:
+        matcher = matcher or FrameMatcher(self.window)
         rng = self.rng
         # Plant: trigger instants (PLC scans of 1 ms), speed profile, encoder.
         t, times = 1.0, []
@@ -155,7 +164,8 @@ class Line:
                 burst_left = 4
                 continue
             if seq is None:  # a glitch while a part is still under the camera shows that part
-                seq = next((s for s, x in enumerate(times, start=1) if x - IN_VIEW_S[0] <= e <= x + IN_VIEW_S[1]), None)
+                in_view = self.window.same_part_s
+                seq = next((s for s, x in enumerate(times, start=1) if x - in_view <= e <= x + in_view), None)
             else:
                 self.trigger_at[seq] = times[seq - 1]
             if seq is not None:
@@ -181,7 +191,7 @@ class Line:
             now = max(reply, handled_until)
             handled_until = now
             pos, v = pos_at(scan), speed_at(scan)
-            clock.observe(sent, now, pos, v)
+            clock.observe(sent, now, pos, v, life=int(scan * 1000) % 65536)
             seq_now = sum(1 for x in times if x <= scan)
             new = [(s, clock.trigger_interval(pos_at(times[s - 1]), first_seen=True), True)
                    for s in range(last_seq + 1, seq_now + 1)]  # fmt: skip
@@ -221,17 +231,17 @@ def test_never_gives_a_part_another_parts_frame(seed: int, stalls: float, drop: 
                                                spurious: float, resets: int, speed_changes: bool, fast: bool) -> None:
     line = Line(random.Random(seed), stalls=stalls, drop=drop, burst=burst, spurious=spurious, counter_resets=resets,
                 speed_changes=speed_changes, pitch_s=(0.014, 0.026) if fast else (0.035, 0.065))  # fmt: skip
-    line.assert_safe(line.run(FrameMatcher(W)))
+    line.assert_safe(line.run())
 
 
 def test_with_clean_timing_every_part_gets_its_frame_in_time() -> None:
     """Liveness: a matcher that never matches, or guesses too little, fails here."""
     for seed in range(5):
         line = Line(random.Random(seed), parts=500)
-        line.assert_safe(line.run(FrameMatcher(W)))
+        line.assert_safe(line.run())
         assert line.in_time() >= 0.999, f"seed {seed}: {line.in_time():.4f}"
     fast = Line(random.Random(9), parts=1000, pitch_s=(0.014, 0.026))  # 50 parts/s
-    fast.assert_safe(fast.run(FrameMatcher(W)))
+    fast.assert_safe(fast.run())
     assert fast.in_time() >= 0.999
 
 
@@ -240,5 +250,5 @@ def test_under_load_and_faults_most_parts_still_get_their_frame() -> None:
     not the line. (A stall every 0.25 s costs about 17 %: the triggers it hides are known only
     within what the drive's acceleration allows, wider than `same_part_s`.)"""
     line = Line(random.Random(4), parts=1000, stalls=0.002, drop=0.01, spurious=0.01, speed_changes=True)
-    line.assert_safe(line.run(FrameMatcher(W)))
+    line.assert_safe(line.run())
     assert line.in_time() >= 0.95

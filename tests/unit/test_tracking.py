@@ -44,10 +44,22 @@ def test_new_trigger_gets_positional_deadline_across_the_wrap() -> None:
 def test_a_stopped_conveyor_stops_the_clock() -> None:
     t = Tracker(MARGINS)
     t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
+    for i in range(1, 1000):  # standing for 100 s, read every 0.1 s
+        t.on_snapshot(snap(pos=1000, speed=0.0, trigger_seq=1, triggers={1: 0}), i * 0.1, accept_parts=True)
+    part = t.parts[1]
+    assert t.time_left(part, 99.9) == float("inf")
+    assert t.may_write(part, 99.9) is None
+
+
+def test_without_a_read_the_deadline_assumes_the_conveyor_sped_up() -> None:
+    t = Tracker(MARGINS)
+    t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
     t.on_snapshot(snap(pos=1000, speed=0.0, trigger_seq=1, triggers={1: 0}), 0.1, accept_parts=True)
     part = t.parts[1]
-    assert t.time_left(part, 1000.0) == float("inf")
-    assert t.may_write(part, 1000.0) is None
+    assert t.may_write(part, 0.1) is None
+    # 0.7 s without a read: a drive at its largest acceleration could have brought the part past its
+    # deadline (20 000 counts/s² × 0.6² / 2 = 3600 counts); a verdict now could be late: refused.
+    assert t.may_write(part, 0.7) is Reason.LATE
 
 
 def test_part_expires_at_deadline_position_not_at_decision() -> None:
@@ -55,7 +67,8 @@ def test_part_expires_at_deadline_position_not_at_decision() -> None:
     t.on_snapshot(snap(trigger_seq=1, triggers={1: 0}), 0.0, accept_parts=True)
     part = t.parts[1]
     margin = MARGINS.counts(10_000.0)
-    assert t.may_write(part, (4000 - margin - 1) / 10_000) is None
+    t.on_snapshot(snap(pos=4000 - margin - 20, trigger_seq=1, triggers={1: 0}), 0.5, accept_parts=True)
+    assert t.may_write(part, 0.5 + 0.0015) is None  # 15 counts + a fraction on: still before the deadline
     upd = t.on_snapshot(snap(pos=4000 - margin, trigger_seq=1, triggers={1: 0}), 1.0, accept_parts=True)
     (done,) = upd.finished
     assert (done.outcome, done.reason) == (Outcome.FAILSAFE, Reason.NO_FRAME)

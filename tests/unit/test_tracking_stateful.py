@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from controller import plc_codec as c
-from controller.tracking import Margins, Outcome, Reason, Tracker, wrap_diff
+from controller.tracking import MAX_ACCEL, Margins, Outcome, Reason, Tracker, wrap_diff
 from sim.plc_program import PlcProgram
 
 SCAN_S = 0.001
@@ -112,7 +112,8 @@ class LineMachine(RuleBasedStateMachine):
             # can gain between polls; beyond that margin a refusal would reject a part for nothing.
             left = wrap_diff(part.decision_pos, int(self.pos) % 2**32)
             v = self.polled_speed  # the tracker projects at the speed of its last read
-            slack = MARGINS.counts(v) + v * (self.t - self.polled_at) + 2 * max(v, self.speed) * SCAN_S
+            dt = self.t - self.polled_at  # and assumes the drive sped up as hard as it can since
+            slack = MARGINS.counts(v) + v * dt + MAX_ACCEL * dt * dt / 2 + 2 * max(v, self.speed) * SCAN_S
             owned = part.seq > snap.trigger_seq - c.VERDICT_RING and part.seq > snap.decided_seq
             assert not (owned and left > slack), f"seq {part.seq} refused ({refused}) with {left} counts left"
         if refused is not None:
