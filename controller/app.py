@@ -7,13 +7,13 @@
 
 The PLC exchange is cyclic, as S7 links are meant to be used: per cycle one read of `PlcToVision`,
 then one write of `VisionToPlc` carrying the heartbeat and every verdict queued since the last
-(controller/vision_block.py). One request at a time on the one connection, so a slow link costs
+(controller/core/vision_block.py). One request at a time on the one connection, so a slow link costs
 round trips, never a queue of stale requests.
 
 Every trigger ends in exactly one recorded outcome, with its reason. The PLC is the safety layer:
 whatever fails here, the part is rejected there; this module's job is to be on time.
-Not here: the rules of time and position (controller/tracking.py), association
-(controller/frame_matching.py), building the parts (controller/bootstrap.py).
+Not here: the rules of time and position (controller/core/tracking.py), association
+(controller/core/frame_matching.py), building the parts (controller/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -30,24 +30,13 @@ from typing import Any
 
 import structlog
 
-from controller import plc_codec as codec
 from controller.alarms import Alarms
-from controller.budget import VerdictBudget
-from controller.errors import (
-    CameraError,
-    ConfigError,
-    ControllerError,
-    InferenceError,
-    JournalError,
-    PlcError,
-    PlcStalledError,
-)
-from controller.frame_matching import FrameMatcher, Match, MatchWindow
-from controller.plc_clock import SnapshotClock
-from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
-from controller.resume import resume
-from controller.status import Health, LineStatus
-from controller.tracking import (
+from controller.core import plc_codec as codec
+from controller.core.budget import VerdictBudget
+from controller.core.frame_matching import FrameMatcher, Match, MatchWindow
+from controller.core.plc_clock import SnapshotClock
+from controller.core.resume import resume
+from controller.core.tracking import (
     Finished,
     GateCounters,
     Margins,
@@ -58,7 +47,18 @@ from controller.tracking import (
     check_line_geometry,
     wrap_diff,
 )  # fmt: skip
-from controller.vision_block import VisionBlock
+from controller.core.vision_block import VisionBlock
+from controller.errors import (
+    CameraError,
+    ConfigError,
+    ControllerError,
+    InferenceError,
+    JournalError,
+    PlcError,
+    PlcStalledError,
+)
+from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
+from controller.status import Health, LineStatus
 
 log = structlog.get_logger("lineinspect.controller")
 

@@ -18,16 +18,16 @@ from typing import Any
 
 import structlog
 
+from controller.adapters.frame_stream import StreamCamera
+from controller.adapters.journal import SqliteJournal
+from controller.adapters.plc_link import Snap7PlcLink
 from controller.app import LineController, Timing
 from controller.config import LineConfig, StreamCameraConfig
+from controller.core.frame_matching import MatchWindow
+from controller.core.tracking import Margins
 from controller.errors import ConfigError, ControllerError
-from controller.frame_matching import MatchWindow
-from controller.frame_stream import StreamCamera
-from controller.journal import SqliteJournal
-from controller.plc_link import Snap7PlcLink
 from controller.ports import FrameSource
 from controller.status import LineStatus
-from controller.tracking import Margins
 
 log = structlog.get_logger("lineinspect.bootstrap")
 
@@ -40,7 +40,7 @@ def _build_camera(cfg: LineConfig) -> Any:
     cam = cfg.camera
     if isinstance(cam, StreamCameraConfig):
         return StreamCamera(cam.host, cam.port, host_clock=cam.host_clock)
-    from controller.pylon_camera import PylonCamera  # pypylon loads its transport layers on import
+    from controller.adapters.pylon_camera import PylonCamera  # pypylon loads its transport layers on import
 
     return PylonCamera(cam.serial, trigger_source=cam.trigger_source)
 

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from controller.resume import Recorded
-    from controller.tracking import GateCounters
+    from controller.core.resume import Recorded
+    from controller.core.tracking import GateCounters
 
 Image = npt.NDArray[np.uint8]
 

@@ -1,6 +1,6 @@
 """The simulator's camera: on each trigger pulse it "exposes" the part under the photo-eye —
 renders its image (models.synthetic), stamps the part's hidden identity outside the ROI — and
-streams it with its frame counter to every connected controller (controller/frame_stream.py).
+streams it with its frame counter to every connected controller (controller/adapters/frame_stream.py).
 
 A render thread keeps the PLC scan free of image work; its queue is unbounded by count only in
 principle: triggers come at most once per part pitch and rendering is ~100× faster than that.
@@ -19,7 +19,7 @@ from types import TracebackType
 
 import numpy as np
 
-from controller.frame_stream import encode_frame
+from controller.adapters.frame_stream import encode_frame
 from models import synthetic
 from sim import identity
 

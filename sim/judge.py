@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from controller.journal import alarm_counts, read_image
-from controller.plc_codec import PASS
+from controller.adapters.journal import alarm_counts, read_image
+from controller.core.plc_codec import PASS
 from sim.identity import read_stamp
 
 GATE_OF_OUTCOME = {"pass": "pass", "reject": "reject_vision", "failsafe": "reject_failsafe"}

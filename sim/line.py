@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from controller import plc_codec as c
+from controller.core import plc_codec as c
 from sim.camera import NO_FAULTS, CameraFaults, SimCamera
 from sim.plant import Plant, PlantConfig
 from sim.plc_server import SimPlc

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from controller import plc_codec as c
+from controller.core import plc_codec as c
+from controller.core.resume import Recorded
+from controller.core.tracking import GateCounters, Outcome
 from controller.errors import InferenceError
 from controller.ports import Frame, Image, InferenceResult, PartRecord
-from controller.resume import Recorded
-from controller.tracking import GateCounters, Outcome
 from sim.plc_program import PlcProgram
 
 SCAN_S = 0.001

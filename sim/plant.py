@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controller.plc_codec import U32
+from controller.core.plc_codec import U32
 
 
 @dataclass(frozen=True, slots=True)

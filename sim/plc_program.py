@@ -13,8 +13,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
-from controller import plc_codec as c
-from controller.tracking import wrap_diff
+from controller.core import plc_codec as c
+from controller.core.tracking import wrap_diff
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from types import TracebackType
 import snap7
 from snap7.type import SrvArea
 
-from controller import plc_codec as c
+from controller.core import plc_codec as c
 from sim.plant import Plant
 from sim.plc_program import PlcProgram
 

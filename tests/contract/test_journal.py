@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.adapters.journal import SqliteJournal, alarm_counts, read_image
+from controller.core.resume import Recorded
+from controller.core.tracking import GateCounters, Outcome
 from controller.errors import JournalError
-from controller.journal import SqliteJournal, alarm_counts, read_image
 from controller.ports import PartRecord
-from controller.resume import Recorded
-from controller.tracking import GateCounters, Outcome
 
 
 def rec(seq: int, outcome: str = "pass", image: np.ndarray | None = None) -> PartRecord:

@@ -14,9 +14,9 @@ import snap7
 from snap7.server import EVC_CLIENT_ADDED
 from snap7.type import SrvArea
 
-from controller import plc_codec as c
+from controller.adapters.plc_link import Snap7PlcLink
+from controller.core import plc_codec as c
 from controller.errors import PlcContractError, PlcError, PlcStalledError
-from controller.plc_link import Snap7PlcLink
 from sim.plant import Plant, PlantConfig
 from sim.plc_server import SimPlc, _free_port
 

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from controller.adapters.pylon_camera import PylonCamera
 from controller.errors import CameraError
 from controller.ports import Frame, FrameSource
-from controller.pylon_camera import PylonCamera
 
 EMULATED_SERIAL = "0815-0000"
 EMULATED_SHAPE = (1040, 1024)  # Height x Width of the emulator's default Mono8 image

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.budget import MAX_WAIT_S, VerdictBudget
+from controller.core.budget import MAX_WAIT_S, VerdictBudget
 
 
 def test_the_write_margin_follows_the_slowest_writes_but_never_drops_below_the_configured_one() -> None:

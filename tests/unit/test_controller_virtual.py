@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.app import LineController, Timing
-from controller.frame_matching import MatchWindow
-from controller.tracking import Margins
+from controller.core.frame_matching import MatchWindow
+from controller.core.tracking import Margins
 from sim.memory import MemoryFaults, SimMemoryLine
 from sim.virtual_time import run_virtual
 

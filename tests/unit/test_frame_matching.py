@@ -1,7 +1,7 @@
 """Frame ↔ trigger association: right frame or no frame, never another part's.
 
-The property tests drive the real pure core (controller/plc_clock.py's intervals and
-controller/frame_matching.py) with a line model in virtual time that has what a loaded controller
+The property tests drive the real pure core (controller/core/plc_clock.py's intervals and
+controller/core/frame_matching.py) with a line model in virtual time that has what a loaded controller
 really sees: PLC reads answered 0–150 ms late (event-loop stalls), frames handled before their
 trigger's read, spurious frames anywhere, dropped frames and bursts of them, camera counter resets,
 speed changes. They assert safety (every match is the truth) and liveness (with clean timing,
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.frame_matching import FrameMatcher, Match, MatchWindow
-from controller.plc_clock import Interval, SnapshotClock
+from controller.core.frame_matching import FrameMatcher, Match, MatchWindow
+from controller.core.plc_clock import Interval, SnapshotClock
 
 W = MatchWindow(tolerance_s=0.002, same_part_s=0.015, hold_s=0.5)
 DEADLINE_S = 0.35

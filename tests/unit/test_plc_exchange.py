@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from controller import plc_codec as c
-from controller.plc_clock import SnapshotClock
-from controller.tracking import GateCounters, Margins, Outcome, Reason, Tracker
-from controller.vision_block import VisionBlock
+from controller.core import plc_codec as c
+from controller.core.plc_clock import SnapshotClock
+from controller.core.tracking import GateCounters, Margins, Outcome, Reason, Tracker
+from controller.core.vision_block import VisionBlock
 
 PDU_WRITE = 480 - 35
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from controller import plc_codec as c
+from controller.core import plc_codec as c
 from sim.plc_program import PlcProgram
 
 OFFSET = 4000

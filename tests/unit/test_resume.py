@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.resume import Recorded, resume
-from controller.tracking import GateCounters, Outcome
+from controller.core.resume import Recorded, resume
+from controller.core.tracking import GateCounters, Outcome
 
 U32 = 2**32
 PASS, REJECT, FAILSAFE = Outcome.PASS, Outcome.REJECT, Outcome.FAILSAFE

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import DeadlineConfig
-from controller.tracking import check_line_geometry
+from controller.core.tracking import check_line_geometry
 
 SCL = Path(__file__).resolve().parents[2] / "controller" / "plc" / "LineInspect.scl"
 

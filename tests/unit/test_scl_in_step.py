@@ -1,7 +1,7 @@
 """The TIA Portal program controller/plc/LineInspect.scl against the contract and plc_codec.
 
 Parses the two DATA_BLOCK declarations, lays them out with the S7 standard-DB (non-optimized)
-alignment rules and checks every offset and size against controller/plc_codec.py; then checks,
+alignment rules and checks every offset and size against controller/core/plc_codec.py; then checks,
 cheaply, that the FB still contains each rule's key statements (sim/plc_program.py is the same
 rules in Python and has its own behavioural tests). The gate's own rules (reject window, geometry
 check, touching parts, gate eye, edge capture) are checked in test_scl_gate.py.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import plc_codec as c
+from controller.core import plc_codec as c
 
 SCL = Path(__file__).resolve().parents[2] / "controller" / "plc" / "LineInspect.scl"
 

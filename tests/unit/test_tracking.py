@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller import plc_codec as c
-from controller.tracking import Margins, Outcome, Reason, Tracker, check_line_geometry, wrap_diff
+from controller.core import plc_codec as c
+from controller.core.tracking import Margins, Outcome, Reason, Tracker, check_line_geometry, wrap_diff
 
 U32 = 2**32
 MARGINS = Margins(write_s=0.01, plc_cycle_s=0.004, min_counts=2)

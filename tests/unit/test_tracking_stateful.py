@@ -17,8 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from controller import plc_codec as c
-from controller.tracking import MAX_ACCEL, Margins, Outcome, Reason, Tracker, wrap_diff
+from controller.core import plc_codec as c
+from controller.core.tracking import MAX_ACCEL, Margins, Outcome, Reason, Tracker, wrap_diff
 from sim.plc_program import PlcProgram
 
 SCAN_S = 0.001

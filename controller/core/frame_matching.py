@@ -1,6 +1,6 @@
 """Frame ↔ trigger association: which camera frame belongs to which trigger sequence number.
 
-Sans-I/O. Every instant is an interval that contains the truth (controller/plc_clock.py): a
+Sans-I/O. Every instant is an interval that contains the truth (controller/core/plc_clock.py): a
 trigger's from the reads around it, a frame's from its exposure time and the camera's tolerance.
 A frame is given to a part only when the evidence proves it, never on a best guess:
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from controller.plc_clock import Interval
+from controller.core.plc_clock import Interval
 
 UNSEEN = -1
 """Stands for a trigger (or frame) that may exist but has not been seen yet."""

@@ -9,15 +9,15 @@ counters up to which the journal agrees with the gate. The PLC's counters now sa
 decided since then passed, were rejected on a vision verdict, or failed safe. Sans-I/O.
 
 Not here: reading the journal or the PLC (controller/app.py), the per-read reconciliation of a
-running controller (controller/tracking.py `Tracker._reconcile`, whose rule this shares).
+running controller (controller/core/tracking.py `Tracker._reconcile`, whose rule this shares).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.plc_codec import U32
-from controller.tracking import GateCounters, Outcome, wrap_diff
+from controller.core.plc_codec import U32
+from controller.core.tracking import GateCounters, Outcome, wrap_diff
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@ waits after inference for the write that carries it, how long an S7 write takes,
 the deadline margin, the admission budget and how long one inference may be waited for.
 
 Pure: it is told durations, it never reads a clock. Not here: positions and deadlines themselves
-(controller/tracking.py), when to write (controller/app.py).
+(controller/core/tracking.py), when to write (controller/app.py).
 """
 
 from __future__ import annotations

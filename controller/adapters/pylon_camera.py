@@ -307,7 +307,7 @@ class PylonCamera:
                         del view  # pypylon refuses to leave the block while the view is referenced
                     self._note_counter(counter)
                     # Stamped here, not when the event loop gets to it: association needs the arrival
-                    # time without the loop's lag (controller/frame_matching.py).
+                    # time without the loop's lag (controller/core/frame_matching.py).
                     self._post(self._deliver, counter, image, time.monotonic())
                 else:
                     self._grab_failures += 1

@@ -14,8 +14,8 @@ Pure: no I/O, no clock. Not here: when to write (controller/app.py), the layout 
 
 from __future__ import annotations
 
-from controller import plc_codec as c
-from controller.tracking import wrap_diff
+from controller.core import plc_codec as c
+from controller.core.tracking import wrap_diff
 
 _EMPTY_ENTRY = bytes(c.VERDICT_ENTRY_SIZE)
 

@@ -14,7 +14,7 @@ A trigger's instant is bounded twice: by the read that first showed it and the o
 did not (hard bounds, whatever the speed did), and by the distance the conveyor moved since its
 latched position, at the speeds seen between the two reads (sharp while the conveyor runs).
 
-Pure: no I/O, no clock. Not here: the trigger ↔ frame association (controller/frame_matching.py).
+Pure: no I/O, no clock. Not here: the trigger ↔ frame association (controller/core/frame_matching.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from controller.tracking import MAX_ACCEL, wrap_diff
+from controller.core.tracking import MAX_ACCEL, wrap_diff
 
 STEADY = 0.02
 """Earlier reads count only while the speed stays within 2 % of the current one; also the error

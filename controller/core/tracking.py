@@ -6,7 +6,7 @@ returns decisions. No clock, no sockets, no asyncio, so it can be tested exhaust
 
 The deadline is a *position* (decision position minus a margin for the journal, the write and one
 PLC cycle). Its time equivalent follows the current speed: a stopped conveyor stops the clock.
-Not here: frame association (controller/frame_matching.py), byte layouts (controller/plc_codec.py).
+Not here: frame association (controller/core/frame_matching.py), byte layouts (controller/core/plc_codec.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller.plc_codec import TRIGGER_RING, U32, VERDICT_RING, PlcToVision
+from controller.core.plc_codec import TRIGGER_RING, U32, VERDICT_RING, PlcToVision
 
 MAX_ACCEL = 20_000.0
 """Counts/s² the conveyor's speed can change at most (2 m/s² at 10 counts/mm: a drive that reaches
@@ -63,7 +63,7 @@ class Reason(StrEnum):
     """Its verdict was written, but the PLC decided it while our heartbeat was lost (rule 3)."""
     CONTROLLER_DOWN = "controller_down"
     """Decided while no controller ran (killed, crashed, restarting), or written just before and
-    decided after the PLC's watchdog tripped; learned on restart (controller/resume.py)."""
+    decided after the PLC's watchdog tripped; learned on restart (controller/core/resume.py)."""
     PLC_REJECTED = "plc_rejected"
     """Its verdict was written, but the PLC's counters say the gate rejected it fail-safe anyway."""
 

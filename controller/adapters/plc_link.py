@@ -21,8 +21,8 @@ from typing import TypeVar
 import snap7
 from snap7.error import S7Error, S7ProtocolError
 
+from controller.core.plc_codec import PLC_TO_VISION_SIZE, VISION_TO_PLC_SIZE, check_plc_contract
 from controller.errors import PlcContractError, PlcError, PlcStalledError
-from controller.plc_codec import PLC_TO_VISION_SIZE, VISION_TO_PLC_SIZE, check_plc_contract
 
 T = TypeVar("T")
 

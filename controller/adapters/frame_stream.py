@@ -5,7 +5,7 @@ Wire format, one message per exposure, big-endian: magic `LIFS`, u8 version (1),
 u16 height, u16 width, u64 frame counter, f64 exposure time (sender's clock, informational),
 then height × width × channels bytes of 8-bit pixels. A message that breaks the format ends the
 connection with a CameraError naming the problem; nothing is guessed.
-Not here: association of frames with triggers (controller/frame_matching.py).
+Not here: association of frames with triggers (controller/core/frame_matching.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ A record is keyed by (epoch, seq): recording it again replaces it, so a part tha
 first record still has exactly one outcome.
 It also keeps, per epoch, the PLC's gate counters up to which the journal agrees with the gate (the
 resume point, stored with every record: a restarted controller learns from it what happened while
-it was down, controller/resume.py), and every alarm raised or cleared.
+it was down, controller/core/resume.py), and every alarm raised or cleared.
 Not here: deciding outcomes (controller/app.py).
 """
 
@@ -34,10 +34,10 @@ from typing import TypeVar
 
 import numpy as np
 
+from controller.core.resume import Recorded
+from controller.core.tracking import GateCounters, Outcome
 from controller.errors import JournalError
 from controller.ports import PartRecord
-from controller.resume import Recorded
-from controller.tracking import GateCounters, Outcome
 
 T = TypeVar("T")
 
