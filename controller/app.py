@@ -89,6 +89,8 @@ class Timing:
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
     min_part_pitch_counts: int = 300
+    plc_max_cycle_s: float = 0.020
+    """The PLC's longest cycle: how much older than a read's request its values can be."""
 
 
 class LineController:
@@ -105,7 +107,7 @@ class LineController:
         self.budget = VerdictBudget(margins.write_s)
         """From inference done to the start of the write that carries the verdict (journal + wait)."""
         self._block = VisionBlock()
-        self._snapshot_clock = SnapshotClock(plc_cycle_s=margins.plc_cycle_s)
+        self._snapshot_clock = SnapshotClock(plc_cycle_s=timing.plc_max_cycle_s)
         self._outbox: dict[tuple[int, int], Queued] = {}
         """Recorded verdicts for the next write, by (epoch, seq) (each part is in it at most once)."""
         self._header_at = 0.0
@@ -197,14 +199,14 @@ class LineController:
                 snap = codec.decode_plc_to_vision(await self.plc.read_plc_to_vision())
                 if snap.epoch != self._acked_epoch:
                     await self._acknowledge_epoch(snap.epoch)
-                if snap.epoch != self.tracker.epoch and snap.epoch != self._resumed_epoch:
-                    await self._resume_epoch(snap)
                 if snap.life != last_life:
                     life_confirmed = life_confirmed or last_life != -1
                     last_life, life_changed_at = snap.life, started
                 elif started - life_changed_at > self.timing.stale_s:
                     raise PlcError(f"PLC life counter stuck at {snap.life} for {started - life_changed_at:.3f} s")
                 if life_confirmed:
+                    if snap.epoch != self.tracker.epoch and snap.epoch != self._resumed_epoch:
+                        await self._resume_epoch(snap)  # the same read the tracker starts from
                     self._on_snapshot(snap, started, self._now())
                     await self._write_cycle()
                     if snap.epoch != self._resume_failed:

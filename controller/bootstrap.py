@@ -123,10 +123,11 @@ async def run_controller(
             plc, camera, inference, journal,
             margins=Margins(write_s=d.write_margin_ms / 1000, plc_cycle_s=d.plc_cycle_ms / 1000),
             window=MatchWindow(cfg.match.frame_latency_ms / 1000, cfg.match.tolerance_ms / 1000,
-                               cfg.match.same_part_ms / 1000),
+                               cfg.match.same_part_ms / 1000, cfg.match.frame_delay_ms / 1000),
             timing=Timing(
                 poll_s=cfg.plc.poll_ms / 1000, heartbeat_s=cfg.plc.heartbeat_ms / 1000,
                 stale_s=cfg.plc.stale_ms / 1000, min_part_pitch_counts=d.min_part_pitch_counts,
+                plc_max_cycle_s=d.plc_max_cycle_ms / 1000,
             ),
             on_status=lambda status: _publish_all(publishers, status),
         )  # fmt: skip

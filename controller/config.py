@@ -55,6 +55,7 @@ class MatchConfig(_Strict):
     frame_latency_ms: float = Field(0.0, ge=0)
     tolerance_ms: float = Field(10.0, gt=0, description="largest |exposure − trigger| (camera delay, clock error)")
     same_part_ms: float = Field(15.0, gt=0, description="an exposure this close to the trigger shows the part")
+    frame_delay_ms: float = Field(100.0, gt=0, description="the longest a frame takes from exposure to arrival")
 
 
 class RayInferenceConfig(_Strict):
@@ -104,7 +105,8 @@ class HmiConfig(_Strict):
 
 class DeadlineConfig(_Strict):
     write_margin_ms: float = Field(10.0, gt=0, description="journal fsync + S7 write, pessimistic")
-    plc_cycle_ms: float = Field(4.0, gt=0)
+    plc_cycle_ms: float = Field(4.0, gt=0, description="a typical PLC cycle: the decision comes one cycle late")
+    plc_max_cycle_ms: float = Field(20.0, gt=0, description="the PLC's longest cycle: a read's values are no older")
     min_part_pitch_counts: int = Field(300, gt=0, description="smallest trigger-to-trigger distance")
 
 

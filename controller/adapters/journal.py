@@ -25,7 +25,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +66,9 @@ class SqliteJournal:
         self.max_images = max_images
         self._db: sqlite3.Connection | None = None
         self._pool = _TwoLaneWriter(f"journal-{path.name}")
+        self._compressor = ThreadPoolExecutor(1, thread_name_prefix="journal-images")
+        """zlib of the frames, off the writer thread: it only inserts the bytes."""
+        self._checkpointer: _Checkpointer | None = None
         self._healthy = False
         self.error: str | None = None
         self._gate: tuple[int, GateCounters] | None = None
@@ -89,8 +92,12 @@ class SqliteJournal:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._compressor.shutdown)  # every frame handed to the lazy lane
         with contextlib.suppress(sqlite3.Error):
             await asyncio.wrap_future(self._pool.submit(_nothing, lazy=True))  # the lazy lane drained first
+        if self._checkpointer is not None:
+            await loop.run_in_executor(None, self._checkpointer.stop)
         await self._run(self._close)
         self._pool.shutdown()
 
@@ -105,8 +112,13 @@ class SqliteJournal:
                                meta=self._gate)  # fmt: skip
         images = [rec for rec in recs if rec.image is not None]
         if images and self.max_images > 0:
-            self._pool.submit(self._insert_images, images, lazy=True)
+            compressed = self._compressor.submit(_compress_images, images)
+            compressed.add_done_callback(self._store_images)
         return durable
+
+    def _store_images(self, compressed: Future[list[tuple[object, ...]]]) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile: the frame is not a record
+            self._pool.submit(self._insert_images, compressed.result(), lazy=True)
 
     def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> Awaitable[None]:
         """What the gate did, learned after the decision, replaces the recorded outcome and reason.
@@ -174,9 +186,13 @@ class SqliteJournal:
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # Checkpoints copy the WAL into the database and fsync it: hundreds of ms on a busy disk.
+        # Not on the writer (a record would wait behind one); a thread of their own does them.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(SCHEMA)
         _add_missing_columns(db)
         self._db = db
+        self._checkpointer = _Checkpointer(self.path)
 
     def _close(self) -> None:
         if self._db is not None:
@@ -220,15 +236,9 @@ class SqliteJournal:
             for job in jobs:
                 job()
 
-    def _insert_images(self, recs: list[PartRecord]) -> None:
+    def _insert_images(self, rows: list[tuple[object, ...]]) -> None:
         db = self._connection()
-        for rec in recs:
-            img = np.ascontiguousarray(rec.image)
-            channels = 1 if img.ndim == 2 else img.shape[2]
-            db.execute(
-                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
-                (rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)),
-            )
+        db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
         db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
 
     def _lazy_batch(self, jobs: list[Callable[[], None]], meta: object = None) -> None:
@@ -401,5 +411,40 @@ class _Job:
 def _run_each(jobs: list[Callable[[], None]], meta: object = None) -> None:
     for job in jobs:
         job()
+
+
 def _nothing() -> None:
     pass
+
+
+def _compress_images(recs: list[PartRecord]) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    for rec in recs:
+        img = np.ascontiguousarray(rec.image)
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        rows.append((rec.epoch, rec.seq, img.shape[0], img.shape[1], channels, zlib.compress(img.tobytes(), 1)))
+    return rows
+
+
+class _Checkpointer:
+    """Moves the WAL into the database every `period_s` on a connection and thread of its own. A
+    PASSIVE checkpoint never blocks the writer: records keep committing to the WAL meanwhile."""
+
+    def __init__(self, path: Path, period_s: float = 1.0) -> None:
+        self._path, self._period_s = path, period_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"journal-checkpoint-{path.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            while not self._stopping.wait(self._period_s):
+                with contextlib.suppress(sqlite3.Error):  # busy or failing disk: the next one tries again
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()

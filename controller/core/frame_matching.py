@@ -46,6 +46,9 @@ class MatchWindow:
     """An exposure this close to a trigger's instant still shows that part (its length in time at
     line speed). A trigger known only within an interval wider than this less `tolerance_s` cannot
     take a frame: a glitch exposure inside it could show the gap or another part."""
+    frame_delay_s: float = 0.100
+    """The longest a frame takes from exposure to arrival: after that, no frame can still turn up
+    for a trigger (sooner than waiting for the next part's frame to prove it)."""
     hold_s: float = 0.5
     """How long a frame or trigger is remembered (as a candidate for others, and waiting for its
     partner); longer than any part's time from trigger to deadline."""
@@ -81,6 +84,7 @@ class FrameMatcher:
         self._seen_until = -math.inf
         """Every trigger that fired before this instant has been seen."""
         self._newest_exposure = -math.inf
+        self._now = -math.inf
         self._proven: tuple[int, int] | None = None
         """While unlocked: the last pair proven both ways, (seq, counter), waiting for its successor."""
         self.spurious_frames = 0
@@ -131,12 +135,14 @@ class FrameMatcher:
     def _frames_for(self, trigger: _Trigger) -> list[int]:
         """Every frame that could belong to `trigger`, UNSEEN included where one could still arrive."""
         out = [c for c, f in self._frames.items() if self._fits(trigger.at, f.exposed_at)]
-        if self._newest_exposure <= trigger.at.hi + self.window.tolerance_s:
+        last_exposure = trigger.at.hi + self.window.tolerance_s
+        if self._newest_exposure <= last_exposure and self._now <= last_exposure + self.window.frame_delay_s:
             out.append(UNSEEN)
         return out
 
     # ------------------------------------------------------------------ decisions
     def _match(self, now: float) -> list[Match]:
+        self._now = max(self._now, now)
         self._age_out(now)
         matches: list[Match] = []
         for counter in sorted(c for c, f in self._frames.items() if f.open):

@@ -60,7 +60,8 @@ class _Read:
 class SnapshotClock:
     def __init__(self, plc_cycle_s: float = 0.0, keep: int = 8, max_accel: float = MAX_ACCEL) -> None:
         self.plc_cycle_s = plc_cycle_s
-        """For a first read on a connection: how much older than the request its values can be."""
+        """The PLC's longest cycle (its cycle monitoring time): a read's values are at most this
+        much older than the request, and newer than the previous request if `life` moved."""
         self.max_accel = max_accel
         self._reads: deque[_Read] = deque(maxlen=keep)
         self._previous: _Read | None = None
@@ -78,19 +79,27 @@ class SnapshotClock:
         """Record one read (sent/received in our clock, the PLC's `life` in it); returns when the
         PLC sampled `encoder_pos`."""
         prev = self._current
-        if prev is None:
-            earliest = sent - self.plc_cycle_s
-        else:  # a new scan ran after the previous read was served; or these are that read's values
-            earliest = min(sent, prev.sent) if life != prev.life else prev.earliest
+        earliest = sent - self.plc_cycle_s
+        if prev is not None and life == prev.life:
+            earliest = prev.earliest  # no scan since the previous read: its values
+        elif prev is not None:
+            earliest = max(earliest, prev.sent)  # a scan ran after the previous read was served
         read = _Read(sent, earliest, received, encoder_pos, speed, life)
         lo, hi = read.earliest, read.received
         if speed >= 1.0:
-            for r in self._reads:
+            # Earlier reads, newest first, while every one of them saw a steady speed: between two
+            # samples the drive can have strayed by a·gap/2 and come back, so each gap adds
+            # a·gap²/(4·v) to the time a distance tells, and the speed's own error adds STEADY.
+            drift, later = 0.0, read
+            for r in reversed(self._reads):
                 if abs(r.speed - speed) > STEADY * speed:
-                    continue
+                    break
+                gap = later.received - r.earliest
+                drift += self.max_accel * gap * gap / (4 * speed)
                 travelled_s = wrap_diff(encoder_pos, r.encoder_pos) / speed
-                slack = self._accel_error(received - r.sent, speed)
+                slack = drift + STEADY * travelled_s
                 lo, hi = max(lo, r.earliest + travelled_s - slack), min(hi, r.received + travelled_s + slack)
+                later = r
         else:
             self._reads.clear()  # standing still: the encoder says nothing about time
         self._reads.append(read)

@@ -28,7 +28,7 @@ def run_line(line: SimMemoryLine) -> dict[str, int]:
         controller = LineController(
             line.plc, line.camera, line.inference, line.journal,
             margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
-            timing=Timing(min_part_pitch_counts=line.pitch_counts[0]), clock=loop.time,
+            timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002), clock=loop.time,
         )  # fmt: skip
         task = asyncio.create_task(controller.run(), name="controller")
         await asyncio.sleep(0.05)  # connected before the first part
