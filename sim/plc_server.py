@@ -82,9 +82,12 @@ class SimPlc:
 
     def _scan_loop(self) -> None:
         while not self._stop.is_set():
-            t0 = time.monotonic()
-            edges = self.plant.step(t0, running=self.running)
             with self.locked():
+                # Inputs are sampled inside the cycle, after the last read was served, as on a CPU
+                # (inputs, program, then communication): a read never sees values sampled before
+                # the read before it was answered (controller/core/plc_clock.py relies on it).
+                t0 = time.monotonic()
+                edges = self.plant.step(t0, running=self.running)
                 pulses = self.program.scan(
                     t0, self.plant.encoder_pos, self.plant.speed_counts_s, self.plant.speed_mm_s > 0,
                     [(e.part.part_id, e.part.truth, e.encoder_pos) for e in edges],

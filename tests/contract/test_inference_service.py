@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -94,7 +95,14 @@ def need_ray(ray_cluster: Any) -> Any:
 Factory = Callable[..., Any]
 
 
-@pytest.fixture(params=["local", "ray", "ray-compiled"])
+# Ray Compiled Graphs leave native channel threads spinning in the test process (Ray 2.60); one full
+# run in a fresh clone died of a segfault minutes after the Ray tests. They run on demand:
+# LINEINSPECT_TEST_COMPILED=1 make test (opt-in dispatch, see workers/ray_pool.py).
+COMPILED = pytest.mark.skipif(os.environ.get("LINEINSPECT_TEST_COMPILED") != "1",
+                              reason="compiled-graph dispatch: set LINEINSPECT_TEST_COMPILED=1")  # fmt: skip
+
+
+@pytest.fixture(params=["local", "ray", pytest.param("ray-compiled", marks=COMPILED)])
 def make_pool(request: pytest.FixtureRequest) -> Factory:
     """A factory: (model path, capacity) → an unstarted pool admitting `capacity` requests at once."""
     if request.param == "local":
@@ -109,7 +117,8 @@ def make_pool(request: pytest.FixtureRequest) -> Factory:
 
 
 # The Ray pool's own tests, once per dispatch ("ray_" in the id: the module's Ray fixture looks for "ray").
-ray_dispatch = pytest.mark.parametrize("dispatch", ["actor", "compiled"], ids=["ray_actor", "ray_compiled"])
+ray_dispatch = pytest.mark.parametrize("dispatch", ["actor", pytest.param("compiled", marks=COMPILED)],
+                                       ids=["ray_actor", "ray_compiled"])  # fmt: skip
 
 
 @pytest.fixture
