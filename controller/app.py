@@ -327,9 +327,8 @@ class LineController:
         self._apply_gate(revoked + upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
         clock = self._snapshot_clock
         clock.observe(started, finished, snap.encoder_pos, snap.speed, snap.life)
-        opened = {id(part) for part in upd.new_parts}
-        triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None, first_seen=True),
-                     id(part) in opened and self.tracker.is_open(part)) for part in upd.seen]  # fmt: skip
+        triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None),
+                     self.tracker.is_open(part)) for part in upd.seen]  # fmt: skip
         self._dispatch(self.matcher.on_triggers(triggers, clock.seen_until, self._now()))
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:

@@ -112,13 +112,13 @@ class SnapshotClock:
         """Every trigger latched before this instant is in the current read."""
         return self._current.earliest if self._current else -math.inf
 
-    def trigger_interval(self, trigger_pos: int | None, *, first_seen: bool) -> Interval:
-        """When the trigger latched at `trigger_pos` fired, from the current read. `first_seen`: the
-        previous read did not hold it, so it fired after that read was sampled (a hard lower bound).
-        `trigger_pos` None: its position is unknown (ring overrun), only the hard bounds apply."""
+    def trigger_interval(self, trigger_pos: int | None) -> Interval:
+        """When a trigger the current read shows first fired: after the previous read was sent (it
+        did not hold it), before this one was answered, and `travelled` counts ago at the speeds
+        seen. `trigger_pos` None: its position is unknown (ring overrun), only the hard bounds apply."""
         cur, sampled = self._current, self._sampled
         assert cur is not None and sampled is not None, "observe() a read first"
-        after = self._previous.sent if first_seen and self._previous else -math.inf
+        after = self._previous.sent if self._previous else -math.inf
         hard = Interval(after, sampled.hi)
         if trigger_pos is None or cur.speed < 1.0:
             return hard

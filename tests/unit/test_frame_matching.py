@@ -193,7 +193,7 @@ class Line:
             pos, v = pos_at(scan), speed_at(scan)
             clock.observe(sent, now, pos, v, life=int(scan * 1000) % 65536)
             seq_now = sum(1 for x in times if x <= scan)
-            new = [(s, clock.trigger_interval(pos_at(times[s - 1]), first_seen=True), True)
+            new = [(s, clock.trigger_interval(pos_at(times[s - 1])), True)
                    for s in range(last_seq + 1, seq_now + 1)]  # fmt: skip
             last_seq = seq_now
             self._note(matches, matcher.on_triggers(new, clock.seen_until, now), now)
