@@ -79,6 +79,12 @@ class Queued:
     result: InferenceResult
     t_start: float
     t_end: float
+    t_durable: float
+    """When its record was durable (the verdict may be written from then on)."""
+
+
+SLOW_VERDICT_S = 0.050
+"""Inference end → verdict in the PLC slower than this is logged with where the time went."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,8 @@ class Timing:
     min_part_pitch_counts: int = 300
     plc_max_cycle_s: float = 0.020
     """The PLC's longest cycle: how much older than a read's request its values can be."""
+    trigger_latency_s: float = 0.005
+    """The longest from a photo-eye edge to its ring entry in the block."""
 
 
 class LineController:
@@ -107,7 +115,9 @@ class LineController:
         self.budget = VerdictBudget(margins.write_s)
         """From inference done to the start of the write that carries the verdict (journal + wait)."""
         self._block = VisionBlock()
-        self._snapshot_clock = SnapshotClock(plc_cycle_s=timing.plc_max_cycle_s)
+        self._snapshot_clock = SnapshotClock(plc_cycle_s=timing.plc_max_cycle_s,
+                                             trigger_latency_s=timing.trigger_latency_s,
+                                             min_pitch_counts=timing.min_part_pitch_counts)
         self._outbox: dict[tuple[int, int], Queued] = {}
         """Recorded verdicts for the next write, by (epoch, seq) (each part is in it at most once)."""
         self._header_at = 0.0
@@ -315,6 +325,7 @@ class LineController:
         if snap.epoch != self.tracker.epoch:
             log.info("plc_epoch", epoch=snap.epoch, previous=self.tracker.epoch)
             self.matcher.reset()
+            self._snapshot_clock.new_epoch()
         self._snapshot = snap
         upd = self.tracker.on_snapshot(snap, started, accept_parts=self.ready)
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
@@ -329,7 +340,10 @@ class LineController:
         clock.observe(started, finished, snap.encoder_pos, snap.speed, snap.life)
         triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None),
                      self.tracker.is_open(part)) for part in upd.seen]  # fmt: skip
-        self._dispatch(self.matcher.on_triggers(triggers, clock.seen_until, self._now()))
+        short = clock.saw_triggers([part.trigger_pos if part.latched else None for part in upd.seen])
+        if short is not None:
+            log.warning("trigger_pitch_below_minimum", counts=short, min_part_pitch_counts=clock.min_pitch_counts)
+        self._dispatch(self.matcher.on_triggers(triggers, clock.unseen_after, self._now()))
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
         """The PLC lost our heartbeat (we stalled, or the link did) and rejects every part until it
@@ -411,6 +425,10 @@ class LineController:
                 continue  # the epoch changed meanwhile: already recorded as fail-safe
             self._count(q.done)
             self.latencies.append(t_written - p.seen_at)
+            if t_written - q.t_end > SLOW_VERDICT_S:
+                log.info("slow_verdict", seq=p.seq, journal_ms=round((q.t_durable - q.t_end) * 1e3, 1),
+                         queued_ms=round((t_write - q.t_durable) * 1e3, 1),
+                         write_ms=round((t_written - t_write) * 1e3, 1))  # fmt: skip
             # Queued now, before any later record: a restarted controller tells acknowledged writes by it.
             self._spawn(_settled(self.journal.note_written(p.epoch, p.seq, t_written)), name=f"written-{p.seq}")
 
@@ -522,7 +540,7 @@ class LineController:
             codec.score_to_word(result.score),
         )  # fmt: skip
         part.writing = True  # the exchange loop owns its outcome from here
-        self._outbox[part.epoch, part.seq] = Queued(done, entry, frame, result, t_start, t_end)
+        self._outbox[part.epoch, part.seq] = Queued(done, entry, frame, result, t_start, t_end, self._now())
 
     def _learn_write_time(self, seconds: float) -> None:
         self.budget.learn_write(seconds)
@@ -537,11 +555,14 @@ class LineController:
         for done in finished:
             if done is None:
                 continue  # already had its outcome
-            if done.part.epoch == self.tracker.epoch:  # the matcher only knows this epoch's triggers
+            this_epoch = done.part.epoch == self.tracker.epoch  # the matcher only knows this epoch's triggers
+            why = self.matcher.explain(done.part.seq) if this_epoch and done.reason is Reason.NO_FRAME else None
+            if this_epoch:
                 self.matcher.forget_trigger(done.part.seq)
             self._count(done)
             if done.outcome is Outcome.FAILSAFE:
-                log.info("failsafe", epoch=done.part.epoch, seq=done.part.seq, reason=done.reason.value)
+                log.info("failsafe", epoch=done.part.epoch, seq=done.part.seq, reason=done.reason.value,
+                         **({"match": why} if why else {}))
             job = self._record(done, frame, result, t_start, t_end)
             self._spawn(self._journal_job(job), name=f"record-{done.part.seq}")
 

@@ -127,7 +127,7 @@ async def run_controller(
             timing=Timing(
                 poll_s=cfg.plc.poll_ms / 1000, heartbeat_s=cfg.plc.heartbeat_ms / 1000,
                 stale_s=cfg.plc.stale_ms / 1000, min_part_pitch_counts=d.min_part_pitch_counts,
-                plc_max_cycle_s=d.plc_max_cycle_ms / 1000,
+                plc_max_cycle_s=d.plc_max_cycle_ms / 1000, trigger_latency_s=d.trigger_latency_ms / 1000,
             ),
             on_status=lambda status: _publish_all(publishers, status),
         )  # fmt: skip

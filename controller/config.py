@@ -107,6 +107,8 @@ class DeadlineConfig(_Strict):
     write_margin_ms: float = Field(10.0, gt=0, description="journal fsync + S7 write, pessimistic")
     plc_cycle_ms: float = Field(4.0, gt=0, description="a typical PLC cycle: the decision comes one cycle late")
     plc_max_cycle_ms: float = Field(20.0, gt=0, description="the PLC's longest cycle: a read's values are no older")
+    trigger_latency_ms: float = Field(
+        5.0, ge=0, description="longest photo-eye edge → ring entry (period of the PLC task that writes it)")
     min_part_pitch_counts: int = Field(300, gt=0, description="smallest trigger-to-trigger distance")
 
 

@@ -99,6 +99,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "run_s": span,
         "plc": report["plc"],
         "plc_max_scan_ms": report["max_scan_ms"],
+        "plc_max_cycle_ms": report.get("max_cycle_ms"),
         "alarms": alarms,
     }
     # Nothing lost: whatever happened, no wrong frame, no pass without its own PASS, one outcome

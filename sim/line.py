@@ -98,6 +98,7 @@ class SimLine:
                 "verdicts_late": snap.verdicts_late, "watchdog_trips": snap.watchdog_trips,
             },
             "max_scan_ms": self.plc.max_scan_s * 1000,
+            "max_cycle_ms": self.plc.max_cycle_s * 1000,
             "frames_sent": self.camera.frames_sent,
             "frames_dropped_on_purpose": self.camera.dropped,
             "spurious_frames_sent": self.camera.spurious,
@@ -109,6 +110,9 @@ def serve(
     cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_s: float, scenario: str = "steady"
 ) -> int:
     """`lineinspect sim-line`: announce endpoints as one JSON line, run, write the report."""
+    # The PLC's scan thread shares this process's GIL with the S7 server and the camera's renderer:
+    # with Python's 5 ms switch interval its 1 ms cycle stretched to 30 ms on a busy machine.
+    sys.setswitchinterval(0.0005)
     sc = SCENARIOS[scenario]
     cfg = sc.plant_config(cfg)
     link = sc.link if sc.link != LinkFaults() else None

@@ -46,6 +46,8 @@ class SimPlc:
         self.running = False
         """Conveyor run command (the line operator's start)."""
         self.max_scan_s = 0.0
+        self.max_cycle_s = 0.0
+        """Longest start-to-start of two scans: how late a photo-eye edge can reach the block."""
         self._server = snap7.server.Server(log=False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan_loop, name="sim-plc-scan", daemon=True)
@@ -81,12 +83,16 @@ class SimPlc:
         return _BothLocks(self._server, self.db_in, self.db_out)
 
     def _scan_loop(self) -> None:
+        last = None
         while not self._stop.is_set():
             with self.locked():
                 # Inputs are sampled inside the cycle, after the last read was served, as on a CPU
                 # (inputs, program, then communication): a read never sees values sampled before
                 # the read before it was answered (controller/core/plc_clock.py relies on it).
                 t0 = time.monotonic()
+                if last is not None:
+                    self.max_cycle_s = max(self.max_cycle_s, t0 - last)
+                last = t0
                 edges = self.plant.step(t0, running=self.running)
                 pulses = self.program.scan(
                     t0, self.plant.encoder_pos, self.plant.speed_counts_s, self.plant.speed_mm_s > 0,

@@ -120,6 +120,19 @@ class FrameMatcher:
         if trigger is not None:
             trigger.open = False
 
+    def explain(self, seq: int) -> dict[str, object]:
+        """Why `seq` has no frame, for the log: its instant and the frames that could be its own."""
+        trigger = self._triggers.get(seq)
+        if trigger is None:
+            return {"trigger": "forgotten"}
+        near = {c: f for c, f in self._frames.items() if abs(f.exposed_at - trigger.at.lo) < 0.2}
+        return {
+            "trigger_ms": [round(trigger.at.lo * 1e3, 1), round(trigger.at.hi * 1e3, 1)],
+            "seen_until_ms": round(self._seen_until * 1e3, 1), "offset": self.offset,
+            "frames": {c: {"exposed_ms": round(f.exposed_at * 1e3, 1), "open": f.open,
+                           "triggers": self._triggers_for(f)} for c, f in sorted(near.items())},
+        }
+
     # ------------------------------------------------------------------ evidence
     def _fits(self, at: Interval, exposed_at: float) -> bool:
         tol = self.window.tolerance_s

@@ -11,7 +11,8 @@ intersect to about the smallest delays seen each way (NTP's minimum filter, with
 the reference clock). The current read's own interval always bounds the result.
 
 A trigger's instant is bounded twice: by the read that first showed it and the one before that
-did not (hard bounds, whatever the speed did), and by the distance the conveyor moved since its
+did not, less the PLC's trigger latency (an edge's ring entry is written at the next run of the PLC
+task that latches it: hard bounds, whatever the speed did), and by the distance the conveyor moved since its
 latched position, at the speeds seen between the two reads (sharp while the conveyor runs).
 
 Pure: no I/O, no clock. Not here: the trigger ↔ frame association (controller/core/frame_matching.py).
@@ -58,10 +59,19 @@ class _Read:
 
 
 class SnapshotClock:
-    def __init__(self, plc_cycle_s: float = 0.0, keep: int = 8, max_accel: float = MAX_ACCEL) -> None:
+    def __init__(self, plc_cycle_s: float = 0.0, keep: int = 8, max_accel: float = MAX_ACCEL,
+                 trigger_latency_s: float = 0.0, min_pitch_counts: int | None = None) -> None:  # fmt: skip
         self.plc_cycle_s = plc_cycle_s
         """The PLC's longest cycle (its cycle monitoring time): a read's values are at most this
         much older than the request, and newer than the previous request if `life` moved."""
+        self.trigger_latency_s = trigger_latency_s
+        """The longest from a photo-eye edge to its ring entry in the block (the period of the
+        PLC task that writes it): a trigger a read does not show can be that much older."""
+        self.min_pitch_counts = min_pitch_counts
+        """The line's smallest trigger-to-trigger distance (None: not promised). While every
+        trigger keeps it, it bounds when the next one can fire (`unseen_after`)."""
+        self._newest_trigger: int | None = None
+        """Latched position of this epoch's newest trigger (None: unknown, e.g. a ring overrun)."""
         self.max_accel = max_accel
         self._reads: deque[_Read] = deque(maxlen=keep)
         self._previous: _Read | None = None
@@ -109,16 +119,52 @@ class SnapshotClock:
 
     @property
     def seen_until(self) -> float:
-        """Every trigger latched before this instant is in the current read."""
-        return self._current.earliest if self._current else -math.inf
+        """Every trigger that fired before this instant is in the current read: its entry was
+        written at most `trigger_latency_s` after the edge, and the read was served after it was sent."""
+        return self._current.sent - self.trigger_latency_s if self._current else -math.inf
+
+    def new_epoch(self) -> None:
+        self._newest_trigger = None
+
+    def saw_triggers(self, positions: list[int | None]) -> int | None:
+        """The latched positions of the triggers a read showed first, in sequence order. Returns the
+        distance of one that came closer than `min_pitch_counts` after its predecessor (from then on
+        the pitch bounds nothing), else None."""
+        short = None
+        for position in positions:
+            previous, self._newest_trigger = self._newest_trigger, position
+            if self.min_pitch_counts is None or previous is None or position is None:
+                continue
+            if wrap_diff(position, previous) < self.min_pitch_counts:
+                short, self.min_pitch_counts = wrap_diff(position, previous), None
+        return short
+
+    @property
+    def unseen_after(self) -> float:
+        """No trigger the current read does not show can have fired before this instant: not before
+        `seen_until`, nor before the conveyor reached the newest trigger's latched position plus the
+        line's smallest pitch (it was short of it when this read was sampled, and gets there no
+        faster than the speed seen and the drive's acceleration allow). The second bound lets a
+        frame be matched as soon as its trigger is read, without waiting out the PLC's latency."""
+        cur, sampled, pitch = self._current, self._sampled, self.min_pitch_counts
+        if cur is None or sampled is None or self._newest_trigger is None or pitch is None or cur.speed < 1.0:
+            return self.seen_until
+        to_go = wrap_diff((self._newest_trigger + pitch) % 2**32, cur.encoder_pos)
+        if to_go <= 0 or to_go > pitch:
+            return self.seen_until  # already there (or the encoder went back): only the read bounds it
+        v = cur.speed * (1 + STEADY)
+        a = self.max_accel
+        reach_s = (math.sqrt(v * v + 2 * a * to_go) - v) / a  # to_go = v·τ + a·τ²/2
+        return max(self.seen_until, sampled.lo + reach_s)
 
     def trigger_interval(self, trigger_pos: int | None) -> Interval:
-        """When a trigger the current read shows first fired: after the previous read was sent (it
-        did not hold it), before this one was answered, and `travelled` counts ago at the speeds
-        seen. `trigger_pos` None: its position is unknown (ring overrun), only the hard bounds apply."""
+        """When a trigger the current read shows first fired: at most `trigger_latency_s` before the
+        previous read was sent (that read did not hold its entry), before this one was answered, and
+        `travelled` counts ago at the speeds seen. `trigger_pos` None: its position is unknown (ring
+        overrun), only the hard bounds apply."""
         cur, sampled = self._current, self._sampled
         assert cur is not None and sampled is not None, "observe() a read first"
-        after = self._previous.sent if self._previous else -math.inf
+        after = self._previous.sent - self.trigger_latency_s if self._previous else -math.inf
         hard = Interval(after, sampled.hi)
         if trigger_pos is None or cur.speed < 1.0:
             return hard

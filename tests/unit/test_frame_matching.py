@@ -24,6 +24,8 @@ W = MatchWindow(tolerance_s=0.002, same_part_s=0.015, hold_s=0.5)
 DEADLINE_S = 0.35
 """Trigger to the last moment a frame is still useful (decision point less inference and margins)."""
 STEP_S = 0.0005
+SCAN_S = 0.004
+"""The PLC's cycle: an edge's ring entry appears in the block at the first scan after it."""
 ACCEL = 10_000.0
 """The model drive's acceleration, counts/s²: half the limit the clock allows for (plc_clock.MAX_ACCEL)."""
 
@@ -107,6 +109,8 @@ class Line:
     burst: float = 0.0
     spurious: float = 0.0
     counter_resets: int = 0
+    pitch_promised: bool = True
+    """The controller is told the line's smallest pitch (in counts), which bounds the next trigger."""
     window: MatchWindow = field(init=False)
     truth: dict[int, int] = field(default_factory=dict)
     """frame counter → seq."""
@@ -119,11 +123,12 @@ class Line:
     def run(self, matcher: FrameMatcher | None = None) -> list[Match]:
         matcher = matcher or FrameMatcher(self.window)
         rng = self.rng
-        # Plant: trigger instants (PLC scans of 1 ms), speed profile, encoder.
+        # Plant: photo-eye edges at any instant (the encoder count captured in hardware at the edge),
+        # each in the PLC's block from its next scan on (cycle SCAN_S), speed profile, encoder.
         t, times = 1.0, []
         for _ in range(self.parts):
             t += rng.uniform(*self.pitch_s)
-            times.append(round(t, 3))
+            times.append(t)
         end = times[-1] + 0.5
         # The drive ramps towards a new target speed now and then, within its acceleration limit.
         targets = {round(rng.uniform(1.0, end), 3): self.speed * rng.uniform(0.5, 1.2)
@@ -144,7 +149,8 @@ class Line:
             i = int(x / STEP_S)
             return int(positions[i] + speeds[i] * (x - i * STEP_S)) % 2**32
 
-        # Camera: exposures 0–2 ms after the trigger's scan, spurious frames anywhere, drops.
+        # Camera: triggered by the photo-eye itself, exposes 0–2 ms after the edge; spurious frames
+        # anywhere, drops.
         exposures: list[tuple[float, int | None]] = [(x + rng.uniform(0, 0.002), seq)
                                                      for seq, x in enumerate(times, start=1)]  # fmt: skip
         for _ in range(int(self.spurious * self.parts)):
@@ -172,13 +178,16 @@ class Line:
                 self.truth[counter] = seq
             events.append((e + rng.uniform(0.001, 0.006), 1, (counter, e)))
         # The controller's event loop: reads every 2 ms; a stall delays whatever it handles next.
-        clock, last_seq, sent, handled_until = SnapshotClock(plc_cycle_s=0.001), 0, 1.0, 0.0
+        slowest = self.speed * (0.5 if self.speed_changes else 1.0)
+        min_pitch = int(self.pitch_s[0] * slowest) - 1 if self.pitch_promised else None
+        clock = SnapshotClock(plc_cycle_s=SCAN_S, trigger_latency_s=SCAN_S, min_pitch_counts=min_pitch)
+        last_seq, sent, handled_until = 0, 1.0, 0.0
         frames = sorted(events)
         matches: list[Match] = []
         fi = 0
         while sent < end:
             sampled = sent + rng.uniform(0.0002, 0.001)
-            scan = math.floor(sampled * 1000) / 1000  # the block holds the last scan's values
+            scan = math.floor(sampled / SCAN_S) * SCAN_S  # the block holds the last scan's values
             reply = sampled + rng.uniform(0.0002, 0.001)
             if rng.random() < self.stalls:
                 reply += rng.uniform(0.0, 0.150)
@@ -191,12 +200,13 @@ class Line:
             now = max(reply, handled_until)
             handled_until = now
             pos, v = pos_at(scan), speed_at(scan)
-            clock.observe(sent, now, pos, v, life=int(scan * 1000) % 65536)
+            clock.observe(sent, now, pos, v, life=round(scan / SCAN_S) % 65536)
             seq_now = sum(1 for x in times if x <= scan)
             new = [(s, clock.trigger_interval(pos_at(times[s - 1])), True)
                    for s in range(last_seq + 1, seq_now + 1)]  # fmt: skip
+            assert clock.saw_triggers([pos_at(times[s - 1]) for s in range(last_seq + 1, seq_now + 1)]) is None
             last_seq = seq_now
-            self._note(matches, matcher.on_triggers(new, clock.seen_until, now), now)
+            self._note(matches, matcher.on_triggers(new, clock.unseen_after, now), now)
             sent = now + 0.002
         return matches
 
@@ -226,11 +236,15 @@ class Line:
     resets=st.integers(0, 2),
     speed_changes=st.booleans(),
     fast=st.booleans(),
+    pitch_promised=st.booleans(),
 )
-def test_never_gives_a_part_another_parts_frame(seed: int, stalls: float, drop: float, burst: float,
-                                               spurious: float, resets: int, speed_changes: bool, fast: bool) -> None:
+def test_never_gives_a_part_another_parts_frame(
+    seed: int, stalls: float, drop: float, burst: float, spurious: float, resets: int, speed_changes: bool,
+    fast: bool, pitch_promised: bool,
+) -> None:  # fmt: skip
     line = Line(random.Random(seed), stalls=stalls, drop=drop, burst=burst, spurious=spurious, counter_resets=resets,
-                speed_changes=speed_changes, pitch_s=(0.014, 0.026) if fast else (0.035, 0.065))  # fmt: skip
+                speed_changes=speed_changes, pitch_s=(0.014, 0.026) if fast else (0.035, 0.065),
+                pitch_promised=pitch_promised)  # fmt: skip
     line.assert_safe(line.run())
 
 
@@ -252,3 +266,25 @@ def test_under_load_and_faults_most_parts_still_get_their_frame() -> None:
     line = Line(random.Random(4), parts=1000, stalls=0.002, drop=0.01, spurious=0.01, speed_changes=True)
     line.assert_safe(line.run())
     assert line.in_time() >= 0.95
+
+
+def test_the_smallest_pitch_bounds_the_next_trigger_until_a_trigger_breaks_it() -> None:
+    clock = SnapshotClock(plc_cycle_s=0.004, trigger_latency_s=0.004, min_pitch_counts=300)
+    clock.observe(1.000, 1.001, 10_000, 10_000.0, life=1)
+    clock.observe(1.002, 1.003, 10_020, 10_000.0, life=2)
+    assert clock.saw_triggers([10_010]) is None
+    # The conveyor is 290 counts short of the next possible trigger: ~28 ms at 10,000 counts/s.
+    assert clock.seen_until == 1.002 - 0.004
+    assert 1.025 < clock.unseen_after < 1.031
+    assert clock.saw_triggers([10_200]) == 190  # closer than promised: the pitch bounds nothing now
+    assert clock.unseen_after == clock.seen_until
+
+
+def test_without_the_pitch_a_frame_waits_out_the_plcs_trigger_latency() -> None:
+    late = Line(random.Random(3), parts=300, pitch_promised=False)
+    late.run()
+    early = Line(random.Random(3), parts=300)
+    early.run()
+    wait = {name: sorted(line.matched_at[s] - line.trigger_at[s] for s in line.matched_at if s in line.trigger_at)
+            for name, line in (("late", late), ("early", early))}  # fmt: skip
+    assert wait["early"][150] < wait["late"][150] - SCAN_S / 2  # medians: matched about a PLC latency sooner
