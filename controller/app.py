@@ -119,6 +119,8 @@ class LineController:
                                              trigger_latency_s=timing.trigger_latency_s,
                                              min_pitch_counts=timing.min_part_pitch_counts)
         self._outbox: dict[tuple[int, int], Queued] = {}
+        self._verdict_queued = asyncio.Event()
+        """Set when a verdict joins the outbox: the exchange loop writes it without waiting for its next read."""
         """Recorded verdicts for the next write, by (epoch, seq) (each part is in it at most once)."""
         self._header_at = 0.0
         self._watchdog_trips: tuple[int, int] | None = None
@@ -222,6 +224,9 @@ class LineController:
                     if snap.epoch != self._resume_failed:
                         # Every part decided by this read now has its outcome queued in the journal.
                         self.journal.gate_reconciled(snap.epoch, GateCounters.of(snap))
+                    backoff = self.timing.backoff_initial_s
+                next_poll = max(next_poll + self.timing.poll_s, self._now())
+                await self._idle_until(next_poll, write=life_confirmed)
             except PlcError as exc:
                 # Read, stuck PLC or write: the same recovery (a fresh connection after any fault).
                 await self._plc_lost(str(exc), link_fault=not isinstance(exc, PlcStalledError))
@@ -231,11 +236,18 @@ class LineController:
                 self._block.rewrite_all()
                 last_life, life_changed_at, life_confirmed = -1, self._now(), False
                 next_poll = self._now()
-                continue
-            if life_confirmed:
-                backoff = self.timing.backoff_initial_s
-            next_poll = max(next_poll + self.timing.poll_s, self._now())
-            await asyncio.sleep(next_poll - self._now())
+
+    async def _idle_until(self, t: float, *, write: bool) -> None:
+        """Between two reads: a verdict queued meanwhile is written at once, not a poll later."""
+        while (left := t - self._now()) > 0:
+            self._verdict_queued.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._verdict_queued.wait()
+            except TimeoutError:
+                return
+            if write:
+                await self._write_cycle()
 
     async def _acknowledge_epoch(self, epoch: int) -> None:
         """Clear the whole verdict ring, then acknowledge. A verdict written for the old epoch just
@@ -541,6 +553,7 @@ class LineController:
         )  # fmt: skip
         part.writing = True  # the exchange loop owns its outcome from here
         self._outbox[part.epoch, part.seq] = Queued(done, entry, frame, result, t_start, t_end, self._now())
+        self._verdict_queued.set()
 
     def _learn_write_time(self, seconds: float) -> None:
         self.budget.learn_write(seconds)
