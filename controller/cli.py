@@ -252,6 +252,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_journal(args: argparse.Namespace) -> int:
+    """How long a record takes to become durable on the journal's disk (it is on every PASS's path)."""
+    from rich.console import Console
+
+    from controller.adapters.journal_probe import probe_journal
+
+    console = Console(stderr=True)
+    result = asyncio.run(probe_journal(Path(args.dir), seconds=args.seconds, rate_hz=args.rate, progress=console.print))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _dataset_check(args: argparse.Namespace) -> int:
     from models.dataset_check import check_dataset
 
@@ -341,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--line-parts", type=int, default=300, help="simulated line length for the overhead; 0: skip")
     b.add_argument("--out", default="runs/bench")
     b.set_defaults(fn=_bench)
+
+    bj = sub.add_parser("bench-journal", help="benchmark: durable-record latency on the journal's disk")
+    bj.add_argument("--dir", default="runs", help="a folder on the disk the journal will live on")
+    bj.add_argument("--seconds", type=float, default=60.0)
+    bj.add_argument("--rate", type=float, default=20.0, help="records per second (the line's part rate)")
+    bj.set_defaults(fn=_bench_journal)
 
     ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
