@@ -20,12 +20,19 @@ if TYPE_CHECKING:
     from controller.app import LineController
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _sim(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from controller import logs
     from sim.runner import SimRun, scenario_names
 
+    # SIGTERM (a CI timeout, `kill`) as Ctrl-C: the runner's cleanup then stops the simulator, the
+    # controller process and Ray; Python's default would leave them running without a parent.
+    signal.signal(signal.SIGTERM, _interrupt)
     parts = args.parts if args.duration is None else max(1, round(args.duration * args.rate))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
