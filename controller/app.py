@@ -119,9 +119,9 @@ class LineController:
                                              trigger_latency_s=timing.trigger_latency_s,
                                              min_pitch_counts=timing.min_part_pitch_counts)
         self._outbox: dict[tuple[int, int], Queued] = {}
+        """Recorded verdicts for the next write, by (epoch, seq) (each part is in it at most once)."""
         self._verdict_queued = asyncio.Event()
         """Set when a verdict joins the outbox: the exchange loop writes it without waiting for its next read."""
-        """Recorded verdicts for the next write, by (epoch, seq) (each part is in it at most once)."""
         self._header_at = 0.0
         self._watchdog_trips: tuple[int, int] | None = None
         """(epoch, the PLC's watchdog_trips) at the last read."""
