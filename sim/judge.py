@@ -100,6 +100,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "plc": report["plc"],
         "plc_max_scan_ms": report["max_scan_ms"],
         "plc_max_cycle_ms": report.get("max_cycle_ms"),
+        "plc_realtime": report.get("plc_realtime"),
         "alarms": alarms,
     }
     # Nothing lost: whatever happened, no wrong frame, no pass without its own PASS, one outcome

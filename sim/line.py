@@ -99,6 +99,7 @@ class SimLine:
             },
             "max_scan_ms": self.plc.max_scan_s * 1000,
             "max_cycle_ms": self.plc.max_cycle_s * 1000,
+            "plc_realtime": self.plc.realtime,
             "frames_sent": self.camera.frames_sent,
             "frames_dropped_on_purpose": self.camera.dropped,
             "spurious_frames_sent": self.camera.spurious,
