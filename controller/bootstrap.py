@@ -20,6 +20,7 @@ import structlog
 
 from controller.adapters.frame_stream import StreamCamera
 from controller.adapters.journal import SqliteJournal
+from controller.adapters.memory_lock import lock_memory
 from controller.adapters.plc_link import Snap7PlcLink
 from controller.app import LineController, Timing
 from controller.config import LineConfig, StreamCameraConfig
@@ -133,6 +134,8 @@ async def run_controller(
         )  # fmt: skip
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
         gc_pauses = _settle_gc()
+        unlocked = lock_memory()
+        log.info("memory_locked", locked=unlocked is None, **({"why_not": unlocked} if unlocked else {}))
         run = asyncio.create_task(controller.run(), name="controller")
         if started is not None:
             started.set_result((controller, inference))

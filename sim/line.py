@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from controller.adapters.memory_lock import lock_memory
 from controller.core import plc_codec as c
 from sim.camera import NO_FAULTS, CameraFaults, SimCamera
 from sim.plant import Plant, PlantConfig
@@ -114,6 +115,7 @@ def serve(
     # The PLC's scan thread shares this process's GIL with the S7 server and the camera's renderer:
     # with Python's 5 ms switch interval its 1 ms cycle stretched to 30 ms on a busy machine.
     sys.setswitchinterval(0.0005)
+    lock_memory()  # a PLC's program is never paged out (controller/adapters/memory_lock.py)
     sc = SCENARIOS[scenario]
     cfg = sc.plant_config(cfg)
     link = sc.link if sc.link != LinkFaults() else None

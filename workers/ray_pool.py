@@ -58,6 +58,7 @@ from typing import Any, Literal
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from controller.adapters.memory_lock import lock_memory
 from controller.errors import InferenceError
 from controller.ports import Image, InferenceResult
 from workers._latency import LatencyWindow
@@ -110,6 +111,7 @@ class InferenceActor:
         self._engine = spec.build(model_path, f"{name}@{socket.gethostname()}:{os.getpid()}")
         # Warm up here, not on request: after a restart the actor must be fast before its first frame.
         self._engine.warmup(spec.warmup_runs)
+        self.memory_unlocked = lock_memory()  # its model and code never paged out by the host
 
     def infer_batch(self, frames: list[Image]) -> list[InferenceResult]:
         return self._engine.infer_batch(frames)
@@ -122,6 +124,10 @@ class InferenceActor:
 
     def niceness(self) -> int:
         return os.getpriority(os.PRIO_PROCESS, 0)
+
+    def memory_locked(self) -> str | None:
+        """None if its memory is locked, else why not."""
+        return self.memory_unlocked
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
