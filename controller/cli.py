@@ -150,7 +150,7 @@ def run_stats(c: LineController) -> dict[str, Any]:
     return {
         "frames_dropped": c.frames_dropped, "spurious_frames": c.matcher.spurious_frames,
         "gate_corrections": dict(c.gate_corrections), "gate_inferred_by_order": c.gate_ambiguous,
-        "write_margin_ms": c.tracker.margins.write_s * 1000, "verdict_queue_p95_ms": c.budget.queue_s * 1000,
+        "write_margin_ms": c.tracker.margins.write_s * 1000, "verdict_queue_p50_ms": c.budget.queue_s * 1000,
     }  # fmt: skip
 
 

@@ -40,10 +40,12 @@ class VerdictBudget:
 
     @property
     def queue_s(self) -> float:
-        """How long a verdict waits after inference for the write that carries it (journal fsync,
-        then the rest of the exchange cycle): the 95th percentile of the last ones. Not the maximum:
-        one wait across a reconnect would refuse every part for minutes after."""
-        return percentile(self._queue_times, 0.95)
+        """How long a verdict typically waits after inference for the write that carries it
+        (journal fsync, then the write): the median of the last ones. Not a high percentile: a
+        part refused for lack of time is a certain fail-safe reject, one admitted that then waits
+        out a rare slow fsync is at worst the same reject, so admission bets on the typical wait.
+        (With the 95th, a few fsyncs of 300 ms on a virtual disk refused 63 of 100 parts.)"""
+        return percentile(self._queue_times, 0.5)
 
     def lands_after(self, in_second_request: bool) -> float:
         """An entry beyond the first write request's reach lands one request later: a typical

@@ -16,6 +16,14 @@ def test_the_write_margin_follows_the_slowest_writes_but_never_drops_below_the_c
     assert b.write_s == 0.040  # the 99th percentile of what this link really does
 
 
+def test_a_few_slow_fsyncs_do_not_starve_admission() -> None:
+    b = VerdictBudget(base_write_s=0.010)
+    for i in range(200):
+        b.learn_queue(0.300 if i % 10 == 0 else 0.003)  # one wait in ten behind a slow disk flush
+    assert b.queue_s == 0.003
+    assert b.admission_s(0.020) == 0.023
+
+
 def test_one_long_wait_does_not_starve_admission_for_minutes() -> None:
     b = VerdictBudget(base_write_s=0.010)
     for _ in range(100):
