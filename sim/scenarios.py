@@ -79,7 +79,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              link=LinkFaults(latency_ms=(20.0, 10.0), fragment=True),
              # One exchange cycle takes ~90 ms here, so triggers become visible two or three at a
              # time: an actor must take them all (admission still refuses any that would be late).
-             controller={"inference": {"max_in_flight_per_actor": 4}},
+             # A request's round trip reaches 60 ms plus reassembly: a line on such a link sets its
+             # request timeout above that (100 ms timed out now and then: a reconnect, then the
+             # PLC's watchdog for our heartbeat).
+             controller={"inference": {"max_in_flight_per_actor": 4}, "plc": {"request_timeout_ms": 250.0}},
              # The link eats ~40 % of the 400 ms budget; at the tail of its jitter some parts cannot
              # be on time: refused before inference (no_budget) or dropped unwritten (late). Until
              # the conveyor has run steadily for a few reads a trigger's instant is known only to
