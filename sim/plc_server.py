@@ -48,9 +48,9 @@ class SimPlc:
         """Conveyor run command (the line operator's start)."""
         self.max_scan_s = 0.0
         self.max_cycle_s = 0.0
+        """Longest start-to-start of two scans: how late a photo-eye edge can reach the block."""
         self.realtime: bool | None = None
         """Whether the scan thread got real-time priority (None: not started yet)."""
-        """Longest start-to-start of two scans: how late a photo-eye edge can reach the block."""
         self._server = snap7.server.Server(log=False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._scan_loop, name="sim-plc-scan", daemon=True)

@@ -111,7 +111,7 @@ class InferenceActor:
         self._engine = spec.build(model_path, f"{name}@{socket.gethostname()}:{os.getpid()}")
         # Warm up here, not on request: after a restart the actor must be fast before its first frame.
         self._engine.warmup(spec.warmup_runs)
-        self.memory_unlocked = lock_memory()  # its model and code never paged out by the host
+        lock_memory()  # its model and code never paged out by the host (where permitted)
 
     def infer_batch(self, frames: list[Image]) -> list[InferenceResult]:
         return self._engine.infer_batch(frames)
@@ -124,10 +124,6 @@ class InferenceActor:
 
     def niceness(self) -> int:
         return os.getpriority(os.PRIO_PROCESS, 0)
-
-    def memory_locked(self) -> str | None:
-        """None if its memory is locked, else why not."""
-        return self.memory_unlocked
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

@@ -11,7 +11,6 @@ milliseconds while the host writes back; that is a property of the disk, not of 
 from __future__ import annotations
 
 import asyncio
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from controller.adapters.journal import SqliteJournal
+from controller.core.budget import percentile
 from controller.core.tracking import GateCounters
 from controller.ports import PartRecord
 
@@ -48,15 +48,9 @@ async def probe_journal(folder: Path, *, seconds: float = 60.0, rate_hz: float =
                 latencies.append((time.perf_counter() - t) * 1000)
                 if progress and seq % max(1, int(rate_hz * 10)) == 0:
                     progress(f"{seq}/{parts} records, worst so far {max(latencies):.1f} ms")
-    latencies.sort()
     return {
         "folder": str(folder), "records": len(latencies), "rate_hz": rate_hz,
-        "p50_ms": _pct(latencies, 50), "p99_ms": _pct(latencies, 99), "p999_ms": _pct(latencies, 99.9),
-        "max_ms": latencies[-1], "over_50_ms": sum(x > 50 for x in latencies),
+        "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
+        "p999_ms": percentile(latencies, 0.999), "max_ms": max(latencies), "over_50_ms": sum(x > 50 for x in latencies),
         "over_100_ms": sum(x > 100 for x in latencies),
     }  # fmt: skip
-
-
-def _pct(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1)]
-

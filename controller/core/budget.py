@@ -9,6 +9,7 @@ Pure: it is told durations, it never reads a clock. Not here: positions and dead
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 MAX_WAIT_S = 5.0
 """Upper bound on one inference wait while the conveyor stands (the deadline is positional)."""
@@ -61,7 +62,7 @@ class VerdictBudget:
         return min(max(0.0, time_left_s - self.queue_s), MAX_WAIT_S)
 
 
-def percentile(values: deque[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
     ranked = sorted(values)
