@@ -153,6 +153,10 @@ class _Slot:
     sent: int = 0
     """Frames in those calls."""
     healthy: bool = False
+    generation: int = 0
+    """How often the actor has entered rotation. A call sent to an earlier generation may fail
+    after a restarted actor already passed its canary ("the actor was restarted"): that failure
+    says nothing about the actor now serving and must not take it out of rotation again."""
     last_done: float = 0.0
     """Monotonic time the actor last finished a call (for service-time samples)."""
     timer: asyncio.TimerHandle | None = None
@@ -551,10 +555,15 @@ class RayInferencePool:
         except Exception as exc:  # e.g. Ray shut down under the pool
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(exc)
-        fut.add_done_callback(partial(self._finished, slot, batch, submitted))
+        fut.add_done_callback(partial(self._finished, slot, slot.generation, batch, submitted))
 
     def _finished(
-        self, slot: _Slot, batch: list[_Request], submitted: float, fut: asyncio.Future[list[InferenceResult]]
+        self,
+        slot: _Slot,
+        generation: int,
+        batch: list[_Request],
+        submitted: float,
+        fut: asyncio.Future[list[InferenceResult]],
     ) -> None:
         slot.calls -= 1
         slot.sent -= len(batch)
@@ -573,7 +582,8 @@ class RayInferencePool:
             for request in batch:
                 if not request.result.done():
                     request.result.set_exception(_inference_error(slot.name, exc))
-            if self._is_actor_failure(exc) and self._running and slot in self._slots:
+            current = generation == slot.generation and self._running and slot in self._slots
+            if current and self._is_actor_failure(exc):
                 slot.last_done = now
                 if slot.healthy:
                     log.warning("inference actor %s failed: %s", slot.name, _first_line(exc))
@@ -628,6 +638,7 @@ class RayInferencePool:
         now = time.monotonic()
         slot.latency.add(now - submitted)
         slot.last_done = now
+        slot.generation += 1
         slot.healthy = True
 
     async def _open_graph(self, slot: _Slot, t_end: float) -> None:

@@ -259,6 +259,44 @@ async def test_ray_actor_killed_mid_flight(ray_cluster: Any, models: dict[str, s
         assert after.worker != before.worker  # a restarted process (the name carries the pid)
 
 
+@ray_dispatch
+async def test_ray_actor_killed_with_calls_queued_leaves_rotation_once(
+    ray_cluster: Any, models: dict[str, str], dispatch: str
+) -> None:
+    """Calls queued behind the killed one fail with it. On a loaded machine some of those failures
+    reached the pool only after the restarted actor had passed its canary, took the new actor out
+    of rotation again and raised the `inference` alarm twice for one kill (CI, worker-killed).
+    Here they usually all arrive together: this guards the outcome, one exit from rotation per
+    death, but it did not go red on demand on a quiet machine without the fix."""
+    need_ray(ray_cluster)
+    import os
+    import signal
+
+    from workers.ray_pool import RayInferencePool
+
+    async with RayInferencePool(
+        models["slow"], num_actors=1, max_in_flight_per_actor=4, max_batch=1,
+        recovery_backoff_s=(0.01, 0.1), dispatch=dispatch,
+    ) as pool:  # fmt: skip
+        before = await pool.infer(FRAME, time.monotonic() + 5)
+        calls = [asyncio.create_task(pool.infer(FRAME, time.monotonic() + 30)) for _ in range(4)]
+        await asyncio.sleep(SLOW_S / 3)
+        os.kill(int(before.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+        left_rotation, was_healthy = 0, True
+        t_end = time.monotonic() + 30
+        while time.monotonic() < t_end and not (all(c.done() for c in calls) and pool.healthy):
+            left_rotation += was_healthy and not pool.healthy
+            was_healthy = pool.healthy
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*calls, return_exceptions=True)
+        for _ in range(int(2 * SLOW_S / 0.002)):  # failures still on their way would land here
+            left_rotation += was_healthy and not pool.healthy
+            was_healthy = pool.healthy
+            await asyncio.sleep(0.002)
+        assert pool.healthy
+        assert left_rotation == 1
+
+
 async def test_ray_actors_run_at_the_controllers_priority(ray_cluster: Any, models: dict[str, str]) -> None:
     """Ray starts workers at nice 15; an inference actor at a lower priority than the controller
     loses the CPU to it and to the line it serves exactly when the machine is busy."""
