@@ -8,7 +8,8 @@ only widens that interval, it never moves it: a reply handled 75 ms late gives a
 interval that still contains the truth. The encoder sharpens it: at a steady speed, each earlier
 read, moved forward by the distance travelled since, bounds the same instant again, and the bounds
 intersect to about the smallest delays seen each way (NTP's minimum filter, with the conveyor as
-the reference clock). The current read's own interval always bounds the result.
+the reference clock); while it speeds up or slows down, at the lowest and highest speeds seen.
+The current read's own interval always bounds the result.
 
 A trigger's instant is bounded twice: by the read that first showed it and the one before that
 did not, less the PLC's trigger latency (an edge's ring entry is written at the next run of the PLC
@@ -27,8 +28,7 @@ from dataclasses import dataclass
 from controller.core.tracking import MAX_ACCEL, wrap_diff
 
 STEADY = 0.02
-"""Earlier reads count only while the speed stays within 2 % of the current one; also the error
-allowed on the PLC's filtered speed when turning a distance into a time."""
+"""The error allowed on the PLC's filtered speed when turning a distance into a time."""
 
 
 
@@ -97,18 +97,24 @@ class SnapshotClock:
         read = _Read(sent, earliest, received, encoder_pos, speed, life)
         lo, hi = read.earliest, read.received
         if speed >= 1.0:
-            # Earlier reads, newest first, while every one of them saw a steady speed: between two
-            # samples the drive can have strayed by a·gap/2 and come back, so each gap adds
-            # a·gap²/(4·v) to the time a distance tells, and the speed's own error adds STEADY.
-            drift, later = 0.0, read
+            # Earlier reads, newest first, moved forward by the distance travelled since, at the
+            # lowest and highest speed seen in between (each off by up to STEADY), while the
+            # conveyor ran. Between two samples the drive can stray beyond their speeds by a·gap/2
+            # and come back: a·gap²/4 counts, at most that over the lowest speed in time.
+            v_min = v_max = speed
+            strayed, later = 0.0, read
             for r in reversed(self._reads):
-                if abs(r.speed - speed) > STEADY * speed:
+                counts = wrap_diff(encoder_pos, r.encoder_pos)
+                if r.speed < 1.0 or counts < 0:
                     break
+                v_min, v_max = min(v_min, r.speed), max(v_max, r.speed)
                 gap = later.received - r.earliest
-                drift += self.max_accel * gap * gap / (4 * speed)
-                travelled_s = wrap_diff(encoder_pos, r.encoder_pos) / speed
-                slack = drift + STEADY * travelled_s
-                lo, hi = max(lo, r.earliest + travelled_s - slack), min(hi, r.received + travelled_s + slack)
+                strayed += self.max_accel * gap * gap / 4
+                drift = strayed / (v_min * (1 - STEADY))
+                # Whole counts: it moved more than counts − 1 and less than counts + 1.
+                soonest = max(0, counts - 1) / (v_max * (1 + STEADY)) - drift
+                latest = (counts + 1) / (v_min * (1 - STEADY)) + drift
+                lo, hi = max(lo, r.earliest + soonest), min(hi, r.received + latest)
                 later = r
         else:
             self._reads.clear()  # standing still: the encoder says nothing about time
@@ -173,11 +179,13 @@ class SnapshotClock:
             return hard
         speeds = [cur.speed] + ([self._previous.speed] if self._previous and self._previous.speed >= 1.0 else [])
         v_lo, v_hi = min(speeds) * (1 - STEADY), max(speeds) * (1 + STEADY)
-        elapsed = (travelled + 1) / v_lo  # +1 count: the latched position is the count at or after the edge
+        # Counts are whole: the conveyor stood in [P, P+1) at the read and in [L−1, L+1) at the edge
+        # (a latch at the edge, or one count after it), so it moved more than P−L−1, less than P−L+2.
+        elapsed = (travelled + 2) / v_lo
         slack = self._accel_error(elapsed, v_lo)
         if slack >= elapsed:
             return hard  # the speed could have changed too much since: the distance tells nothing
-        by_distance = Interval(sampled.lo - elapsed - slack, sampled.hi - travelled / v_hi + slack)
+        by_distance = Interval(sampled.lo - elapsed - slack, sampled.hi - max(0, travelled - 1) / v_hi + slack)
         return by_distance.intersect(hard) or hard
 
     def _accel_error(self, span_s: float, speed: float) -> float:

@@ -103,12 +103,16 @@ class Line:
     pitch_s: tuple[float, float] = (0.035, 0.065)
     speed: float = 10_000.0
     speed_changes: bool = False
+    from_standstill: bool = False
+    """The conveyor stands until the first second and accelerates to `speed` at the drive's limit."""
     stalls: float = 0.0
     """Probability per read that the event loop stalls 0–150 ms before handling its reply."""
     drop: float = 0.0
     burst: float = 0.0
     spurious: float = 0.0
     counter_resets: int = 0
+    plc_bound_s: float = SCAN_S
+    """What the controller is told of the PLC's longest cycle and edge → ring entry latency (at least the scan)."""
     pitch_promised: bool = True
     """The controller is told the line's smallest pitch (in counts), which bounds the next trigger."""
     window: MatchWindow = field(init=False)
@@ -116,6 +120,8 @@ class Line:
     """frame counter → seq."""
     trigger_at: dict[int, float] = field(default_factory=dict)
     matched_at: dict[int, float] = field(default_factory=dict)
+    clock_misses: list[str] = field(default_factory=list)
+    """Instants the clock's intervals failed to contain (its whole promise: each must be empty)."""
 
     def __post_init__(self) -> None:
         self.window = window_for(self.pitch_s)
@@ -133,11 +139,12 @@ class Line:
         # The drive ramps towards a new target speed now and then, within its acceleration limit.
         targets = {round(rng.uniform(1.0, end), 3): self.speed * rng.uniform(0.5, 1.2)
                    for _ in range(4 if self.speed_changes else 0)}  # fmt: skip
-        speeds, positions, v, p = [], [], self.speed, 0.0
+        speeds, positions, v, p = [], [], 0.0 if self.from_standstill else self.speed, 0.0
         target = self.speed
         for i in range(int(end / STEP_S) + 2):
             target = targets.get(round(i * STEP_S, 3), target)
-            v += max(-ACCEL * STEP_S, min(ACCEL * STEP_S, target - v))
+            standing = self.from_standstill and i * STEP_S < 1.0
+            v += max(-ACCEL * STEP_S, min(ACCEL * STEP_S, (0.0 if standing else target) - v))
             speeds.append(v)
             positions.append(p)
             p += v * STEP_S
@@ -180,7 +187,8 @@ class Line:
         # The controller's event loop: reads every 2 ms; a stall delays whatever it handles next.
         slowest = self.speed * (0.5 if self.speed_changes else 1.0)
         min_pitch = int(self.pitch_s[0] * slowest) - 1 if self.pitch_promised else None
-        clock = SnapshotClock(plc_cycle_s=SCAN_S, trigger_latency_s=SCAN_S, min_pitch_counts=min_pitch)
+        clock = SnapshotClock(plc_cycle_s=self.plc_bound_s, trigger_latency_s=self.plc_bound_s,
+                              min_pitch_counts=min_pitch)  # fmt: skip
         last_seq, sent, handled_until = 0, 1.0, 0.0
         frames = sorted(events)
         matches: list[Match] = []
@@ -200,15 +208,22 @@ class Line:
             now = max(reply, handled_until)
             handled_until = now
             pos, v = pos_at(scan), speed_at(scan)
-            clock.observe(sent, now, pos, v, life=round(scan / SCAN_S) % 65536)
+            sampled = clock.observe(sent, now, pos, v, life=round(scan / SCAN_S) % 65536)
+            self._check("read sampled", scan, sampled)
             seq_now = sum(1 for x in times if x <= scan)
             new = [(s, clock.trigger_interval(pos_at(times[s - 1])), True)
                    for s in range(last_seq + 1, seq_now + 1)]  # fmt: skip
+            for s, at, _ in new:
+                self._check(f"trigger {s}", times[s - 1], at)
             assert clock.saw_triggers([pos_at(times[s - 1]) for s in range(last_seq + 1, seq_now + 1)]) is None
             last_seq = seq_now
             self._note(matches, matcher.on_triggers(new, clock.unseen_after, now), now)
             sent = now + 0.002
         return matches
+
+    def _check(self, what: str, truth: float, got: Interval) -> None:
+        if not got.lo <= truth <= got.hi:
+            self.clock_misses.append(f"{what} at {truth:.6f} outside [{got.lo:.6f}, {got.hi:.6f}]")
 
     def _note(self, matches: list[Match], new: list[Match], now: float) -> None:
         for m in new:
@@ -235,17 +250,21 @@ class Line:
     spurious=st.sampled_from([0.0, 0.02, 0.1]),
     resets=st.integers(0, 2),
     speed_changes=st.booleans(),
+    from_standstill=st.booleans(),
     fast=st.booleans(),
     pitch_promised=st.booleans(),
+    plc_bound_s=st.sampled_from([SCAN_S, 0.025]),
 )
 def test_never_gives_a_part_another_parts_frame(
     seed: int, stalls: float, drop: float, burst: float, spurious: float, resets: int, speed_changes: bool,
-    fast: bool, pitch_promised: bool,
+    from_standstill: bool, fast: bool, pitch_promised: bool, plc_bound_s: float,
 ) -> None:  # fmt: skip
     line = Line(random.Random(seed), stalls=stalls, drop=drop, burst=burst, spurious=spurious, counter_resets=resets,
-                speed_changes=speed_changes, pitch_s=(0.014, 0.026) if fast else (0.035, 0.065),
-                pitch_promised=pitch_promised)  # fmt: skip
+                speed_changes=speed_changes, from_standstill=from_standstill,
+                pitch_s=(0.014, 0.026) if fast else (0.035, 0.065), plc_bound_s=plc_bound_s,
+                pitch_promised=pitch_promised and not from_standstill)  # fmt: skip (it times parts, not spaces them)
     line.assert_safe(line.run())
+    assert not line.clock_misses, line.clock_misses[:3]
 
 
 def test_with_clean_timing_every_part_gets_its_frame_in_time() -> None:
@@ -266,6 +285,38 @@ def test_under_load_and_faults_most_parts_still_get_their_frame() -> None:
     line = Line(random.Random(4), parts=1000, stalls=0.002, drop=0.01, spurious=0.01, speed_changes=True)
     line.assert_safe(line.run())
     assert line.in_time() >= 0.95
+
+
+def test_parts_seen_while_the_conveyor_starts_get_their_frames() -> None:
+    """From standstill the speed says little about time (a distance's time error a·τ²/2v explodes
+    at low speed); the reads whose positions bracket a trigger's latched position still bound it.
+    (Parts come at times, not distances, here: the pitch is not promised.)"""
+    for seed in range(10):
+        # A PLC known only to cycle within 25 ms (the simulator's PLC thread): a read's values may be
+        # that old, so only the encoder narrows when it sampled them, at any speed.
+        bound = 0.025 if seed % 2 else SCAN_S
+        line = Line(random.Random(seed), parts=40, from_standstill=True, pitch_promised=False, plc_bound_s=bound)
+        line.assert_safe(line.run())
+        assert line.in_time() >= 0.999, f"seed {seed}: {line.in_time():.4f}"
+
+
+def test_a_read_after_a_gap_is_placed_by_the_encoder_while_the_conveyor_speeds_up() -> None:
+    """The controller's reads paused 18 ms while the conveyor accelerated at the drive's limit (a
+    start-up in the simulator). With a PLC cycle known only within 25 ms, the read alone says its
+    values were sampled somewhere in those 18 ms; the distance since the earlier reads, at the
+    speeds they saw, says when to within a few milliseconds (each earlier read's own width)."""
+    clock = SnapshotClock(plc_cycle_s=0.025, trigger_latency_s=0.025)
+    accel = 20_000.0  # counts/s², from standstill at t = 0
+
+    def read(t: float, life: int) -> Interval:
+        return clock.observe(t - 0.0005, t + 0.0005, int(accel * t * t / 2), accel * t, life)
+
+    for i in range(8):
+        read(0.374 + 0.002 * i, life=i)
+    t = 0.388 + 0.018
+    got = read(t, life=8)
+    assert got.lo <= t <= got.hi
+    assert got.hi - got.lo < 0.005
 
 
 def test_the_smallest_pitch_bounds_the_next_trigger_until_a_trigger_breaks_it() -> None:
