@@ -152,6 +152,8 @@ class LineController:
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Run until cancelled. Loops are named and supervised; a crash of one ends the run."""
+        if self.journal.error:  # e.g. a corrupt journal moved aside: cleared by the first record
+            self.alarms.set("journal", True, self.journal.error)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._exchange_loop(), name="plc-exchange")
@@ -190,6 +192,8 @@ class LineController:
 
     def _update_health(self) -> None:
         self.alarms.set("inference", not self.inference.healthy, "no healthy inference worker")
+        self.alarms.set("journal_stalled", self.journal.stalled_s is not None,
+                        "a record waits for the journal's disk longer than journal.stall_ms")  # fmt: skip
         new = Health.READY if self.ready else (Health.STARTING if self.health is Health.STARTING
                                                  and not self._plc_ok else Health.DEGRADED)  # fmt: skip
         if new is not self.health:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from controller.adapters.exclusive_lock import hold_exclusive_lock, plc_lock_path
 from controller.adapters.frame_stream import StreamCamera
 from controller.adapters.journal import SqliteJournal
 from controller.adapters.memory_lock import lock_memory
@@ -108,8 +110,13 @@ async def run_controller(
         connect_timeout_s=cfg.plc.connect_timeout_s,
     )  # fmt: skip
     camera: FrameSource = _build_camera(cfg)
-    journal = SqliteJournal(cfg.journal.path, max_images=cfg.journal.max_images)
+    journal = SqliteJournal(cfg.journal.path, max_images=cfg.journal.max_images, stall_s=cfg.journal.stall_ms / 1000)
     async with AsyncExitStack() as stack:
+        # Before anything connects: a second controller of this line stops here, with one line.
+        c = cfg.plc
+        plc_lock = hold_exclusive_lock(plc_lock_path(c.host, c.port, c.rack, c.slot),
+                                       f"PLC {c.host}:{c.port} (rack {c.rack}, slot {c.slot})")  # fmt: skip
+        stack.callback(os.close, plc_lock)
         await _connect_all(stack, {"plc": plc, "camera": camera, "inference": inference, "journal": journal})
         publishers = [on_status] if on_status else []
         if cfg.hmi.enabled:

@@ -83,6 +83,7 @@ class LocalInferenceConfig(_Strict):
 class JournalConfig(_Strict):
     path: Path = Path("lineinspect.db")
     max_images: int = Field(20000, ge=0, description="oldest images are evicted first; records stay")
+    stall_ms: float = Field(1000.0, gt=0, description="a record waiting this long for the disk: alarm, not ready")
 
 
 class HmiConfig(_Strict):

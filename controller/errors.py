@@ -33,3 +33,7 @@ class InferenceError(ControllerError):
 
 class JournalError(ControllerError):
     """A record could not be made durable."""
+
+
+class InUseError(ControllerError):
+    """Another controller already runs this line (holds its journal or its PLC): refused at start."""

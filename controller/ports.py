@@ -175,3 +175,13 @@ class Journal(Protocol):
 
     @property
     def healthy(self) -> bool: ...
+
+    @property
+    def stalled_s(self) -> float | None:
+        """How long a record has waited for the disk, once that is past the journal's stall limit."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why it is not healthy, or what it found at open (a corrupt journal it moved aside)."""
+        ...

@@ -132,6 +132,8 @@ class MemoryJournal:
         self.alarms: list[tuple[str, bool]] = []
         self.points: dict[int, GateCounters] = {}
         self._gate: tuple[int, GateCounters] | None = None
+        self.error: str | None = None
+        self.stalled_s: float | None = None
 
     @property
     def healthy(self) -> bool:

@@ -13,6 +13,15 @@ first record still has exactly one outcome.
 It also keeps, per epoch, the PLC's gate counters up to which the journal agrees with the gate (the
 resume point, stored with every record: a restarted controller learns from it what happened while
 it was down, controller/core/resume.py), and every alarm raised or cleared.
+
+A bad disk loses no record. Records and amendments whose transaction the disk refused (full,
+read-only, I/O error) are kept in memory (bounded) and go first into the next transaction, or into
+a retry every `retry_s` while nothing else is written; the connection is reopened after each such
+failure. Only a record lost for good (the memory bound, or a record SQLite can never store) freezes
+the resume point where the journal last agreed with the gate. At open the file is checked
+(`PRAGMA quick_check`): a corrupt journal is moved aside (`moved_aside`) and a fresh one started,
+never written into. One controller per journal: an exclusive lock, refused with one clear error.
+The journal is healthy only after its first durable write.
 Not here: deciding outcomes (controller/app.py).
 """
 
@@ -20,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,9 +45,10 @@ from typing import TypeVar
 
 import numpy as np
 
+from controller.adapters.exclusive_lock import hold_exclusive_lock
 from controller.core.resume import Recorded
 from controller.core.tracking import GateCounters, Outcome
-from controller.errors import JournalError
+from controller.errors import InUseError, JournalError
 from controller.ports import PartRecord
 
 T = TypeVar("T")
@@ -57,14 +69,30 @@ CREATE TABLE IF NOT EXISTS epochs (
     watchdog_trips INTEGER, watchdog_tripped INTEGER
 );
 CREATE TABLE IF NOT EXISTS alarms (wall_utc TEXT, name TEXT, raised INTEGER, detail TEXT);
+CREATE TABLE IF NOT EXISTS opened (wall_utc TEXT, pid INTEGER, moved_aside TEXT);
 """
+
+_DISK_ERRORS = (sqlite3.OperationalError, OSError)
+"""What a failing disk raises (full, read-only, I/O error, busy): the same write can succeed later.
+Anything else (a value SQLite cannot store) would fail again."""
 
 
 class SqliteJournal:
-    def __init__(self, path: Path, *, max_images: int = 20000) -> None:
+    def __init__(self, path: Path, *, max_images: int = 20000, max_pending: int = 10_000, retry_s: float = 0.5,
+                 stall_s: float = 1.0) -> None:  # fmt: skip
         self.path = path
+        self.stall_s = stall_s
+        """A record waiting this long for the disk makes the journal unhealthy until it lands."""
         self.max_images = max_images
+        self.max_pending = max_pending
+        """Records and amendments kept in memory while the disk refuses them; older ones beyond are lost."""
+        self.retry_s = retry_s
         self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock: int | None = None
+        """The open lock file: held while this journal is open."""
+        self.moved_aside: Path | None = None
+        """Where a corrupt journal found at open was moved (a fresh one replaced it)."""
         self._pool = _TwoLaneWriter(f"journal-{path.name}")
         self._compressor = ThreadPoolExecutor(1, thread_name_prefix="journal-images")
         """zlib of the frames, off the writer thread: it only inserts the bytes."""
@@ -73,20 +101,37 @@ class SqliteJournal:
         self.error: str | None = None
         self._gate: tuple[int, GateCounters] | None = None
         """(epoch, counters): the resume point the next transactions store."""
-        self._point_frozen = False
-        """A record or amendment failed: the resume point stays where the journal last agreed."""
+        self._pending: list[Callable[[], None]] = []
+        """Writes the disk refused, oldest first: they go first into the next transaction."""
+        self.lost = 0
+        """Records and amendments lost for good: the resume point stays where the journal last agreed."""
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._healthy and self.stalled_s is None
+
+    @property
+    def stalled_s(self) -> float | None:
+        """How long the oldest unfinished record or amendment has waited, once that is `stall_s` or more."""
+        since = self._pool.urgent_since()
+        waited = time.monotonic() - since if since is not None else 0.0
+        return waited if waited >= self.stall_s else None
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for the disk to take them."""
+        return len(self._pending)
 
     async def __aenter__(self) -> SqliteJournal:
         try:
             await self._run(self._open)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, InUseError) as exc:
+            await self._run(self._close)
             self._pool.shutdown()
+            if isinstance(exc, InUseError):
+                raise
             raise JournalError(f"journal {self.path} cannot be opened: {exc}") from exc
-        self._healthy = True
+        self._healthy = True  # its first durable write is done
         return self
 
     async def __aexit__(
@@ -124,7 +169,7 @@ class SqliteJournal:
         """What the gate did, learned after the decision, replaces the recorded outcome and reason.
         Queued at the call, like `record_many`."""
         return self._submit(f"journal amend failed for epoch {epoch} seq {seq}", self._amend, epoch, seq, outcome,
-                            reason, self._gate)  # fmt: skip
+                            reason, batch="records", meta=self._gate)  # fmt: skip
 
     def gate_reconciled(self, epoch: int, gate: GateCounters) -> None:
         """Every part the PLC decided up to `gate` has its record or amendment queued. Transactions
@@ -173,7 +218,7 @@ class SqliteJournal:
             self.error = str(exc)
             raise JournalError(f"{error}: {exc}") from exc
         if error is not None:
-            self._healthy = True
+            self._healthy, self.error = True, None
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         # A dedicated thread per journal: sqlite3 connections are not shared across threads.
@@ -182,44 +227,71 @@ class SqliteJournal:
     # ------------------------------------------------------------------ writer thread only
     def _open(self) -> None:
         self._pool.batchers = {"lazy": self._lazy_batch, "records": self._record_batch}
+        self._pool.idle, self._pool.idle_in = self._retry, lambda: self.retry_s if self._pending else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        # Checkpoints copy the WAL into the database and fsync it: hundreds of ms on a busy disk.
-        # Not on the writer (a record would wait behind one); a thread of their own does them.
-        db.execute("PRAGMA wal_autocheckpoint=0")
+        self._lock = hold_exclusive_lock(self.path.with_name(self.path.name + ".lock"), f"journal {self.path}")
+        self.moved_aside, why = _move_aside_if_corrupt(self.path)
+        if self.moved_aside is not None:
+            self.error = f"the journal was corrupt ({why}): moved aside to {self.moved_aside}, a fresh one started"
+        db = self._connection()
         db.executescript(SCHEMA)
         _add_missing_columns(db)
-        self._db = db
+        # The first durable write: until it lands the journal is not healthy (a read-only file
+        # opens and reads fine, and only refuses the first record).
+        db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside or "")))
         self._checkpointer = _Checkpointer(self.path)
 
     def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._closed = True
+        self._disconnect()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
+        """The connection, (re)opened if a disk error closed it."""
+        if self._closed:
             raise sqlite3.OperationalError("journal is closed")
+        if self._db is None:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                # Checkpoints copy the WAL into the database and fsync it: hundreds of ms on a busy
+                # disk. Not on the writer (a record would wait behind one): a thread of their own.
+                db.execute("PRAGMA wal_autocheckpoint=0")
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
         return self._db
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     @contextlib.contextmanager
     def _transaction(self, gate: tuple[int, GateCounters] | None) -> Iterator[sqlite3.Connection]:
-        """One transaction that also stores the resume point `gate`. If it fails, it is rolled back
-        and the resume point stays where it is for good: the journal no longer agrees past it."""
+        """One transaction that also stores the resume point `gate` (unless a write was lost)."""
         db = self._connection()
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             yield db
-            if gate is not None and not self._point_frozen:
+            if gate is not None and not self.lost:
                 epoch, counters = gate
                 db.execute(f"UPDATE epochs SET ({_GATE_COLUMNS}) = (?, ?, ?, ?, ?) WHERE epoch = ?",
                            (*_gate_values(counters), epoch))  # fmt: skip
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._point_frozen = True
+        except BaseException as exc:
+            # On a full disk or an I/O error SQLite has already rolled back: a ROLLBACK now would
+            # raise "no transaction is active" in place of the real error.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(exc, _DISK_ERRORS):
+                self._disconnect()  # a read-only or failed file: the next write opens it afresh
             raise
 
     def _insert_rows(self, recs: list[PartRecord]) -> None:
@@ -230,11 +302,32 @@ class SqliteJournal:
         )
 
     def _record_batch(self, jobs: list[Callable[[], None]], gate: object) -> None:
-        """Group commit: the records queued since the last commit (a verdict path's exchange cycle
-        usually queues one or two) in one transaction, storing the last one's resume point."""
-        with self._transaction(gate):  # type: ignore[arg-type]
-            for job in jobs:
-                job()
+        """Group commit: the writes the disk refused before, then those queued since the last
+        commit (a verdict path's exchange cycle usually queues one or two), in one transaction,
+        storing the last one's resume point."""
+        writes = [*self._pending, *jobs]
+        try:
+            with self._transaction(gate):  # type: ignore[arg-type]
+                for write in writes:
+                    write()
+        except _DISK_ERRORS:
+            kept = writes[-self.max_pending :]
+            self.lost += len(writes) - len(kept)
+            self._pending = kept
+            raise
+        except BaseException:
+            self.lost += len(writes)  # one of them can never be stored, and which is unknown
+            self._pending = []
+            raise
+        self._pending = []
+
+    def _retry(self) -> None:
+        """While writes wait for the disk and nothing else is written: try them again (every `retry_s`)."""
+        if not self._pending:
+            return
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self._record_batch([], self._gate)
+            self._healthy, self.error = True, None
 
     def _insert_images(self, rows: list[tuple[object, ...]]) -> None:
         db = self._connection()
@@ -278,14 +371,42 @@ class SqliteJournal:
     def _insert_alarm(self, name: str, raised: bool, detail: str) -> None:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (_utc(), name, int(raised), detail))
 
-    def _amend(self, epoch: int, seq: int, outcome: str, reason: str, gate: tuple[int, GateCounters] | None) -> None:
-        with self._transaction(gate) as db:
-            db.execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
-                       (outcome, reason, epoch, seq))  # fmt: skip
+    def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
+        """Inside a transaction of `_record_batch`."""
+        self._connection().execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
+                                   (outcome, reason, epoch, seq))  # fmt: skip
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:
             self._db.execute("UPDATE parts SET t_written = ? WHERE epoch = ? AND seq = ?", (t, epoch, seq))
+
+
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _move_aside_if_corrupt(path: Path) -> tuple[Path | None, str]:
+    """`PRAGMA quick_check` on an existing journal; a corrupt one (with its WAL) is renamed
+    `<name>.corrupt-<UTC time>` and none of it is written again. Returns where it went and why."""
+    if not path.exists():
+        return None, ""
+    try:
+        db = sqlite3.connect(path)
+        try:
+            verdict = str(db.execute("PRAGMA quick_check").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT:
+            raise  # the disk, not the file: nothing to move
+        verdict = str(exc)
+    if verdict == "ok":
+        return None, ""
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(f"{aside}{suffix}")
+    return aside, verdict.splitlines()[0]
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -335,6 +456,12 @@ class _TwoLaneWriter:
     def __init__(self, name: str) -> None:
         self.batchers: dict[str, Callable[[list[Callable[[], None]], object], None]] = {}
         """Batch kind → runs the batch's jobs in one transaction, given the last job's `meta`."""
+        self.idle: Callable[[], None] = _nothing
+        """Called when nothing was queued for `idle_in()` seconds (None: never)."""
+        self.idle_in: Callable[[], float | None] = lambda: None
+        self._idle_in: float | None = None
+        self._running_since: float | None = None
+        """When the urgent jobs now running were submitted (None: none runs)."""
         self._urgent: deque[_Job] = deque()
         self._lazy: deque[_Job] = deque()
         self._wake = threading.Condition()
@@ -348,10 +475,18 @@ class _TwoLaneWriter:
         with self._wake:
             if self._stopping:
                 raise RuntimeError("journal writer is shut down")
-            job = _Job(future, lambda: fn(*args), "lazy" if lazy else batch, meta)  # type: ignore[arg-type]
+            job = _Job(future, lambda: fn(*args), "lazy" if lazy else batch, meta, time.monotonic())  # type: ignore[arg-type]
             (self._lazy if lazy else self._urgent).append(job)
             self._wake.notify()
         return future
+
+    def urgent_since(self) -> float | None:
+        """When the oldest urgent job still queued or running was submitted."""
+        with self._wake:
+            queued = self._urgent[0].submitted if self._urgent else None
+        running = self._running_since
+        waiting = [t for t in (running, queued) if t is not None]
+        return min(waiting) if waiting else None
 
     def shutdown(self) -> None:
         """Finish every queued job, then end the thread."""
@@ -363,17 +498,25 @@ class _TwoLaneWriter:
     def _serve(self) -> None:
         while True:
             with self._wake:
-                while not (self._urgent or self._lazy or self._stopping):
-                    self._wake.wait()
+                timed_out = False
+                while not (self._urgent or self._lazy or self._stopping or timed_out):
+                    timed_out = not self._wake.wait(self._idle_in) and self._idle_in is not None
                 if self._urgent:
                     jobs = [self._urgent.popleft()]
                     while jobs[0].batch and self._urgent and self._urgent[0].batch == jobs[0].batch:
                         jobs.append(self._urgent.popleft())
+                    self._running_since = jobs[0].submitted
                 elif self._lazy:
                     jobs = list(self._lazy)
                     self._lazy.clear()
-                else:
+                elif self._stopping:
                     return
+                else:
+                    jobs = []
+            if not jobs:
+                self.idle()
+                self._idle_in = self.idle_in()
+                continue
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if jobs and jobs[0].batch:
                 self._run_batch(self.batchers.get(jobs[0].batch, _run_each), jobs)
@@ -382,6 +525,8 @@ class _TwoLaneWriter:
                     job.future.set_result(job.call())
                 except BaseException as exc:  # handed to the awaiting coroutine
                     job.future.set_exception(exc)
+            self._running_since = None
+            self._idle_in = self.idle_in()
 
     @staticmethod
     def _run_batch(batcher: Callable[[list[Callable[[], None]], object], None], jobs: list[_Job]) -> None:
@@ -406,6 +551,7 @@ class _Job:
     call: Callable[[], object]
     batch: str | None
     meta: object
+    submitted: float
 
 
 def _run_each(jobs: list[Callable[[], None]], meta: object = None) -> None:
