@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -124,7 +125,11 @@ class ControllerProcess:
         self.events: list[dict[str, Any]] = []
         """What was done to the process, when (seconds into the run) and after how many parts."""
         self._t0 = time.monotonic()
-        self._fault_done = False
+        times = fault.times if fault else 0
+        self._strike_at = ([parts // 3] if times == 1 else
+                           sorted(random.Random(parts).sample(range(parts // 10, parts * 9 // 10), times)))  # fmt: skip
+        self.strikes: list[int] = []
+        """The part counts at which the fault struck."""
         self.fault_struck = fault is None
         """The scenario's fault really happened (the run was long enough, the signal was sent)."""
 
@@ -188,9 +193,10 @@ class ControllerProcess:
         return Progress(sum(n.values()), info)
 
     async def inject(self, decided: int) -> None:
-        if self.fault is None or self._fault_done or decided < self.parts // 3:
+        due = self._strike_at[len(self.strikes)] if len(self.strikes) < len(self._strike_at) else None
+        if self.fault is None or due is None or decided < due:
             return
-        self._fault_done = True
+        self.strikes.append(decided)
         pid, at = self._proc.pid, round(time.monotonic() - self._t0, 3)
         if self.fault.signal == "SIGSTOP":
             os.kill(pid, signal.SIGSTOP)

@@ -42,6 +42,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
             for r in db.execute("SELECT epoch, seq, outcome, reason, frame_counter FROM parts")
         }
         alarms = alarm_counts(db)
+        integrity = "; ".join(str(r[0]) for r in db.execute("PRAGMA integrity_check"))
         misassociated, unreadable = 0, 0
         for (ep, seq), _row in rows.items():
             image = read_image(db, ep, seq)
@@ -102,12 +103,13 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "plc_max_cycle_ms": report.get("max_cycle_ms"),
         "plc_realtime": report.get("plc_realtime"),
         "alarms": alarms,
+        "journal_integrity": integrity,
     }
     # Nothing lost: whatever happened, no wrong frame, no pass without its own PASS, one outcome
-    # per trigger, the journal agrees with the gate, every fail-safe has its reason.
+    # per trigger, the journal agrees with the gate and is sound, every fail-safe has its reason.
     summary["nothing_lost"] = (
         misassociated == 0 and without_own_pass == 0 and summary["triggers_without_outcome"] == 0
-        and summary["outcomes_without_trigger"] == 0 and disagree == 0
+        and summary["outcomes_without_trigger"] == 0 and disagree == 0 and integrity == "ok"
         and len(decisions) == len(report["parts"])
         and sum(failsafe_reasons.values()) == summary["gate"]["reject_failsafe"]
     )  # fmt: skip

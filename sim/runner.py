@@ -28,6 +28,7 @@ from controller.config import LineConfig
 from controller.errors import ControllerError
 from sim.controllers import ControllerProcess, InProcessController, Progress
 from sim.hmi_flood import SimHmiFlood
+from sim.journal_faults import SimJournalFaults
 from sim.judge import judge
 from sim.load import SimLoad
 from sim.plant import PlantConfig
@@ -108,6 +109,21 @@ def serve_simulated_line(
     return serve(cfg, out=out, plc_port=plc_port, camera_port=camera_port, wait_s=wait_s, scenario=scenario)
 
 
+class _Faults:
+    """The run's fault injectors: the controller's (process or inference) and the journal's."""
+
+    def __init__(self, main: Any, journal: SimJournalFaults) -> None:
+        self.main, self.journal = main, journal
+
+    @property
+    def fault_struck(self) -> bool:
+        return bool(self.main.fault_struck) and self.journal.fault_struck
+
+    async def inject(self, decided: int) -> None:
+        await self.main.inject(decided)
+        await self.journal.inject(decided)
+
+
 def _fresh_workdir(workdir: Path) -> Path:
     """A run's folder with no journal from an earlier run; returns the journal path."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,12 +133,15 @@ def _fresh_workdir(workdir: Path) -> Path:
     return journal_path
 
 
-def _alarms_unexpected(seen: dict[str, dict[str, int]], expected: frozenset[str]) -> dict[str, str]:
-    """Each expected alarm raised exactly once and cleared exactly once; no other alarm at all."""
+def _alarms_unexpected(seen: dict[str, dict[str, int]], expected: frozenset[str], strikes: int = 1) -> dict[str, str]:
+    """Each expected alarm raised exactly once and cleared exactly once; no other alarm at all.
+    With a fault that strikes several times: once per strike at most, and cleared as often."""
     out = {}
     for name in sorted(expected | set(seen)):
         got = seen.get(name, {"raised": 0, "cleared": 0})
         want = (1, 1) if name in expected else (0, 0)
+        if strikes > 1 and name in expected and 1 <= got["raised"] <= strikes and got["cleared"] == got["raised"]:
+            continue
         if (got["raised"], got["cleared"]) != want:
             out[name] = f"raised {got['raised']}, cleared {got['cleared']} (want {want[0]}, {want[1]})"
     return out
@@ -205,38 +224,42 @@ async def run_simulated_line(
         hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
         if hello.get("event") != "listening":
             raise ControllerError(f"line simulator failed to start: {hello}")
-        cfg = _controller_config(run, scenario, hello, journal_path)
-        controller: InProcessController | ControllerProcess
-        if not _needs_in_process(run, scenario):
-            controller = ControllerProcess(cfg, run.workdir, scenario.process, parts)
-            faults: Any = controller
-        else:
-            wrap = None
-            if scenario.inference.slow_rate > 0:
-                from sim.slow_inference import SimSlowInference
+        # The journal's fault (and filesystem) outlives the controller: the judge reads it after.
+        journal = SimJournalFaults(scenario.journal, run.workdir, parts)
+        async with journal:
+            cfg = _controller_config(run, scenario, hello, journal.controller_journal)
+            controller: InProcessController | ControllerProcess
+            if not _needs_in_process(run, scenario):
+                controller = ControllerProcess(cfg, run.workdir, scenario.process, parts)
+                faults: Any = controller
+            else:
+                wrap = None
+                if scenario.inference.slow_rate > 0:
+                    from sim.slow_inference import SimSlowInference
 
-                def wrap(inner: Any) -> Any:
-                    return SimSlowInference(inner, scenario.inference, seed=run.seed)
+                    def wrap(inner: Any) -> Any:
+                        return SimSlowInference(inner, scenario.inference, seed=run.seed)
 
-            controller = InProcessController(cfg, wrap)
-            faults = _InferenceFaults(run, controller)
-        started = time.monotonic()
-        # The simulator bounds the line's own time; this bounds ours if it hangs (and the load's).
-        timeout_s = parts / run.rate_parts_s * 4 + 300
-        async with controller:
-            flood_at = cfg.hmi.endpoint if scenario.hmi_flood else None
-            with (
-                SimLoad(run.load, seconds=timeout_s) as load,
-                SimHmiFlood(flood_at, seed=run.seed, workdir=run.workdir, seconds=timeout_s) as flood,
-            ):
+                controller = InProcessController(cfg, wrap)
+                faults = _InferenceFaults(run, controller)
+            started = time.monotonic()
+            # The simulator bounds the line's own time; this bounds ours if it hangs (and the load's).
+            timeout_s = parts / run.rate_parts_s * 4 + 300
+            faults = _Faults(faults, journal)
+            async with controller:
+                flood_at = cfg.hmi.endpoint if scenario.hmi_flood else None
+                with (
+                    SimLoad(run.load, seconds=timeout_s) as load,
+                    SimHmiFlood(flood_at, seed=run.seed, workdir=run.workdir, seconds=timeout_s) as flood,
+                ):
 
-                def on_running() -> None:
-                    load.start(priority_of=controller.pid)
-                    flood.start()
+                    def on_running() -> None:
+                        load.start(priority_of=controller.pid)
+                        flood.start()
 
-                end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None,
-                                   timeout_s, on_running=on_running)  # fmt: skip
-            stats = await controller.stop()
+                    end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None,
+                                       timeout_s, on_running=on_running)  # fmt: skip
+                stats = await controller.stop()
         assert proc.stdin is not None
         proc.stdin.close()  # the simulator may go now
         if end["event"] != "done":
@@ -247,9 +270,11 @@ async def run_simulated_line(
         summary["load"] = load.summary()
         if scenario.hmi_flood:
             summary["hmi_flood"] = flood.summary()
-        if isinstance(faults, _InferenceFaults):
-            summary["faults"] = faults.done
-            running = faults.controller.started
+        if scenario.journal is not None:
+            summary["journal_fault"] = journal.done
+        if isinstance(faults.main, _InferenceFaults):
+            summary["faults"] = faults.main.done
+            running = faults.main.controller.started
             slowed = getattr(running.result()[1], "slowed", None) if running.done() else None
             if slowed is not None:
                 summary["controller"]["inferences_slowed"] = slowed
@@ -305,11 +330,12 @@ def _criterion(
     """The scenario's pass criterion, applied to the judge's summary."""
     summary["scenario"] = scenario.name
     # Fail-safe rejects are acceptable only where the scenario's fault explains their reason.
-    inference_faulted = isinstance(faults, _InferenceFaults) and bool(faults.done)
+    inference_faulted = isinstance(faults.main, _InferenceFaults) and bool(faults.main.done)
     allowed = scenario.failsafe_allowed | (_INFERENCE_DOWN if inference_faulted else frozenset())
     unexplained = {r: n for r, n in summary["failsafe_by_reason"].items() if r not in allowed}
     summary["failsafe_unexplained"] = unexplained
-    summary["alarms_unexpected"] = _alarms_unexpected(summary["alarms"], scenario.alarms)
+    strikes = len(getattr(faults.main, "strikes", [])) or 1
+    summary["alarms_unexpected"] = _alarms_unexpected(summary["alarms"], scenario.alarms, strikes)
     summary["criterion"] = (
         "nothing lost (0 misassociations, 0 passes without own in-time PASS, one outcome per trigger, "
         "journal = gate); fail-safe only for " + (", ".join(sorted(allowed)) or "nothing") + "; alarms "

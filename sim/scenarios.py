@@ -1,8 +1,8 @@
 """Named, seeded line scenarios: each is a line condition or a fault, with what must hold.
 
 A scenario configures the plant, the camera and the PLC in the simulator process, and at most one
-fault on the controller's own side: on its inference path, or on its process (stopped, killed; the
-controller then runs as its own `lineinspect run` process, as at a line). Every scenario must end
+fault on the controller's own side: on its inference path, on its process (stopped, killed; the
+controller then runs as its own `lineinspect run` process, as at a line), or on its journal. Every scenario must end
 with nothing lost (sim/judge.py); `failsafe_allowed` names the fail-safe reasons its fault explains.
 Not here: running (sim/line.py, sim/runner.py) or scoring (sim/judge.py).
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from sim.camera import NO_FAULTS, CameraFaults
+from sim.journal_faults import JournalFault
 from sim.plant import PlantConfig
 from sim.s7_proxy import LinkFaults
 from sim.slow_inference import InferenceFaults
@@ -28,6 +29,9 @@ class ProcessFault:
     signal: Literal["SIGSTOP", "SIGKILL"]
     seconds: float = 0.0
     """SIGSTOP: continued (SIGCONT) after this long. SIGKILL: started again after this long."""
+    times: int = 1
+    """More than once: at seeded random part counts between a tenth and nine tenths of the run,
+    whatever the controller is doing then (starting up included)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Scenario:
     would set (each with its reason where the scenario is declared)."""
     hmi_flood: bool = False
     """A hostile panel network floods the controller's OPC UA server while the line runs (sim/hmi_flood.py)."""
+    journal: JournalFault | None = None
+    """A fault on the controller's journal: its disk, its file, a second controller (sim/journal_faults.py)."""
 
     def plant_config(self, base: PlantConfig) -> PlantConfig:
         return replace(base, **self.plant)  # type: ignore[arg-type]
@@ -124,7 +130,31 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              # The HMI runs in its own process with limits: the verdict path must not notice, so no
              # fail-safe and no alarm is explained by the flood. The HMI is on even with --no-hmi.
              controller={"hmi": {"enabled": True}}),
+    Scenario("controller-kill-loop", "the controller's process is killed (SIGKILL) 10 times at random moments",
+             plant={"parts": 2000},  # restarts take ~6 s: room for ten of them
+             # As controller-killed, ten times, some while it is still starting: nothing may be lost.
+             process=ProcessFault("SIGKILL", 0.0, times=10), alarms=frozenset({"plc_watchdog"}),
+             failsafe_allowed=frozenset({"controller_down", "watchdog_tripped", "no_frame", "late", "not_ready",
+                                         "no_budget", "plc_link_lost"})),
     Scenario("worker-killed", "an inference worker is killed mid-run (Ray restarts it)",
              # The fault's fail-safe reasons are allowed wherever a worker is killed.
              kill_actor_after=60, alarms=frozenset({"inference"})),
+    # The journal's disk fails for 2 s: records it refuses wait in memory and land when it recovers;
+    # meanwhile the controller is not ready (the PLC rejects), and parts whose record could not be
+    # made durable fail safe. Every trigger still ends with exactly one record, as the gate did.
+    Scenario("disk-full", "the journal's filesystem is full for 2 s",
+             journal=JournalFault("disk-full"), alarms=frozenset({"journal"}),
+             failsafe_allowed=frozenset({"journal_failed", "not_ready", "late", "no_budget", "plc_rejected"})),
+    Scenario("journal-readonly", "the journal's ext4 fails and turns read-only; checked and mounted again 2 s later",
+             journal=JournalFault("read-only"), alarms=frozenset({"journal"}),
+             failsafe_allowed=frozenset({"journal_failed", "not_ready", "late", "no_budget", "plc_rejected"})),
+    Scenario("disk-stall", "the journal's filesystem is frozen (fsfreeze) for 2 s",
+             journal=JournalFault("disk-stall"), alarms=frozenset({"journal_stalled"}),
+             failsafe_allowed=frozenset({"journal_failed", "not_ready", "late", "no_budget", "plc_rejected"})),
+    Scenario("journal-corrupt", "the journal found at start has 64 KiB of garbage in its middle",
+             # Moved aside at start with the journal alarm, cleared by the first record of the fresh one.
+             journal=JournalFault("corrupt"), alarms=frozenset({"journal"})),
+    Scenario("second-controller", "a second controller is started on the running line",
+             # Refused before it connects to anything: the running controller must not notice.
+             journal=JournalFault("second-controller")),
 ]}  # fmt: skip

@@ -2,11 +2,11 @@
 
 SQLite in WAL mode with `synchronous=FULL`: once `record` returns, the row survives a crash or
 power loss. One writer thread owns the connection so fsyncs never block the event loop, and it
-serves two lanes: records, amendments and reads first (the verdict path waits on them), then, only
-when none is waiting, the lazy lane in one batch without an fsync of its own: frames (zlib) for
-review and retraining, when each verdict's write was acknowledged (`t_written`) and the alarm
-history. Those reach the disk with the next durable record, and survive the controller being killed
-(they are in the OS's cache); a power cut can lose the last of them, never a record. Frames are
+serves two lanes: records, amendments, alarms and reads first (the verdict path waits on them),
+then, only when none is waiting, the lazy lane in one batch without an fsync of its own: frames
+(zlib) for review and retraining and when each verdict's write was acknowledged (`t_written`).
+Those reach the disk with the next durable record, and survive the controller being killed (they
+are in the OS's cache); a power cut can lose the last of them, never a record. Frames are
 kept up to `max_images`; the oldest images are evicted first, records are never evicted by images.
 A record is keyed by (epoch, seq): recording it again replaces it, so a part that failed after its
 first record still has exactly one outcome.
@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import numpy as np
+import structlog
 
 from controller.adapters.exclusive_lock import hold_exclusive_lock
 from controller.core.resume import Recorded
@@ -52,6 +53,7 @@ from controller.errors import InUseError, JournalError
 from controller.ports import PartRecord
 
 T = TypeVar("T")
+log = structlog.get_logger("lineinspect.journal")
 
 _COLUMNS = [f.name for f in fields(PartRecord) if f.name != "image"]
 
@@ -143,6 +145,11 @@ class SqliteJournal:
             await asyncio.wrap_future(self._pool.submit(_nothing, lazy=True))  # the lazy lane drained first
         if self._checkpointer is not None:
             await loop.run_in_executor(None, self._checkpointer.stop)
+        if self._pending:  # a last try for what the disk refused
+            with contextlib.suppress(sqlite3.Error, OSError):
+                await self._run(self._record_batch, [], self._gate)
+        if self._pending:
+            log.error("journal_closed_with_unwritten_records", journal=str(self.path), writes=len(self._pending))
         await self._run(self._close)
         self._pool.shutdown()
 
@@ -192,9 +199,11 @@ class SqliteJournal:
             raise JournalError(f"journal cannot be read: {exc}") from exc
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
-        """The alarm history (diagnostic: an alarm is shown live whether or not this lands)."""
-        with contextlib.suppress(sqlite3.Error, RuntimeError):  # RuntimeError: journal already closed
-            await asyncio.wrap_future(self._pool.submit(self._insert_alarm, name, raised, detail, lazy=True))
+        """The alarm history (an alarm is shown live whether or not this lands). With the records,
+        not in the lazy lane: an alarm about the disk is kept, like a record, until the disk takes it."""
+        with contextlib.suppress(sqlite3.Error, OSError, RuntimeError):  # RuntimeError: journal already closed
+            await asyncio.wrap_future(self._pool.submit(self._insert_alarm, _utc(), name, raised, detail,
+                                                        batch="records", meta=self._gate))  # fmt: skip
 
     def note_written(self, epoch: int, seq: int, t_written: float) -> Awaitable[None]:
         """When the PLC acknowledged the verdict's write. Queued at the call; never raises (a
@@ -368,8 +377,8 @@ class SqliteJournal:
         return [Recorded(seq, Outcome(outcome), Outcome(written) if written else None, bool(acked))
                 for seq, outcome, written, acked in rows]  # fmt: skip
 
-    def _insert_alarm(self, name: str, raised: bool, detail: str) -> None:
-        self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (_utc(), name, int(raised), detail))
+    def _insert_alarm(self, wall_utc: str, name: str, raised: bool, detail: str) -> None:
+        self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (wall_utc, name, int(raised), detail))
 
     def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
         """Inside a transaction of `_record_batch`."""
@@ -587,10 +596,16 @@ class _Checkpointer:
         self._thread.join()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None)
+        db: sqlite3.Connection | None = None
         try:
             while not self._stopping.wait(self._period_s):
-                with contextlib.suppress(sqlite3.Error):  # busy or failing disk: the next one tries again
+                try:
+                    db = db or sqlite3.connect(self._path, isolation_level=None)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or failing disk: the next one tries again, on a new connection
+                    if db is not None:
+                        db.close()
+                    db = None
         finally:
-            db.close()
+            if db is not None:
+                db.close()

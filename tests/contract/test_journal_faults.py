@@ -224,7 +224,7 @@ def test_a_stalled_disk_makes_the_journal_unhealthy_until_the_record_lands(ext4:
     async def run() -> None:
         async with SqliteJournal(path, stall_s=0.3) as j:
             await j.record(rec(1))
-            subprocess.run(["fsfreeze", "-f", str(ext4)], check=True)
+            await asyncio.to_thread(subprocess.run, ["fsfreeze", "-f", str(ext4)], check=True)
             try:
                 waiting = j.record(rec(2))
                 await asyncio.sleep(0.1)
@@ -233,7 +233,7 @@ def test_a_stalled_disk_makes_the_journal_unhealthy_until_the_record_lands(ext4:
                 assert j.stalled_s is not None and j.stalled_s >= 0.3
                 assert not waiting.done()  # type: ignore[attr-defined]
             finally:
-                subprocess.run(["fsfreeze", "-u", str(ext4)], check=True)
+                await asyncio.to_thread(subprocess.run, ["fsfreeze", "-u", str(ext4)], check=True)
             await waiting
             assert j.healthy and j.stalled_s is None
 
