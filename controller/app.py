@@ -35,7 +35,7 @@ from controller.core import plc_codec as codec
 from controller.core.budget import VerdictBudget
 from controller.core.frame_matching import FrameMatcher, Match, MatchWindow
 from controller.core.plc_clock import SnapshotClock
-from controller.core.resume import resume
+from controller.core.resume import another_plc_run, resume
 from controller.core.tracking import (
     Finished,
     GateCounters,
@@ -276,6 +276,8 @@ class LineController:
         self._resumed_epoch = snap.epoch
         try:
             since = await self.journal.resume_point(snap.epoch, gate)
+            if since != gate:  # the journal knew this epoch: from this PLC run, or an earlier one?
+                since = await self._set_aside_if_reused(snap, since, gate)
             if wrap_diff(gate.decided_seq, since.decided_seq) <= 0:
                 if gate.decided_seq != since.decided_seq:
                     log.error("gate_counters_inconsistent", epoch=snap.epoch, on="resume", stored=since.decided_seq,
@@ -301,6 +303,24 @@ class LineController:
             log.error("gate_counters_inconsistent", epoch=snap.epoch, decided_seq=snap.decided_seq, on="resume")
         log.warning("resumed", epoch=snap.epoch, decided_while_down=len(resumed.unrecorded),
                     corrected=[f"{seq}->{outcome.value}" for seq, outcome in resumed.corrected])  # fmt: skip
+
+    async def _set_aside_if_reused(self, snap: codec.PlcToVision, since: GateCounters,
+                                   gate: GateCounters) -> GateCounters:  # fmt: skip
+        """A PLC whose epoch number came round again (a restart that reused it): the journal's rows
+        of that epoch are an earlier run's, not ours to resume from. Set them aside, say so once,
+        and start the epoch afresh. Returns the resume point to use."""
+        first = max(1, snap.trigger_seq - codec.TRIGGER_RING + 1)
+        ring = {s: pos for s in range(first, snap.trigger_seq + 1) if (pos := snap.trigger_pos(s)) is not None}
+        seen = await self.journal.recorded(snap.epoch, first - 1, snap.trigger_seq) if ring else []
+        why = another_plc_run(since, gate, ring, seen)
+        if why is None:
+            return since
+        moved = await self.journal.supersede_epoch(snap.epoch)
+        log.error("plc_epoch_reused", epoch=snap.epoch, why=why, rows_set_aside=moved)
+        self.alarms.set("plc_epoch_reused", True, f"epoch {snap.epoch} is in the journal from an earlier PLC run "
+                                                  f"({why}): its {moved} rows were set aside")  # fmt: skip
+        self.alarms.set("plc_epoch_reused", False)  # an event: raised and cleared at once, in the history
+        return await self.journal.resume_point(snap.epoch, gate)
 
     def _note_alarm(self, name: str, raised: bool, detail: str) -> None:
         self._spawn(self.journal.note_alarm(name, raised, detail), name=f"alarm-{name}")

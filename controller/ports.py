@@ -165,6 +165,11 @@ class Journal(Protocol):
         """The parts recorded in `epoch` with after_seq < seq <= upto_seq. Raises JournalError."""
         ...
 
+    async def supersede_epoch(self, epoch: int) -> int:
+        """Set aside the rows of an earlier PLC run that used the same epoch number; returns how
+        many. Raises JournalError."""
+        ...
+
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (diagnostic, never raises)."""
         ...

@@ -169,8 +169,15 @@ class MemoryJournal:
 
     async def recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
         return [Recorded(r.seq, Outcome(r.outcome), Outcome(r.written_verdict) if r.written_verdict else None,
-                         (epoch, r.seq) in self.t_written)
+                         (epoch, r.seq) in self.t_written, r.trigger_pos)
                 for (ep, _), r in self.parts.items() if ep == epoch and after_seq < r.seq <= upto_seq]  # fmt: skip
+
+    async def supersede_epoch(self, epoch: int) -> int:
+        old = [key for key in self.parts if key[0] == epoch]
+        for key in old:
+            del self.parts[key]
+        self.points.pop(epoch, None)
+        return len(old)
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         self.alarms.append((name, raised))

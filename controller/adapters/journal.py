@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 CREATE TABLE IF NOT EXISTS alarms (wall_utc TEXT, name TEXT, raised INTEGER, detail TEXT);
 CREATE TABLE IF NOT EXISTS opened (wall_utc TEXT, pid INTEGER, moved_aside TEXT);
+CREATE TABLE IF NOT EXISTS parts_superseded ({", ".join(_COLUMNS)}, t_written REAL, superseded_utc TEXT);
 """
 
 _DISK_ERRORS = (sqlite3.OperationalError, OSError)
@@ -197,6 +198,15 @@ class SqliteJournal:
             return await self._run(self._recorded, epoch, after_seq, upto_seq)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"journal cannot be read: {exc}") from exc
+
+    async def supersede_epoch(self, epoch: int) -> int:
+        """The PLC's epoch number came round again: this epoch's rows belong to an earlier PLC run.
+        They move to `parts_superseded` (with the time), its frames and resume point go, and the
+        epoch starts afresh. Returns how many rows moved."""
+        try:
+            return await self._run(self._supersede, epoch)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"journal cannot set epoch {epoch}'s old rows aside: {exc}") from exc
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (an alarm is shown live whether or not this lands). With the records,
@@ -371,11 +381,22 @@ class SqliteJournal:
     def _recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
         window = "seq > ? AND seq <= ?" if after_seq <= upto_seq else "(seq > ? OR seq <= ?)"
         rows = self._connection().execute(
-            f"SELECT seq, outcome, written_verdict, t_written IS NOT NULL FROM parts WHERE epoch = ? AND {window}",
+            "SELECT seq, outcome, written_verdict, t_written IS NOT NULL, trigger_pos FROM parts "
+            f"WHERE epoch = ? AND {window}",
             (epoch, after_seq, upto_seq),
         )
-        return [Recorded(seq, Outcome(outcome), Outcome(written) if written else None, bool(acked))
-                for seq, outcome, written, acked in rows]  # fmt: skip
+        return [Recorded(seq, Outcome(outcome), Outcome(written) if written else None, bool(acked), pos or 0)
+                for seq, outcome, written, acked, pos in rows]  # fmt: skip
+
+    def _supersede(self, epoch: int) -> int:
+        columns = ", ".join([*_COLUMNS, "t_written"])
+        with self._transaction(None) as db:
+            db.execute(f"INSERT INTO parts_superseded ({columns}, superseded_utc) "
+                       f"SELECT {columns}, ? FROM parts WHERE epoch = ?", (_utc(), epoch))  # fmt: skip
+            moved = db.execute("DELETE FROM parts WHERE epoch = ?", (epoch,)).rowcount
+            db.execute("DELETE FROM images WHERE epoch = ?", (epoch,))
+            db.execute("DELETE FROM epochs WHERE epoch = ?", (epoch,))
+        return int(moved)
 
     def _insert_alarm(self, wall_utc: str, name: str, raised: bool, detail: str) -> None:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (wall_utc, name, int(raised), detail))
@@ -420,7 +441,8 @@ def _move_aside_if_corrupt(path: Path) -> tuple[Path | None, str]:
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
     """A journal from an older version gains the columns added since (NULL in its old rows)."""
-    for table, wanted in (("parts", [*_COLUMNS, "t_written"]), ("epochs", ["watchdog_tripped"])):
+    for table, wanted in (("parts", [*_COLUMNS, "t_written"]), ("epochs", ["watchdog_tripped"]),
+                          ("parts_superseded", [*_COLUMNS, "t_written", "superseded_utc"])):
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         for column in wanted:
             if column not in have:

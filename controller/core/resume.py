@@ -30,6 +30,8 @@ class Recorded:
     """The verdict written (or about to be) for it: PASS or REJECT; None if nothing was."""
     acked: bool = True
     """The PLC acknowledged that write (False: not written yet, failed, or timed out)."""
+    trigger_pos: int = 0
+    """The encoder position latched at its trigger (0: not known)."""
 
 
 @dataclass(slots=True)
@@ -72,3 +74,17 @@ def resume(since: GateCounters, now: GateCounters, recorded: list[Recorded]) -> 
             if gate is not r.outcome:
                 out.corrected.append((r.seq, gate))
     return out
+
+
+def another_plc_run(stored: GateCounters, now: GateCounters, ring: dict[int, int],
+                    recorded: list[Recorded]) -> str | None:  # fmt: skip
+    """Why the journal's rows of this epoch cannot be this PLC run's (its epoch number came round
+    again), or None. Within one run the gate counters only grow, and the trigger ring's entries
+    (seq → latched position) are the ones recorded for those sequence numbers."""
+    for name in ("decided_seq", "rejects_vision", "rejects_failsafe", "watchdog_trips"):
+        if wrap_diff(getattr(now, name), getattr(stored, name)) < 0:
+            return f"the PLC's {name} is {getattr(now, name)}, the journal has {getattr(stored, name)}"
+    for r in recorded:
+        if r.trigger_pos and r.seq in ring and ring[r.seq] != r.trigger_pos:
+            return f"trigger {r.seq} latched at {ring[r.seq]}, the journal has {r.trigger_pos}"
+    return None

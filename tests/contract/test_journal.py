@@ -47,8 +47,8 @@ def test_a_restarted_controller_finds_the_resume_point_records_and_alarms(tmp_pa
     asyncio.run(first_controller())
     since, recorded = asyncio.run(second_controller())
     assert since == counters(11)
-    assert recorded == [Recorded(12, Outcome.REJECT, Outcome.REJECT, acked=True),
-                        Recorded(13, Outcome.PASS, Outcome.PASS, acked=False)]
+    assert recorded == [Recorded(12, Outcome.REJECT, Outcome.REJECT, acked=True, trigger_pos=6000),
+                        Recorded(13, Outcome.PASS, Outcome.PASS, acked=False, trigger_pos=6500)]
     db = sqlite3.connect(path)
     assert alarm_counts(db) == {"plc_watchdog": {"raised": 1, "cleared": 1}}
     image = read_image(db, 7, 11)
@@ -121,8 +121,8 @@ def test_a_journal_from_an_older_version_gains_the_new_columns(tmp_path: Path) -
             await j.record(rec(2))
             return sorted(await j.recorded(7, 0, 2), key=lambda r: r.seq)
 
-    assert asyncio.run(run()) == [Recorded(1, Outcome.PASS, None, acked=False),
-                                  Recorded(2, Outcome.PASS, Outcome.PASS, acked=False)]
+    assert asyncio.run(run()) == [Recorded(1, Outcome.PASS, None, acked=False, trigger_pos=500),
+                                  Recorded(2, Outcome.PASS, Outcome.PASS, acked=False, trigger_pos=1000)]
 
 
 def test_after_a_failed_record_the_resume_point_stays_where_the_journal_last_agreed(tmp_path: Path) -> None:
@@ -140,3 +140,24 @@ def test_after_a_failed_record_the_resume_point_stays_where_the_journal_last_agr
             return await j.resume_point(7, counters(9))
 
     assert asyncio.run(run()) == counters(1)
+
+
+def test_an_earlier_plc_runs_rows_of_a_reused_epoch_are_set_aside_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+
+    async def run() -> tuple[int, GateCounters, list[Recorded]]:
+        async with SqliteJournal(path) as j:
+            await j.resume_point(7, counters(0))
+            j.gate_reconciled(7, counters(2))
+            await j.record_many([rec(1), rec(2, image=np.full((2, 2), 2, np.uint8))])
+            assert [r.trigger_pos for r in await j.recorded(7, 0, 2)] == [500, 1000]
+            moved = await j.supersede_epoch(7)
+            since = await j.resume_point(7, counters(1))  # the epoch starts afresh
+            return moved, since, await j.recorded(7, 0, 2)
+
+    moved, since, left = asyncio.run(run())
+    assert (moved, since, left) == (2, counters(1), [])
+    db = sqlite3.connect(path)
+    kept = db.execute("SELECT epoch, seq, outcome, superseded_utc IS NOT NULL FROM parts_superseded ORDER BY seq")
+    assert list(kept) == [(7, 1, "pass", 1), (7, 2, "pass", 1)]
+    assert read_image(db, 7, 2) is None

@@ -141,7 +141,7 @@ class Line:
                    for _ in range(4 if self.speed_changes else 0)}  # fmt: skip
         speeds, positions, v, p = [], [], 0.0 if self.from_standstill else self.speed, 0.0
         target = self.speed
-        for i in range(int(end / STEP_S) + 2):
+        for i in range(int(end / STEP_S) + 20):  # the last reads sample up to a few steps past `end`
             target = targets.get(round(i * STEP_S, 3), target)
             standing = self.from_standstill and i * STEP_S < 1.0
             v += max(-ACCEL * STEP_S, min(ACCEL * STEP_S, (0.0 if standing else target) - v))

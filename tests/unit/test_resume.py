@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.core.resume import Recorded, resume
+from controller.core.resume import Recorded, another_plc_run, resume
 from controller.core.tracking import GateCounters, Outcome
 
 U32 = 2**32
@@ -106,3 +106,22 @@ def test_finds_exactly_the_parts_the_gate_rejected_while_no_controller_ran(
     assert out.unrecorded == [(start + s) % U32 for s in range(recorded_upto + 1, n + 1)]
     failed = {((start + s) % U32, FAILSAFE) for s in range(k + 1, recorded_upto + 1) if verdicts[s - 1] is not None}
     assert set(out.corrected) == failed
+
+
+def test_an_epoch_number_that_came_round_again_is_told_apart_from_a_restart() -> None:
+    """A restarted controller finds its PLC run's rows: counters grown, ring entries as recorded.
+    An earlier PLC run that used the same epoch number fails one of the two."""
+    stored = gate(100, vision=7, failsafe=2)
+    rows = [Recorded(s, PASS, PASS, trigger_pos=500 * s) for s in range(95, 101)]
+    ring = {s: 500 * s for s in range(95, 111)}
+    assert another_plc_run(stored, gate(110, vision=8, failsafe=2), ring, rows) is None
+    # Counters of a fresh run start again from 0.
+    why = another_plc_run(stored, gate(3), {1: 40, 2: 90, 3: 140}, [])
+    assert why is not None and "decided_seq is 3, the journal has 100" in why
+    # Or it got further than the stored point before we started: its triggers are elsewhere.
+    why = another_plc_run(stored, gate(110, vision=9, failsafe=3), {s: 77 * s for s in range(95, 111)}, rows)
+    assert why is not None and "trigger 95 latched at 7315, the journal has 47500" in why
+    # Records whose position is unknown (0: written on a resume) prove nothing either way.
+    unknown = [Recorded(s, FAILSAFE, None, trigger_pos=0) for s in range(95, 101)]
+    elsewhere = {s: 77 * s for s in range(95, 111)}
+    assert another_plc_run(stored, gate(110, vision=9, failsafe=3), elsewhere, unknown) is None
