@@ -26,6 +26,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -147,6 +148,8 @@ class LineController:
         self._model_version = ""
         self._resumed_epoch: int | None = None
         self._resume_failed: int | None = None
+        self._journal_moved_aside: Path | None = None
+        """The corrupt journal file last moved aside that the journal alarm was raised for."""
         """An epoch whose resume failed: its resume point must not move past what was not resumed."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -154,6 +157,7 @@ class LineController:
         """Run until cancelled. Loops are named and supervised; a crash of one ends the run."""
         if self.journal.error:  # e.g. a corrupt journal moved aside: cleared by the first record
             self.alarms.set("journal", True, self.journal.error)
+        self._journal_moved_aside = self.journal.moved_aside
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._exchange_loop(), name="plc-exchange")
@@ -192,6 +196,9 @@ class LineController:
 
     def _update_health(self) -> None:
         self.alarms.set("inference", not self.inference.healthy, "no healthy inference worker")
+        if self.journal.moved_aside != self._journal_moved_aside:  # its scheduled check found it corrupt
+            self._journal_moved_aside = self.journal.moved_aside
+            self.alarms.set("journal", True, self.journal.error or f"moved aside to {self._journal_moved_aside}")
         self.alarms.set("journal_stalled", self.journal.stalled_s is not None,
                         "a record waits for the journal's disk longer than journal.stall_ms")  # fmt: skip
         new = Health.READY if self.ready else (Health.STARTING if self.health is Health.STARTING

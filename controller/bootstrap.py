@@ -110,7 +110,8 @@ async def run_controller(
         connect_timeout_s=cfg.plc.connect_timeout_s,
     )  # fmt: skip
     camera: FrameSource = _build_camera(cfg)
-    journal = SqliteJournal(cfg.journal.path, max_images=cfg.journal.max_images, stall_s=cfg.journal.stall_ms / 1000)
+    j = cfg.journal
+    journal = SqliteJournal(j.path, max_images=j.max_images, stall_s=j.stall_ms / 1000, check_every_s=j.check_every_s)
     async with AsyncExitStack() as stack:
         # Before anything connects: a second controller of this line stops here, with one line.
         c = cfg.plc

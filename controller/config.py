@@ -84,6 +84,7 @@ class JournalConfig(_Strict):
     path: Path = Path("lineinspect.db")
     max_images: int = Field(20000, ge=0, description="oldest images are evicted first; records stay")
     stall_ms: float = Field(1000.0, gt=0, description="a record waiting this long for the disk: alarm, not ready")
+    check_every_s: float = Field(3600.0, gt=0, description="PRAGMA quick_check of the open journal, off the writer")
 
 
 class HmiConfig(_Strict):

@@ -187,6 +187,11 @@ class Journal(Protocol):
         ...
 
     @property
+    def moved_aside(self) -> Path | None:
+        """Where the journal last moved a corrupt file (found at open or by its scheduled check)."""
+        ...
+
+    @property
     def error(self) -> str | None:
         """Why it is not healthy, or what it found at open (a corrupt journal it moved aside)."""
         ...

@@ -134,6 +134,7 @@ class MemoryJournal:
         self._gate: tuple[int, GateCounters] | None = None
         self.error: str | None = None
         self.stalled_s: float | None = None
+        self.moved_aside: Path | None = None
 
     @property
     def healthy(self) -> bool:

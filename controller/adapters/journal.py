@@ -82,8 +82,10 @@ Anything else (a value SQLite cannot store) would fail again."""
 
 class SqliteJournal:
     def __init__(self, path: Path, *, max_images: int = 20000, max_pending: int = 10_000, retry_s: float = 0.5,
-                 stall_s: float = 1.0) -> None:  # fmt: skip
+                 stall_s: float = 1.0, check_every_s: float = 3600.0) -> None:  # fmt: skip
         self.path = path
+        self.check_every_s = check_every_s
+        """How often the open journal is checked (`PRAGMA quick_check`, off the writer)."""
         self.stall_s = stall_s
         """A record waiting this long for the disk makes the journal unhealthy until it lands."""
         self.max_images = max_images
@@ -258,7 +260,28 @@ class SqliteJournal:
         # The first durable write: until it lands the journal is not healthy (a read-only file
         # opens and reads fine, and only refuses the first record).
         db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside or "")))
-        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer = _Checkpointer(self.path, check_every_s=self.check_every_s, on_corrupt=self._found_corrupt)
+
+    def _found_corrupt(self, why: str) -> None:
+        """The scheduled check found the open journal corrupt (checkpointer thread): the writer moves
+        it aside before its next write."""
+        with contextlib.suppress(RuntimeError):  # closing meanwhile: the next start checks it
+            self._pool.submit(self._start_afresh, why.splitlines()[0])
+
+    def _start_afresh(self, why: str) -> None:
+        """Writer thread: the corrupt file aside, a fresh one in its place holding this epoch's
+        resume point, so records, the resume and the alarm history go on in it."""
+        self._disconnect()
+        self.moved_aside = _move_aside(self.path)
+        self.error = f"the journal was found corrupt ({why}): moved aside to {self.moved_aside}, a fresh one started"
+        log.error("journal_moved_aside", journal=str(self.path), aside=str(self.moved_aside), why=why)
+        db = self._connection()
+        db.executescript(SCHEMA)
+        if self._gate is not None:
+            epoch, counters = self._gate
+            db.execute(f"INSERT OR IGNORE INTO epochs (epoch, {_GATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                       (epoch, *_gate_values(counters)))  # fmt: skip
+        db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside)))
 
     def _close(self) -> None:
         self._closed = True
@@ -414,29 +437,40 @@ class SqliteJournal:
 _CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _move_aside_if_corrupt(path: Path) -> tuple[Path | None, str]:
-    """`PRAGMA quick_check` on an existing journal; a corrupt one (with its WAL) is renamed
-    `<name>.corrupt-<UTC time>` and none of it is written again. Returns where it went and why."""
-    if not path.exists():
-        return None, ""
+def _quick_check(path: Path) -> str:
+    """"ok", or what is wrong with the file (raises on a disk error: that says nothing of the file)."""
     try:
         db = sqlite3.connect(path)
         try:
-            verdict = str(db.execute("PRAGMA quick_check").fetchone()[0])
+            return str(db.execute("PRAGMA quick_check").fetchone()[0])
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT:
-            raise  # the disk, not the file: nothing to move
-        verdict = str(exc)
-    if verdict == "ok":
-        return None, ""
+            raise
+        return str(exc)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the journal (with its WAL) `<name>.corrupt-<UTC time>`: kept for whoever investigates,
+    never written again."""
     aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}")
     for suffix in ("", "-wal", "-shm"):
         src = Path(f"{path}{suffix}")
         if src.exists():
             src.rename(f"{aside}{suffix}")
-    return aside, verdict.splitlines()[0]
+    return aside
+
+
+def _move_aside_if_corrupt(path: Path) -> tuple[Path | None, str]:
+    """`PRAGMA quick_check` on an existing journal; a corrupt one is moved aside. Returns where it
+    went and why."""
+    if not path.exists():
+        return None, ""
+    verdict = _quick_check(path)
+    if verdict == "ok":
+        return None, ""
+    return _move_aside(path), verdict.splitlines()[0]
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -550,17 +584,23 @@ class _TwoLaneWriter:
                 continue
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if jobs and jobs[0].batch:
-                self._run_batch(self.batchers.get(jobs[0].batch, _run_each), jobs)
-            for job in [] if jobs and jobs[0].batch else jobs:
-                try:
-                    job.future.set_result(job.call())
-                except BaseException as exc:  # handed to the awaiting coroutine
-                    job.future.set_exception(exc)
+                outcomes = self._run_batch(self.batchers.get(jobs[0].batch, _run_each), jobs)
+            else:
+                outcomes = [_outcome(job.call) for job in jobs]
+            # No longer running before anyone hears it finished (a waiter may ask at once).
             self._running_since = None
+            for job, (result, exc) in zip(jobs, outcomes, strict=True):
+                if exc is None:
+                    job.future.set_result(result)
+                else:
+                    job.future.set_exception(exc)  # handed to the awaiting coroutine
             self._idle_in = self.idle_in()
 
     @staticmethod
-    def _run_batch(batcher: Callable[[list[Callable[[], None]], object], None], jobs: list[_Job]) -> None:
+    def _run_batch(
+        batcher: Callable[[list[Callable[[], None]], object], None], jobs: list[_Job]
+    ) -> list[tuple[object, BaseException | None]]:
+        """Each job's (result, exception): all succeed together or all fail with the batch's error."""
         results: dict[int, object] = {}
 
         def run(i: int, call: Callable[[], object]) -> Callable[[], None]:
@@ -569,11 +609,15 @@ class _TwoLaneWriter:
         try:
             batcher([run(i, job.call) for i, job in enumerate(jobs)], jobs[-1].meta)
         except BaseException as exc:
-            for job in jobs:
-                job.future.set_exception(exc)
-            return
-        for i, job in enumerate(jobs):
-            job.future.set_result(results.get(i))
+            return [(None, exc)] * len(jobs)
+        return [(results.get(i), None) for i in range(len(jobs))]
+
+
+def _outcome(call: Callable[[], object]) -> tuple[object, BaseException | None]:
+    try:
+        return call(), None
+    except BaseException as exc:
+        return None, exc
 
 
 @dataclass(slots=True)
@@ -605,10 +649,15 @@ def _compress_images(recs: list[PartRecord]) -> list[tuple[object, ...]]:
 
 class _Checkpointer:
     """Moves the WAL into the database every `period_s` on a connection and thread of its own. A
-    PASSIVE checkpoint never blocks the writer: records keep committing to the WAL meanwhile."""
+    PASSIVE checkpoint never blocks the writer: records keep committing to the WAL meanwhile. Every
+    `check_every_s` it also runs `PRAGMA quick_check` (a reader: the writer goes on) on a fresh
+    connection, so pages cached from before cannot hide damage on the disk, and reports a corrupt
+    file to `on_corrupt` once."""
 
-    def __init__(self, path: Path, period_s: float = 1.0) -> None:
+    def __init__(self, path: Path, period_s: float = 1.0, check_every_s: float = 3600.0,
+                 on_corrupt: Callable[[str], None] = lambda why: None) -> None:  # fmt: skip
         self._path, self._period_s = path, period_s
+        self._check_every_s, self._on_corrupt = check_every_s, on_corrupt
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"journal-checkpoint-{path.name}", daemon=True)
         self._thread.start()
@@ -619,11 +668,19 @@ class _Checkpointer:
 
     def _run(self) -> None:
         db: sqlite3.Connection | None = None
+        check_at = time.monotonic() + self._check_every_s
         try:
-            while not self._stopping.wait(self._period_s):
+            while not self._stopping.wait(min(self._period_s, max(0.0, check_at - time.monotonic()))):
                 try:
                     db = db or sqlite3.connect(self._path, isolation_level=None)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if time.monotonic() >= check_at:
+                        check_at = time.monotonic() + self._check_every_s
+                        verdict = _quick_check(self._path)
+                        if verdict != "ok":
+                            self._on_corrupt(verdict)
+                            db.close()
+                            db = None  # the next checkpoint is the fresh journal's
                 except sqlite3.Error:  # busy or failing disk: the next one tries again, on a new connection
                     if db is not None:
                         db.close()

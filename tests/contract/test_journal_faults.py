@@ -93,6 +93,13 @@ async def wait_until(cond: object, limit_s: float) -> None:
         await asyncio.sleep(0.02)
 
 
+def scribble(path: Path, garbage: bytes) -> None:
+    """A disk that returns garbage: `garbage` over the middle of the file."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        f.write(garbage)
+
+
 def stored(path: Path) -> list[tuple[int, str]]:
     db = sqlite3.connect(path)
     try:
@@ -239,3 +246,33 @@ def test_a_stalled_disk_makes_the_journal_unhealthy_until_the_record_lands(ext4:
 
     asyncio.run(run())
     assert [s for s, _ in stored(path)] == [1, 2]
+
+
+def test_a_journal_found_corrupt_while_open_is_moved_aside_and_a_fresh_one_goes_on(tmp_path: Path) -> None:
+    """The scheduled check (here every 0.3 s) finds garbage written into the open file: the file
+    goes aside with the alarm's text, and the epoch's resume point and the records go on in a
+    fresh one."""
+    path = tmp_path / "journal.db"
+    rng = np.random.default_rng(2)
+
+    async def run() -> tuple[Path, str | None, GateCounters]:
+        async with SqliteJournal(path, check_every_s=0.3) as j:
+            await j.resume_point(7, counters(0))
+            for seq in range(1, 301):
+                r = rec(seq)
+                r.image = rng.integers(0, 255, (48, 48), dtype=np.uint8)
+                j.gate_reconciled(7, counters(seq - 1))
+                await j.record(r)
+            await asyncio.sleep(1.2)  # checkpointed into the file
+            await asyncio.to_thread(scribble, path, rng.integers(0, 255, 64 * 1024, dtype=np.uint8).tobytes())
+            await wait_until(lambda: j.moved_aside is not None, limit_s=10)
+            found = j.error  # the controller's journal alarm says this
+            await j.record(rec(301))
+            assert j.healthy and j.moved_aside is not None
+            return j.moved_aside, found, await j.resume_point(7, counters(9999))
+
+    aside, error, since = asyncio.run(run())
+    assert aside.exists() and aside.name.startswith("journal.db.corrupt-")
+    assert error is not None and "found corrupt" in error
+    assert since == counters(299)  # the resume point carried over (the last one reconciled)
+    assert [s for s, _ in stored(path)] == [301]  # never written into the corrupt file again
