@@ -316,7 +316,8 @@ class LineController:
         """A PLC whose epoch number came round again (a restart that reused it): the journal's rows
         of that epoch are an earlier run's, not ours to resume from. Set them aside, say so once,
         and start the epoch afresh. Returns the resume point to use."""
-        first = max(1, snap.trigger_seq - codec.TRIGGER_RING + 1)
+        # Not the oldest slot: the next trigger overwrites it, position first, while we may read it.
+        first = max(1, snap.trigger_seq - codec.TRIGGER_RING + 2)
         ring = {s: pos for s in range(first, snap.trigger_seq + 1) if (pos := snap.trigger_pos(s)) is not None}
         seen = await self.journal.recorded(snap.epoch, first - 1, snap.trigger_seq) if ring else []
         why = another_plc_run(since, gate, ring, seen)

@@ -101,6 +101,21 @@ async def run_controller(
     `started` receives (controller, inference service) once running: the simulator's fault
     injection uses it to kill a worker or swap the model mid-run. `wrap_inference` lets it put a
     fault on the inference path (sim/slow_inference.py)."""
+    # Before anything is built or connects (Ray included): a second controller of this line stops
+    # here, with one line, and disturbs nothing of the one running.
+    c = cfg.plc
+    plc_lock = hold_exclusive_lock(plc_lock_path(c.host, c.port, c.rack, c.slot),
+                                   f"PLC {c.host}:{c.port} (rack {c.rack}, slot {c.slot})")  # fmt: skip
+    try:
+        return await _run_locked(cfg, stop, on_status, started, wrap_inference)
+    finally:
+        os.close(plc_lock)
+
+
+async def _run_locked(
+    cfg: LineConfig, stop: asyncio.Event | None, on_status: Callable[[LineStatus], None] | None,
+    started: asyncio.Future[tuple[LineController, Any]] | None, wrap_inference: Callable[[Any], Any] | None,
+) -> LineController:  # fmt: skip
     inference = _build_inference(cfg)
     if wrap_inference is not None:
         inference = wrap_inference(inference)
@@ -113,11 +128,6 @@ async def run_controller(
     j = cfg.journal
     journal = SqliteJournal(j.path, max_images=j.max_images, stall_s=j.stall_ms / 1000, check_every_s=j.check_every_s)
     async with AsyncExitStack() as stack:
-        # Before anything connects: a second controller of this line stops here, with one line.
-        c = cfg.plc
-        plc_lock = hold_exclusive_lock(plc_lock_path(c.host, c.port, c.rack, c.slot),
-                                       f"PLC {c.host}:{c.port} (rack {c.rack}, slot {c.slot})")  # fmt: skip
-        stack.callback(os.close, plc_lock)
         await _connect_all(stack, {"plc": plc, "camera": camera, "inference": inference, "journal": journal})
         publishers = [on_status] if on_status else []
         if cfg.hmi.enabled:

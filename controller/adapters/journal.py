@@ -77,7 +77,13 @@ CREATE TABLE IF NOT EXISTS parts_superseded ({", ".join(_COLUMNS)}, t_written RE
 
 _DISK_ERRORS = (sqlite3.OperationalError, OSError)
 """What a failing disk raises (full, read-only, I/O error, busy): the same write can succeed later.
-Anything else (a value SQLite cannot store) would fail again."""
+Anything else (a value SQLite cannot store) would fail again, but for a corrupt file (`_CORRUPT`):
+its writes wait for the fresh journal that replaces it."""
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did the disk or the file refuse the write (it can land later), rather than the write itself?"""
+    return isinstance(exc, _DISK_ERRORS) or getattr(exc, "sqlite_errorcode", None) in _CORRUPT
 
 
 class SqliteJournal:
@@ -108,6 +114,10 @@ class SqliteJournal:
         """(epoch, counters): the resume point the next transactions store."""
         self._pending: list[Callable[[], None]] = []
         """Writes the disk refused, oldest first: they go first into the next transaction."""
+        self._pending_gate: object = None
+        """The resume point the refused writes were to be stored with (retried with them)."""
+        self._points: dict[int, GateCounters] = {}
+        """Each epoch's resume point as last made durable (a fresh journal starts from them)."""
         self.lost = 0
         """Records and amendments lost for good: the resume point stays where the journal last agreed."""
 
@@ -277,8 +287,7 @@ class SqliteJournal:
         log.error("journal_moved_aside", journal=str(self.path), aside=str(self.moved_aside), why=why)
         db = self._connection()
         db.executescript(SCHEMA)
-        if self._gate is not None:
-            epoch, counters = self._gate
+        for epoch, counters in self._points.items():  # as last made durable, never a point still queued
             db.execute(f"INSERT OR IGNORE INTO epochs (epoch, {_GATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                        (epoch, *_gate_values(counters)))  # fmt: skip
         db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside)))
@@ -332,7 +341,7 @@ class SqliteJournal:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            if isinstance(exc, _DISK_ERRORS):
+            if _refused(exc):
                 self._disconnect()  # a read-only or failed file: the next write opens it afresh
             raise
 
@@ -352,23 +361,44 @@ class SqliteJournal:
             with self._transaction(gate):  # type: ignore[arg-type]
                 for write in writes:
                     write()
-        except _DISK_ERRORS:
-            kept = writes[-self.max_pending :]
-            self.lost += len(writes) - len(kept)
-            self._pending = kept
-            raise
-        except BaseException:
-            self.lost += len(writes)  # one of them can never be stored, and which is unknown
-            self._pending = []
+        except BaseException as exc:
+            if _refused(exc):
+                self._keep(writes, gate)
+                if getattr(exc, "sqlite_errorcode", None) in _CORRUPT:
+                    self._start_afresh(str(exc))  # its writes go into the fresh journal
+            else:
+                self._pending = []
+                self._one_by_one(writes)  # only the write SQLite can never store is lost
             raise
         self._pending = []
+        if isinstance(gate, tuple) and not self.lost:
+            self._points[gate[0]] = gate[1]
+
+    def _keep(self, writes: list[Callable[[], None]], gate: object) -> None:
+        kept = writes[-self.max_pending :]
+        self.lost += len(writes) - len(kept)
+        self._pending, self._pending_gate = kept, gate
+
+    def _one_by_one(self, writes: list[Callable[[], None]]) -> None:
+        """A batch failed on a write SQLite cannot store (a value it cannot bind): each write again in
+        a transaction of its own, so that only that one is lost (and the resume point frozen)."""
+        for i, write in enumerate(writes):
+            try:
+                with self._transaction(None):
+                    write()
+            except BaseException as exc:
+                if _refused(exc):
+                    self._keep(writes[i:], None)
+                    return
+                self.lost += 1
 
     def _retry(self) -> None:
-        """While writes wait for the disk and nothing else is written: try them again (every `retry_s`)."""
+        """While writes wait for the disk and nothing else is written: try them again (every `retry_s`)
+        with the resume point they were queued with (a later one may cover writes still queued)."""
         if not self._pending:
             return
         with contextlib.suppress(sqlite3.Error, OSError):
-            self._record_batch([], self._gate)
+            self._record_batch([], self._pending_gate)
             self._healthy, self.error = True, None
 
     def _insert_images(self, rows: list[tuple[object, ...]]) -> None:
@@ -399,7 +429,9 @@ class SqliteJournal:
                    (epoch, *_gate_values(gate)))  # fmt: skip
         row = db.execute(f"SELECT {_GATE_COLUMNS} FROM epochs WHERE epoch = ?", (epoch,)).fetchone()
         decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, tripped = row
-        return GateCounters(decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, bool(tripped))
+        point = GateCounters(decided_seq, rejects_vision, rejects_failsafe, watchdog_trips, bool(tripped))
+        self._points[epoch] = point
+        return point
 
     def _recorded(self, epoch: int, after_seq: int, upto_seq: int) -> list[Recorded]:
         window = "seq > ? AND seq <= ?" if after_seq <= upto_seq else "(seq > ? OR seq <= ?)"
@@ -425,9 +457,12 @@ class SqliteJournal:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (wall_utc, name, int(raised), detail))
 
     def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
-        """Inside a transaction of `_record_batch`."""
-        self._connection().execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
-                                   (outcome, reason, epoch, seq))  # fmt: skip
+        """Inside a transaction of `_record_batch`. A record not in this file (it stayed in a corrupt
+        one moved aside) cannot be amended: the journal no longer agrees with the gate past it."""
+        done = self._connection().execute("UPDATE parts SET outcome = ?, reason = ? WHERE epoch = ? AND seq = ?",
+                                          (outcome, reason, epoch, seq))  # fmt: skip
+        if done.rowcount == 0:
+            self.lost += 1
 
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:
@@ -579,7 +614,10 @@ class _TwoLaneWriter:
                 else:
                     jobs = []
             if not jobs:
-                self.idle()
+                try:
+                    self.idle()
+                except Exception as exc:  # the writer must outlive anything a retry raises
+                    log.error("journal_retry_failed", error=str(exc))
                 self._idle_in = self.idle_in()
                 continue
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
@@ -589,11 +627,11 @@ class _TwoLaneWriter:
                 outcomes = [_outcome(job.call) for job in jobs]
             # No longer running before anyone hears it finished (a waiter may ask at once).
             self._running_since = None
-            for job, (result, exc) in zip(jobs, outcomes, strict=True):
-                if exc is None:
+            for job, (result, error) in zip(jobs, outcomes, strict=True):
+                if error is None:
                     job.future.set_result(result)
                 else:
-                    job.future.set_exception(exc)  # handed to the awaiting coroutine
+                    job.future.set_exception(error)  # handed to the awaiting coroutine
             self._idle_in = self.idle_in()
 
     @staticmethod
@@ -668,11 +706,17 @@ class _Checkpointer:
 
     def _run(self) -> None:
         db: sqlite3.Connection | None = None
+        inode = 0
         check_at = time.monotonic() + self._check_every_s
         try:
             while not self._stopping.wait(min(self._period_s, max(0.0, check_at - time.monotonic()))):
                 try:
-                    db = db or sqlite3.connect(self._path, isolation_level=None)
+                    if db is not None and os.stat(self._path).st_ino != inode:
+                        db.close()  # the file was moved aside: follow the fresh one, never write the old
+                        db = None
+                    if db is None:
+                        inode = os.stat(self._path).st_ino
+                        db = sqlite3.connect(self._path, isolation_level=None)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     if time.monotonic() >= check_at:
                         check_at = time.monotonic() + self._check_every_s
@@ -681,7 +725,7 @@ class _Checkpointer:
                             self._on_corrupt(verdict)
                             db.close()
                             db = None  # the next checkpoint is the fresh journal's
-                except sqlite3.Error:  # busy or failing disk: the next one tries again, on a new connection
+                except (sqlite3.Error, OSError):  # busy or failing disk, or moved: the next one tries again
                     if db is not None:
                         db.close()
                     db = None
