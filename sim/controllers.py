@@ -98,9 +98,6 @@ class InProcessController:
             await self._task
             raise ControllerError("controller stopped before the run ended")
 
-    def _counts_total(self) -> int:
-        return sum(self._counts().values())
-
     def progress(self) -> Progress | None:
         if not self._latest:
             return None
@@ -179,6 +176,9 @@ class ControllerProcess:
         if self._proc.returncode is not None:
             raise ControllerError(f"controller process exited with {self._proc.returncode} before the run ended "
                                   f"(see {self._log(len(self._procs), 'stderr')})")  # fmt: skip
+
+    def _counts_total(self) -> int:
+        return sum(self._counts().values())
 
     def _counts(self) -> dict[str, int]:
         if not self.journal.exists():
