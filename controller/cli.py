@@ -43,6 +43,8 @@ def _sim(args: argparse.Namespace) -> int:
     names = scenario_names() if args.scenario == "all" else [args.scenario]
     if not set(names) <= set(scenario_names()):
         raise ControllerError(f"unknown scenario {args.scenario!r}; known: all, {', '.join(scenario_names())}")
+    if args.scenario == "all":
+        names = _runnable_here(names, console)
     summaries = []
     for name in names:
         run = SimRun(
@@ -61,6 +63,18 @@ def _sim(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summaries[0] if len(names) == 1 else summaries, indent=2))
     return 0 if all(s["ok"] for s in summaries) else 1
+
+
+def _runnable_here(names: list[str], console: Any) -> list[str]:
+    """`all` without the scenarios this machine cannot stage (the journal's disk faults mount
+    filesystems: root and a loop device), each named with why; a scenario asked for by name is
+    always run, and says itself why it cannot."""
+    from sim.runner import unstageable
+
+    skipped, why = unstageable(names)
+    if skipped:
+        console.print(f"[yellow]skipped {', '.join(skipped)}: this machine cannot mount their filesystems ({why})")
+    return [n for n in names if n not in skipped]
 
 
 def _run_with_progress(run: Any, console: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,22 @@ class JournalFault:
     kind: Kind
     seconds: float = 2.0
     """How long the disk stays full, read-only or frozen."""
+
+
+MOUNTING = ("disk-full", "read-only", "disk-stall")
+"""The faults that put the journal on a filesystem mounted for the run."""
+
+
+def cannot_mount() -> str | None:
+    """Why this machine cannot mount the filesystems those faults need (not root, no loop device),
+    or None. Tried for real: a tmpfs mounted and unmounted, and a free loop device looked up."""
+    with tempfile.TemporaryDirectory() as where:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", where], capture_output=True, text=True)
+        if done.returncode != 0:
+            return done.stderr.strip() or f"mount exited {done.returncode}"
+        subprocess.run(["umount", where], capture_output=True)
+    loop = subprocess.run(["losetup", "-f"], capture_output=True, text=True)
+    return None if loop.returncode == 0 else (loop.stderr.strip() or "no free loop device")
 
 
 class SimJournalFaults:

@@ -28,7 +28,7 @@ from controller.config import LineConfig
 from controller.errors import ControllerError
 from sim.controllers import ControllerProcess, InProcessController, Progress
 from sim.hmi_flood import SimHmiFlood
-from sim.journal_faults import SimJournalFaults
+from sim.journal_faults import MOUNTING, SimJournalFaults, cannot_mount
 from sim.judge import judge
 from sim.load import SimLoad
 from sim.plant import PlantConfig
@@ -196,6 +196,14 @@ def scenario_names() -> list[str]:
     return list(SCENARIOS)
 
 
+def unstageable(names: list[str]) -> tuple[list[str], str]:
+    """Those of `names` this machine cannot stage (their journal's filesystem cannot be mounted
+    here), and why; ([], "") when it can."""
+    mounting = [n for n in names if (fault := SCENARIOS[n].journal) is not None and fault.kind in MOUNTING]
+    why = cannot_mount() if mounting else None
+    return (mounting, why) if why else ([], "")
+
+
 async def run_simulated_line(
     run: SimRun, *, progress: Callable[[Progress, int], None] | None = None
 ) -> dict[str, Any]:
@@ -350,4 +358,4 @@ def _criterion(
     return summary
 
 
-__all__ = ["Progress", "SimRun", "run_simulated_line", "scenario_names", "serve_simulated_line"]
+__all__ = ["Progress", "SimRun", "run_simulated_line", "scenario_names", "serve_simulated_line", "unstageable"]
