@@ -148,16 +148,13 @@ class LineController:
         self._model_version = ""
         self._resumed_epoch: int | None = None
         self._resume_failed: int | None = None
+        """An epoch whose resume failed: its resume point must not move past what was not resumed."""
         self._journal_moved_aside: Path | None = None
         """The corrupt journal file last moved aside that the journal alarm was raised for."""
-        """An epoch whose resume failed: its resume point must not move past what was not resumed."""
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Run until cancelled. Loops are named and supervised; a crash of one ends the run."""
-        if self.journal.error:  # e.g. a corrupt journal moved aside: cleared by the first record
-            self.alarms.set("journal", True, self.journal.error)
-        self._journal_moved_aside = self.journal.moved_aside
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._exchange_loop(), name="plc-exchange")
@@ -196,7 +193,7 @@ class LineController:
 
     def _update_health(self) -> None:
         self.alarms.set("inference", not self.inference.healthy, "no healthy inference worker")
-        if self.journal.moved_aside != self._journal_moved_aside:  # its scheduled check found it corrupt
+        if self.journal.moved_aside != self._journal_moved_aside:  # found corrupt at open or by its check
             self._journal_moved_aside = self.journal.moved_aside
             self.alarms.set("journal", True, self.journal.error or f"moved aside to {self._journal_moved_aside}")
         self.alarms.set("journal_stalled", self.journal.stalled_s is not None,

@@ -158,9 +158,7 @@ class SqliteJournal:
             await asyncio.wrap_future(self._pool.submit(_nothing, lazy=True))  # the lazy lane drained first
         if self._checkpointer is not None:
             await loop.run_in_executor(None, self._checkpointer.stop)
-        if self._pending:  # a last try for what the disk refused
-            with contextlib.suppress(sqlite3.Error, OSError):
-                await self._run(self._record_batch, [], self._gate)
+        await self._run(self._retry)  # a last try for what the disk refused
         if self._pending:
             log.error("journal_closed_with_unwritten_records", journal=str(self.path), writes=len(self._pending))
         await self._run(self._close)
@@ -264,12 +262,7 @@ class SqliteJournal:
         self.moved_aside, why = _move_aside_if_corrupt(self.path)
         if self.moved_aside is not None:
             self.error = f"the journal was corrupt ({why}): moved aside to {self.moved_aside}, a fresh one started"
-        db = self._connection()
-        db.executescript(SCHEMA)
-        _add_missing_columns(db)
-        # The first durable write: until it lands the journal is not healthy (a read-only file
-        # opens and reads fine, and only refuses the first record).
-        db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside or "")))
+        self._prepare(self._connection())
         self._checkpointer = _Checkpointer(self.path, check_every_s=self.check_every_s, on_corrupt=self._found_corrupt)
 
     def _found_corrupt(self, why: str) -> None:
@@ -285,12 +278,18 @@ class SqliteJournal:
         self.moved_aside = _move_aside(self.path)
         self.error = f"the journal was found corrupt ({why}): moved aside to {self.moved_aside}, a fresh one started"
         log.error("journal_moved_aside", journal=str(self.path), aside=str(self.moved_aside), why=why)
-        db = self._connection()
-        db.executescript(SCHEMA)
+        db = self._prepare(self._connection())
         for epoch, counters in self._points.items():  # as last made durable, never a point still queued
             db.execute(f"INSERT OR IGNORE INTO epochs (epoch, {_GATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                        (epoch, *_gate_values(counters)))  # fmt: skip
-        db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside)))
+
+    def _prepare(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """Schema up to date, then the first durable write: until it lands the journal is not
+        healthy (a read-only file opens and reads fine, and only refuses the first record)."""
+        db.executescript(SCHEMA)
+        _add_missing_columns(db)
+        db.execute("INSERT INTO opened VALUES (?, ?, ?)", (_utc(), os.getpid(), str(self.moved_aside or "")))
+        return db
 
     def _close(self) -> None:
         self._closed = True
