@@ -58,8 +58,18 @@ from controller.errors import (
     PlcError,
     PlcStalledError,
 )
-from controller.ports import Frame, FrameSource, InferenceResult, InferenceService, Journal, PartRecord, PlcLink
-from controller.status import Health, LineStatus
+from controller.operator import Action, OperatorControl, Refused, VisionState
+from controller.ports import (
+    AuditEntry,
+    Frame,
+    FrameSource,
+    InferenceResult,
+    InferenceService,
+    Journal,
+    PartRecord,
+    PlcLink,
+)  # fmt: skip
+from controller.status import Health, LineStatus, PartResult
 
 log = structlog.get_logger("lineinspect.controller")
 
@@ -107,6 +117,7 @@ class LineController:
         self, plc: PlcLink, camera: FrameSource, inference: InferenceService, journal: Journal, *,
         margins: Margins, window: MatchWindow, timing: Timing,
         on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
+        on_result: Callable[[PartResult], None] | None = None,
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self._now = clock
@@ -132,6 +143,10 @@ class LineController:
         self.matcher = FrameMatcher(window)
         self.alarms = Alarms(on_change=self._note_alarm)
         self.on_status = on_status or (lambda s: None)
+        self.on_result = on_result or (lambda r: None)
+        """Every recorded outcome, for panels (sync, must not block: the HMI queues it)."""
+        self.operator = OperatorControl()
+        self._actions: deque[str] = deque(maxlen=10)
         self.health = Health.STARTING
         self.outcomes: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
@@ -187,9 +202,43 @@ class LineController:
         task.add_done_callback(self._tasks.discard)
 
     @property
-    def ready(self) -> bool:
-        """The PLC's `ready` bit: every dependency on the verdict path is healthy."""
+    def healthy(self) -> bool:
+        """Every dependency on the verdict path is healthy."""
         return self._plc_ok and self._camera_ok and self.inference.healthy and self.journal.healthy
+
+    @property
+    def ready(self) -> bool:
+        """The PLC's `ready` bit: healthy, and no operator has halted or stopped inspection."""
+        return self.healthy and self.operator.allows_inspection
+
+    @property
+    def vision_state(self) -> VisionState:
+        return self.operator.state(started=self.health is not Health.STARTING, healthy=self.healthy)
+
+    async def operate(self, action: Action, argument: str, *, user: str, role: str, peer: str) -> tuple[bool, str]:
+        """An operator's command (from the HMI, already allowed for `role`): applied, journaled in
+        the audit table, and answered with what it did or why not."""
+        try:
+            detail = self.operator.apply(action, argument, state=self.vision_state, alarms=self.alarms, by=user)
+            ok = True
+        except Refused as exc:
+            ok, detail = False, str(exc)
+        await self.audit(user=user, role=role, peer=peer, action=action.value, argument=argument,
+                         result="done" if ok else "refused", detail=detail)  # fmt: skip
+        self._update_health()
+        self.on_status(self.status())  # the panel sees the new state at once
+        return ok, detail
+
+    async def audit(self, *, user: str, role: str, peer: str, action: str, argument: str, result: str,
+                    detail: str) -> None:  # fmt: skip
+        """One operator action (done or refused, here or by the HMI's role check) into the journal."""
+        entry = AuditEntry(datetime.now(UTC).isoformat(timespec="milliseconds"), user, role, peer, action,
+                           argument, result, detail)  # fmt: skip
+        log.info("operator_action", user=user, role=role, peer=peer, action=action, argument=argument,
+                 result=result, detail=detail)  # fmt: skip
+        what = f"{action} {argument}" if argument else action
+        self._actions.appendleft(f"{entry.wall_utc} {user} ({role}) from {peer}: {what} -> {result}: {detail}")
+        await self.journal.note_audit(entry)
 
     def _update_health(self) -> None:
         self.alarms.set("inference", not self.inference.healthy, "no healthy inference worker")
@@ -198,8 +247,8 @@ class LineController:
             self.alarms.set("journal", True, self.journal.error or f"moved aside to {self._journal_moved_aside}")
         self.alarms.set("journal_stalled", self.journal.stalled_s is not None,
                         "a record waits for the journal's disk longer than journal.stall_ms")  # fmt: skip
-        new = Health.READY if self.ready else (Health.STARTING if self.health is Health.STARTING
-                                                 and not self._plc_ok else Health.DEGRADED)  # fmt: skip
+        new = Health.READY if self.healthy else (Health.STARTING if self.health is Health.STARTING
+                                                   and not self._plc_ok else Health.DEGRADED)  # fmt: skip
         if new is not self.health:
             log.info("health_changed", old=self.health.value, new=new.value, alarms=self.alarms.active)
             self.health = new
@@ -438,8 +487,8 @@ class LineController:
             q.done.part.writing = True
         self._block.clear_decided(self.tracker.decided_seq)
         self._life = (self._life + 1) % 65536
-        ready = codec.READY if self.ready else 0
-        self._block.set_header(codec.VisionHeader(self._life, ready, codec.INTERFACE_VERSION, self._acked_epoch))
+        command = (codec.READY if self.ready else 0) | (codec.REQUEST_SHADOW if self.operator.shadow_requested else 0)
+        self._block.set_header(codec.VisionHeader(self._life, command, codec.INTERFACE_VERSION, self._acked_epoch))
         t_write = self._now()
         try:
             for offset, data in self._block.next_writes(self.plc.max_write_bytes):
@@ -624,6 +673,7 @@ class LineController:
     ) -> Awaitable[None]:  # fmt: skip
         """Queue the part's record in the journal now (journal order is decision order)."""
         p = done.part
+        self._publish_result(done, frame, result, t_start, t_end)
         written = None
         if result is not None and done.reason in _WRITTEN:
             written = Outcome.REJECT.value if result.reject else Outcome.PASS.value
@@ -636,6 +686,20 @@ class LineController:
             t_infer_start=t_start, t_infer_end=t_end, t_decided=self._now(),
             wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"), written_verdict=written,
             image=frame.image if frame else None,
+        ))  # fmt: skip
+
+    def _publish_result(self, done: Finished, frame: Frame | None, result: InferenceResult | None,
+                        t_start: float | None, t_end: float | None) -> None:  # fmt: skip
+        p = done.part
+
+        def ms(a: float | None, b: float | None) -> float | None:
+            return round((b - a) * 1000, 3) if a is not None and b is not None else None
+
+        self.on_result(PartResult(
+            p.epoch, p.seq, datetime.now(UTC).isoformat(timespec="milliseconds"), done.outcome.value,
+            done.reason.value, result.defect_class if result else None, result.score if result else None,
+            result.model_version if result else "", ms(p.seen_at, frame.received_at if frame else None),
+            ms(t_start, t_end), ms(p.seen_at, self._now()),
         ))  # fmt: skip
 
     # ------------------------------------------------------------------ status
@@ -656,7 +720,9 @@ class LineController:
             plc_rejects_failsafe=snap.rejects_failsafe if snap else 0,
             plc_verdicts_late=snap.verdicts_late if snap else 0,
             plc_watchdog_trips=snap.watchdog_trips if snap else 0,
-            alarms=self.alarms.active, model_version=self._model_version,
+            alarms=self.alarms.active, model_version=self._model_version, vision_state=self.vision_state.value,
+            shadow_requested=self.operator.shadow_requested, conditions=self.alarms.conditions,
+            recent_actions=tuple(self._actions),
         )  # fmt: skip
 
     async def _status_loop(self) -> None:

@@ -13,9 +13,9 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,8 +30,9 @@ from controller.core.frame_matching import MatchWindow
 from controller.core.tracking import Margins
 from controller.errors import ConfigError, ControllerError
 from controller.ports import FrameSource
-from controller.status import LineStatus
+from controller.status import LineStatus, PartResult
 
+_T = TypeVar("_T")
 log = structlog.get_logger("lineinspect.bootstrap")
 
 
@@ -130,13 +131,21 @@ async def _run_locked(
     async with AsyncExitStack() as stack:
         await _connect_all(stack, {"plc": plc, "camera": camera, "inference": inference, "journal": journal})
         publishers = [on_status] if on_status else []
+        result_sinks: list[Callable[[PartResult], None]] = []
+        operated: list[LineController] = []  # the controller, once built: the HMI's commands go to it
         if cfg.hmi.enabled:
             # Its own process (asyncua never runs in this event loop), fed snapshots, restarted when
             # it dies; the controller neither waits for it to listen nor notices when it is down.
             from hmi.process import HmiProcess
+            from hmi.settings import hmi_settings
 
-            hmi = await stack.enter_async_context(HmiProcess(cfg.hmi.endpoint))
+            settings = hmi_settings(cfg.hmi, cfg.journal.path).model_dump_json()
+            hmi = await stack.enter_async_context(HmiProcess(
+                cfg.hmi.endpoint, settings_json=settings,
+                on_command=lambda c: _operate(operated, c), on_audit=lambda a: _audit(operated, a),
+            ))  # fmt: skip
             publishers.append(hmi.publish)
+            result_sinks.append(hmi.publish_result)
         d = cfg.deadline
         controller = LineController(
             plc, camera, inference, journal,
@@ -149,7 +158,9 @@ async def _run_locked(
                 plc_max_cycle_s=d.plc_max_cycle_ms / 1000, trigger_latency_s=d.trigger_latency_ms / 1000,
             ),
             on_status=lambda status: _publish_all(publishers, status),
+            on_result=lambda result: _publish_all(result_sinks, result),
         )  # fmt: skip
+        operated.append(controller)
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
         gc_pauses = _settle_gc()
         unlocked = lock_memory()
@@ -211,6 +222,20 @@ def _settle_gc() -> _GcPauses:
     return _GcPauses(settle_ms)
 
 
-def _publish_all(publishers: list[Callable[[LineStatus], None]], status: LineStatus) -> None:
+def _publish_all(publishers: Sequence[Callable[[_T], None]], item: _T) -> None:
     for publish in publishers:
-        publish(status)
+        publish(item)
+
+
+async def _operate(operated: list[LineController], c: Any) -> tuple[bool, str]:
+    """An operator's command from the HMI process (hmi.messages.CommandMessage, validated there)."""
+    if not operated:
+        return False, "the controller is still starting"
+    return await operated[0].operate(c.action, c.argument, user=c.user, role=c.role, peer=c.peer)
+
+
+async def _audit(operated: list[LineController], a: Any) -> None:
+    """What the HMI process handled itself (hmi.messages.AuditMessage): into the audit table."""
+    if operated:
+        await operated[0].audit(user=a.user, role=a.role, peer=a.peer, action=a.action, argument=a.argument,
+                                result=a.result, detail=a.detail)  # fmt: skip

@@ -90,7 +90,7 @@ def _run_with_progress(run: Any, console: Any) -> dict[str, Any]:
         def progress(p: LineProgress, total: int) -> None:
             bar.update(task, completed=p.decided, total=total, info=p.info)
 
-        summary: dict[str, Any] = asyncio.run(run_simulated_line(run, progress=progress))
+        summary: dict[str, Any] = asyncio.run(run_simulated_line(run, progress=progress, announce=console.print))
         bar.update(task, completed=summary["parts"], info="done" if summary["ok"] else "[red]FAILED")
     return summary
 
@@ -301,6 +301,22 @@ def _build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hmi(args: argparse.Namespace) -> int:
+    from hmi import admin
+
+    if args.hmi_command == "trust":
+        print(admin.trust(args.config, args.cert))
+    elif args.hmi_command == "certificate":
+        print(admin.certificate(args.config))
+    elif args.user_command == "add":
+        print(admin.add_user(args.config, args.name, args.role, args.password_stdin))
+    elif args.user_command == "remove":
+        print(admin.remove_user(args.config, args.name))
+    else:
+        print(admin.list_users(args.config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lineinspect", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -385,6 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
     dc.add_argument("path")
     dc.set_defaults(fn=_dataset_check)
+
+    h = sub.add_parser("hmi", help="secure the HMI: trust panels' certificates, manage users")
+    hs = h.add_subparsers(dest="hmi_command", required=True)
+    ht = hs.add_parser("trust", help="trust a panel's certificate (DER or PEM), e.g. one from <pki>/rejected/")
+    ht.add_argument("cert")
+    hc = hs.add_parser("certificate", help="the server's certificate (for panels to trust) and its thumbprint")
+    hu = hs.add_parser("user", help="HMI users and their roles").add_subparsers(dest="user_command", required=True)
+    ua_ = hu.add_parser("add", help="add a user (or change one's role and password)")
+    ua_.add_argument("name")
+    ua_.add_argument("--role", required=True, choices=("viewer", "operator", "engineer", "admin"))
+    ua_.add_argument("--password-stdin", action="store_true", help="read the password from stdin (no prompt)")
+    ur = hu.add_parser("remove", help="remove a user")
+    ur.add_argument("name")
+    ul = hu.add_parser("list", help="list the users and their roles")
+    for parser in (ht, hc, ua_, ur, ul):
+        parser.add_argument("--config", help="the line's config (default: the built-in one, beside ./lineinspect.db)")
+        parser.set_defaults(fn=_hmi)
 
     e = sub.add_parser("build-engine", help="build (or reuse) a TensorRT engine for an ONNX model (needs 'gpu')")
     e.add_argument("model")

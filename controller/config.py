@@ -87,9 +87,28 @@ class JournalConfig(_Strict):
     check_every_s: float = Field(3600.0, gt=0, description="PRAGMA quick_check of the open journal, off the writer")
 
 
+SecurityPolicy = Literal[
+    "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt",
+    "Aes128Sha256RsaOaep_Sign", "Aes128Sha256RsaOaep_SignAndEncrypt",
+    "Aes256Sha256RsaPss_Sign", "Aes256Sha256RsaPss_SignAndEncrypt",
+]  # fmt: skip
+"""The policies OPC 10000-7 still recommends; Basic128Rsa15 and Basic256 are deprecated and not offered."""
+
+SECURE_POLICIES: tuple[SecurityPolicy, ...] = (
+    "Basic256Sha256_SignAndEncrypt", "Aes256Sha256RsaPss_SignAndEncrypt", "Aes128Sha256RsaOaep_SignAndEncrypt",
+    "Basic256Sha256_Sign", "Aes256Sha256RsaPss_Sign", "Aes128Sha256RsaOaep_Sign",
+)  # fmt: skip
+
+
 class HmiConfig(_Strict):
     enabled: bool = True
     endpoint: str = "opc.tcp://127.0.0.1:4840/lineinspect/"
+    security: list[SecurityPolicy] = Field(default_factory=lambda: list(SECURE_POLICIES), min_length=1)
+    allow_unsecured: bool = Field(False, description="also SecurityPolicy None: commissioning only, warned at start")
+    pki_dir: Path | None = Field(None, description="server certificate, trusted/, rejected/ (default: by the journal)")
+    users_file: Path | None = Field(None, description="users and roles; default beside the journal")
+    max_sessions: int = Field(20, ge=1)
+
 
     @field_validator("endpoint")
     @classmethod

@@ -137,6 +137,21 @@ class PartRecord:
     image: Image | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One operator action: who, from where, what, and what came of it."""
+
+    wall_utc: str
+    user: str
+    role: str
+    peer: str
+    action: str
+    argument: str
+    result: str
+    """'done' or 'refused'."""
+    detail: str
+
+
 class Journal(Protocol):
     """Durable record of every part's outcome. A record or amendment is queued at the call, in call
     order; awaiting it returns once it is on disk, or raises JournalError."""
@@ -172,6 +187,10 @@ class Journal(Protocol):
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (diagnostic, never raises)."""
+        ...
+
+    async def note_audit(self, entry: AuditEntry) -> None:
+        """The operator actions' history (kept like a record until the disk takes it; never raises)."""
         ...
 
     def note_written(self, epoch: int, seq: int, t_written: float) -> Awaitable[None]:

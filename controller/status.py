@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controller.alarms import Condition
+
 
 class Health(StrEnum):
     STARTING = "STARTING"
@@ -40,4 +42,37 @@ class LineStatus:
     plc_verdicts_late: int = 0
     plc_watchdog_trips: int = 0
     alarms: tuple[str, ...] = ()
+    """Active alarms' names."""
     model_version: str = ""
+    vision_state: str = "Preoperational"
+    """The Machine Vision state machine's state (controller/operator.py `VisionState`)."""
+    shadow_requested: bool = False
+    """The controller asks the PLC for shadow mode (`request_shadow`); `shadow_mode` is the PLC's answer."""
+    conditions: tuple[Condition, ...] = ()
+    """Alarms latched for the operator: active, or not yet acknowledged and confirmed."""
+    recent_actions: tuple[str, ...] = ()
+    """The last operator actions, newest first, one line each (the journal's audit table has them all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    """One trigger's outcome as a panel sees it (a result event). Sent again, with the same
+    (epoch, seq), if the outcome is corrected later (e.g. the write to the PLC failed)."""
+
+    epoch: int
+    seq: int
+    wall_utc: str
+    outcome: str
+    reason: str
+    defect_class: int | None
+    score: float | None
+    model_version: str
+    frame_ms: float | None
+    """Trigger seen → frame arrived."""
+    inference_ms: float | None
+    total_ms: float | None
+    """Trigger seen → outcome decided."""
+
+    @property
+    def result_id(self) -> str:
+        return f"{self.epoch}/{self.seq}"

@@ -1,9 +1,10 @@
-"""The HMI process: `python -m hmi.child --endpoint URL`, started and fed by hmi/process.py.
+"""The HMI process: `python -m hmi.child --endpoint URL --settings JSON`, fed by hmi/process.py.
 
-It serves `HmiServer` (hmi/server.py) with the snapshots it reads from stdin (hmi/messages.py frames),
-and says once on stdout that it listens, on which endpoint. Everything a panel client can cost (CPU
-for a huge Browse, sockets, memory for sessions) is spent here, at a lower priority than the
-controller, never in the controller's process.
+It serves `HmiServer` (hmi/server.py) with the snapshots and results it reads from stdin
+(hmi/messages.py frames), says once on stdout that it listens, on which endpoint, and sends the
+operators' commands the other way (`ControllerPipe`), each answered by the controller. Everything
+a panel client can cost (CPU for a huge Browse, sockets, memory for sessions, RSA handshakes) is
+spent here, at a lower priority than the controller, never in the controller's process.
 
 It ends when stdin ends (the controller closed it, or died, even by SIGKILL), on SIGTERM, or on an
 invalid frame (exit 3: the controller restarts it). Ctrl-C in a terminal is the controller's to
@@ -27,9 +28,25 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from controller.errors import ControllerError
-from hmi.messages import ChannelError, ListeningMessage, decode_to_hmi, encode, read_frame
+from controller.operator import Action
+from hmi.access import Caller
+from hmi.messages import (
+    AuditMessage,
+    ChannelError,
+    CommandMessage,
+    ListeningMessage,
+    ReplyMessage,
+    ResultsMessage,
+    StatusMessage,
+    decode_to_hmi,
+    encode,
+    read_frame,
+)  # fmt: skip
 from hmi.server import HmiServer
+from hmi.settings import HmiSettings
 
 _log = logging.getLogger("hmi.child")
 
@@ -48,6 +65,7 @@ class ThrottleAsyncua(logging.Filter):
         "Number of message chunks",
         "Refusing connection",  # over the connection limit
         "%s attempted to do something",
+        "Not trusted certificate used",  # asyncua logs it with a traceback; the refusal is ours to tell
     )
     MAX_TEMPLATES = 512
 
@@ -62,6 +80,7 @@ class ThrottleAsyncua(logging.Filter):
         template = str(record.msg)
         if record.levelno > logging.WARNING and template.startswith(self.REFUSALS):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
         key = (record.name, template)
         now = time.monotonic()
         seen = self._seen.get(key)
@@ -82,7 +101,61 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 
-async def serve(endpoint: str) -> int:
+class ControllerPipe:
+    """The controller as the HMI server sees it: commands out on stdout, replies back on stdin.
+    Audit messages (refusals above all) are rate-limited, so a client calling forbidden methods in a
+    loop cannot fill the controller's journal: beyond `AUDITS_PER_S`, they are counted and the count
+    is audited with the next one that passes."""
+
+    AUDITS_PER_S = 5.0
+
+    def __init__(self, out: asyncio.StreamWriter) -> None:
+        self._out = out
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[tuple[bool, str]]] = {}
+        self._tokens = self.AUDITS_PER_S
+        self._refilled = time.monotonic()
+        self.audits_suppressed = 0
+
+    async def command(self, action: Action, argument: str, caller: Caller) -> tuple[bool, str]:
+        self._next_id += 1
+        cid = self._next_id
+        reply: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self._waiting[cid] = reply
+        try:
+            self._send(CommandMessage(id=cid, action=action, argument=argument, user=caller.user,
+                                      role=caller.role.name.lower(), peer=caller.peer))  # type: ignore[arg-type]
+            return await reply
+        finally:
+            self._waiting.pop(cid, None)
+
+    def audit(self, action: str, argument: str, result: str, detail: str, caller: Caller) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.AUDITS_PER_S, self._tokens + (now - self._refilled) * self.AUDITS_PER_S)
+        self._refilled = now
+        if self._tokens < 1:
+            self.audits_suppressed += 1
+            return
+        self._tokens -= 1
+        if self.audits_suppressed:
+            detail = f"{detail} (and {self.audits_suppressed} more not audited: too many)"
+            self.audits_suppressed = 0
+        self._send(AuditMessage(action=action[:128], argument=argument[:128], result=result,  # type: ignore[arg-type]
+                                detail=detail[:128], user=caller.user[:128], role=caller.role.name.lower(),
+                                peer=caller.peer[:128]))  # fmt: skip
+
+    def answered(self, reply: ReplyMessage) -> None:
+        waiting = self._waiting.get(reply.id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result((reply.ok, reply.detail))
+
+    def _send(self, message: CommandMessage | AuditMessage) -> None:
+        # Never awaited: a stalled controller must not stall the HMI. Commands are few and small;
+        # the pipe holds 64 KiB of them before the transport buffers.
+        self._out.write(encode(message))
+
+
+async def serve(settings: HmiSettings) -> int:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -91,10 +164,11 @@ async def serve(endpoint: str) -> int:
     terminated = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, terminated.set)
     try:
-        async with HmiServer(endpoint) as server:
+        pipe = ControllerPipe(out)
+        async with HmiServer(settings, pipe) as server:
             out.write(encode(ListeningMessage(endpoint=server.endpoint)))
             await out.drain()
-            feed = asyncio.create_task(_apply_snapshots(reader, server), name="hmi-snapshots")
+            feed = asyncio.create_task(_apply_messages(reader, server, pipe), name="hmi-snapshots")
             stop = asyncio.create_task(terminated.wait(), name="hmi-sigterm")
             try:
                 await asyncio.wait({feed, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -112,23 +186,34 @@ async def serve(endpoint: str) -> int:
     return 0
 
 
-async def _apply_snapshots(reader: asyncio.StreamReader, server: HmiServer) -> None:
+async def _apply_messages(reader: asyncio.StreamReader, server: HmiServer, pipe: ControllerPipe) -> None:
     """Until stdin ends. Each snapshot is complete: the server keeps only the newest."""
     while (body := await read_frame(reader)) is not None:
         message = decode_to_hmi(body)
-        server.publish(message.status, datetime.fromtimestamp(message.published_at, UTC))
+        if isinstance(message, StatusMessage):
+            server.publish(message.status, datetime.fromtimestamp(message.published_at, UTC))
+        elif isinstance(message, ResultsMessage):
+            server.publish_results(message.results)
+        else:
+            pipe.answered(message)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmi.child", description=__doc__.split("\n")[0])
     parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--settings", default="{}", help="HmiSettings as JSON (its endpoint is --endpoint)")
     parser.add_argument("--nice", type=int, default=19, help="added to the controller's nice value")
     args = parser.parse_args(argv)
     os.nice(args.nice)  # here rather than preexec_fn, which would cost the controller a fork instead of a vfork
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging()
     try:
-        return asyncio.run(serve(args.endpoint))
+        settings = HmiSettings.model_validate_json(args.settings).model_copy(update={"endpoint": args.endpoint})
+    except ValidationError as exc:
+        _log.error("invalid --settings: %s", exc.errors()[0]["msg"])
+        return EXIT_CANNOT_LISTEN
+    try:
+        return asyncio.run(serve(settings))
     except ControllerError as exc:  # cannot listen: one line, the controller retries later
         _log.error("%s", exc)
         return EXIT_CANNOT_LISTEN

@@ -7,9 +7,11 @@ and the JSON must validate strictly against the message model (no extra keys, no
 Never pickle: the HMI process faces the panel network, so whatever it sends is untrusted input,
 and unpickling untrusted bytes runs code.
 
-Today only two messages exist: the controller's `StatusMessage` (a complete `LineStatus` snapshot)
-and the HMI's `ListeningMessage` (its real endpoint, once it listens). An operator command would be
-one more model in `FromHmi`, validated the same way before the controller acts on it.
+Controller → HMI: `StatusMessage` (a complete `LineStatus` snapshot, latest wins), `ResultsMessage`
+(parts' outcomes, in order), `ReplyMessage` (the answer to one operator command).
+HMI → controller: `ListeningMessage` (its real endpoint, once it listens), `CommandMessage` (an
+operator's command with who sent it, already allowed for that role by the HMI), `AuditMessage`
+(what the HMI handled itself, a call refused for the caller's role say: the controller audits it).
 
 Not here: the pipes themselves, overflow policy or restarts (hmi/process.py), OPC UA (hmi/server.py).
 """
@@ -22,7 +24,8 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from controller.status import LineStatus
+from controller.operator import Action
+from controller.status import LineStatus, PartResult
 
 MAX_FRAME_BYTES = 64 * 1024
 """A status snapshot is ~0.5 KiB; alarms texts would need hundreds of entries to come near this."""
@@ -55,11 +58,60 @@ class ListeningMessage(_Message):
     endpoint: Annotated[str, Field(max_length=512)]
 
 
-ToHmi = StatusMessage
-"""Everything the controller may send the HMI (a union with a `type` discriminator once there are more)."""
-FromHmi = ListeningMessage
-"""Everything the HMI may send the controller. An operator command joins here, as one more model
-(then `Annotated[ListeningMessage | OperatorCommand, Field(discriminator="type")]`)."""
+MAX_RESULTS_PER_FRAME = 100
+"""A result is ~300 bytes of JSON: 100 stay well inside a frame."""
+
+_Text = Annotated[str, Field(max_length=128)]
+_Role = Literal["viewer", "operator", "engineer", "admin"]
+
+
+class ResultsMessage(_Message):
+    """Controller → HMI: parts' outcomes, oldest first (a part's result again if it was corrected)."""
+
+    type: Literal["results"] = "results"
+    results: Annotated[list[PartResult], Field(max_length=MAX_RESULTS_PER_FRAME)]
+
+
+class ReplyMessage(_Message):
+    """Controller → HMI: what came of command `id`."""
+
+    type: Literal["reply"] = "reply"
+    id: Annotated[int, Field(ge=0)]
+    ok: bool
+    detail: Annotated[str, Field(max_length=512)]
+
+
+class CommandMessage(_Message):
+    """HMI → controller: an operator's command. The HMI checked the role; the controller checks the
+    state, applies it and audits it."""
+
+    type: Literal["command"] = "command"
+    id: Annotated[int, Field(ge=0)]
+    action: Action
+    argument: _Text = ""
+    user: _Text
+    role: _Role
+    peer: _Text
+
+
+class AuditMessage(_Message):
+    """HMI → controller: an action the HMI handled itself (a call refused for the caller's role, a
+    user added by an admin), for the controller's audit trail. Nothing is applied."""
+
+    type: Literal["audit"] = "audit"
+    action: _Text
+    argument: _Text = ""
+    result: Literal["done", "refused"]
+    detail: _Text
+    user: _Text
+    role: _Role
+    peer: _Text
+
+
+ToHmi = Annotated[StatusMessage | ResultsMessage | ReplyMessage, Field(discriminator="type")]
+"""Everything the controller may send the HMI."""
+FromHmi = Annotated[ListeningMessage | CommandMessage | AuditMessage, Field(discriminator="type")]
+"""Everything the HMI may send the controller."""
 
 _TO_HMI: TypeAdapter[ToHmi] = TypeAdapter(ToHmi)
 _FROM_HMI: TypeAdapter[FromHmi] = TypeAdapter(FromHmi)

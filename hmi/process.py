@@ -13,9 +13,14 @@ after a capped exponential backoff with jitter, reset once a child has served fo
 failures are logged at their first occurrence and at recovery, not at every retry; they never change
 the controller's health (the HMI is a window onto the line, not part of it).
 
+Parts' results (`publish_result()`, also sync and O(1)) queue up to `RESULTS_KEPT`; beyond that the
+oldest are dropped and counted (`results_dropped`): a panel that missed them reads them by id from
+the journal. Replies to commands go first, then results, then the newest status.
+
 The child runs `nice` +19 (by default) from the controller's priority, and its only way back to the
-controller is its stdout, read as the same bounded, validated frames: today just "listening on
-<endpoint>"; an operator command would be one more validated message type there.
+controller is its stdout, read as the same bounded, validated frames: "listening on <endpoint>",
+operator commands (handed to `on_command`, at most `COMMANDS_IN_FLIGHT` at a time, answered in
+order of completion) and what the HMI handled itself (handed to `on_audit`, for the audit trail).
 
 Not here: OPC UA (hmi/server.py), the child's own loop (hmi/child.py), the wire format (hmi/messages.py).
 """
@@ -28,13 +33,27 @@ import fcntl
 import random
 import sys
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import IO
 
 import structlog
 
-from controller.status import LineStatus
-from hmi.messages import ChannelError, decode_from_hmi, encode_status, read_frame
+from controller.status import LineStatus, PartResult
+from hmi.messages import (
+    MAX_RESULTS_PER_FRAME,
+    AuditMessage,
+    ChannelError,
+    CommandMessage,
+    ListeningMessage,
+    ReplyMessage,
+    ResultsMessage,
+    decode_from_hmi,
+    encode,
+    encode_status,
+    read_frame,
+)  # fmt: skip
 
 log = structlog.get_logger("lineinspect.hmi")
 
@@ -43,7 +62,13 @@ STOP_TIMEOUT_S = 5.0
 PIPE_BYTES = 4096
 """Kernel buffer of the snapshot pipe (Linux default 64 KiB): a few snapshots at most, so a child
 that resumes after a stall shows the newest status at once instead of catching up on old ones."""
+RESULTS_KEPT = 2000
+"""Parts' results waiting for the HMI: 100 s of a 20 parts/s line."""
+COMMANDS_IN_FLIGHT = 4
+"""Operator commands being handled at once; more are answered "busy" without being applied."""
 
+CommandHandler = Callable[[CommandMessage], Awaitable[tuple[bool, str]]]
+AuditHandler = Callable[[AuditMessage], Awaitable[None]]
 
 class HmiProcess:
     """`async with HmiProcess(endpoint) as hmi: hmi.publish(status)`: the HMI server in a supervised child."""
@@ -56,11 +81,21 @@ class HmiProcess:
         backoff_s: tuple[float, float] = (0.5, 30.0),
         healthy_after_s: float = 60.0,
         stderr: IO[bytes] | int | None = None,
+        settings_json: str = "{}",
+        on_command: CommandHandler | None = None,
+        on_audit: AuditHandler | None = None,
     ) -> None:
         """Cheap: nothing starts until `async with`. `backoff_s` is the first and the largest delay
         before a restart; a child that served `healthy_after_s` resets it. The child logs (warnings
-        only) to `stderr`: by default the controller's own."""
+        only) to `stderr`: by default the controller's own. `settings_json` is the HMI's settings
+        (security, paths), handed to the child as they are."""
         self._endpoint = endpoint
+        self._settings_json = settings_json
+        self._on_command = on_command
+        self._on_audit = on_audit
+        self._results: deque[PartResult] = deque(maxlen=RESULTS_KEPT)
+        self._replies: deque[ReplyMessage] = deque()
+        self._commands: set[asyncio.Task[None]] = set()
         self._nice = nice
         self._backoff_s = backoff_s
         self._healthy_after_s = healthy_after_s
@@ -78,6 +113,10 @@ class HmiProcess:
         """Snapshots superseded before they could be written (HMI stalled, slow or down)."""
         self.restarts = 0
         """Times the HMI process was started again after it exited."""
+        self.results_dropped = 0
+        """Results dropped unsent because `RESULTS_KEPT` newer ones were waiting."""
+        self.commands_busy = 0
+        """Commands answered "busy" (more than `COMMANDS_IN_FLIGHT` at once)."""
 
     # -- the controller's side: never blocks ------------------------------------------------------
 
@@ -86,6 +125,13 @@ class HmiProcess:
         if self._pending is not None:
             self.dropped += 1
         self._pending = (status, time.time())
+        self._wake.set()
+
+    def publish_result(self, result: PartResult) -> None:
+        """Queue a part's result for the panels. Sync, O(1), never blocks, never raises."""
+        if len(self._results) == RESULTS_KEPT:
+            self.results_dropped += 1
+        self._results.append(result)
         self._wake.set()
 
     @property
@@ -126,6 +172,10 @@ class HmiProcess:
         # wait() rather than `await`: the supervisor's own CancelledError is expected, while a
         # cancellation of this caller must still propagate.
         await asyncio.wait([supervisor])
+        for task in self._commands:
+            task.cancel()
+        if self._commands:
+            await asyncio.wait(self._commands)
         log.info("hmi_stopped", sent=self.sent, dropped=self.dropped, restarts=self.restarts)
 
     # -- supervision -------------------------------------------------------------------------------
@@ -150,6 +200,7 @@ class HmiProcess:
         """Start the HMI process, feed it and listen to it until it exits; returns its exit code."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hmi.child", "--endpoint", self._endpoint, "--nice", str(self._nice),
+            "--settings", self._settings_json,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._stderr,
         )  # fmt: skip
         self._proc = proc
@@ -174,46 +225,90 @@ class HmiProcess:
             self._proc = None
 
     async def _feed(self, stdin: asyncio.StreamWriter) -> None:
-        if self._pending is None:
+        if self._pending is None and not self._results and not self._replies:
             self._wake.clear()
         else:
             self._wake.set()  # a restarted child gets the newest status at once
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._pending is None:
-                continue
+            while self._replies or self._results or self._pending is not None:
+                frame = self._next_frame()
+                if frame is None:
+                    continue
+                try:
+                    stdin.write(frame)
+                    await stdin.drain()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.dropped += 1
+                    return  # the child is gone: the supervisor sees it exit and starts another
+
+    def _next_frame(self) -> bytes | None:
+        """Replies first, then results (oldest first), then the newest status."""
+        try:
+            if self._replies:
+                return encode(self._replies.popleft())
+            if self._results:
+                batch = [self._results.popleft() for _ in range(min(len(self._results), MAX_RESULTS_PER_FRAME))]
+                return encode(ResultsMessage.model_construct(type="results", results=batch))
+            assert self._pending is not None
             (status, at), self._pending = self._pending, None
-            try:
-                frame = encode_status(status, at)
-            except ChannelError as exc:  # too long to send: the child would refuse it
-                self.dropped += 1
-                log.warning("hmi_status_not_sent", error=str(exc))
-                continue
-            try:
-                stdin.write(frame)
-                await stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                self.dropped += 1
-                return  # the child is gone: the supervisor sees it exit and starts another
+            frame = encode_status(status, at)
             self.sent += 1
+            return frame
+        except ChannelError as exc:  # too long to send: the child would refuse it
+            self.dropped += 1
+            log.warning("hmi_message_not_sent", error=str(exc))
+            return None
 
     async def _listen(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         try:
             while (body := await read_frame(proc.stdout)) is not None:
                 message = decode_from_hmi(body)
-                self._served_endpoint = message.endpoint
-                self._listening.set()
-                event = "hmi_recovered" if self._failing else "hmi_listening"
-                self._failing = False
-                log.info(event, endpoint=message.endpoint, pid=proc.pid, restarts=self.restarts)
+                if isinstance(message, ListeningMessage):
+                    self._served_endpoint = message.endpoint
+                    self._listening.set()
+                    event = "hmi_recovered" if self._failing else "hmi_listening"
+                    self._failing = False
+                    log.info(event, endpoint=message.endpoint, pid=proc.pid, restarts=self.restarts)
+                elif isinstance(message, CommandMessage):
+                    self._start_command(message)
+                elif self._on_audit is not None:
+                    self._spawn(self._on_audit(message))
         except ChannelError as exc:
             # Whatever the HMI process sends is untrusted (it faces the panel network): one bad frame
             # and it is stopped; the supervisor starts a fresh one.
             log.error("hmi_channel_invalid", error=str(exc), pid=proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+
+
+    def _start_command(self, command: CommandMessage) -> None:
+        if self._on_command is None or len(self._commands) >= COMMANDS_IN_FLIGHT:
+            self.commands_busy += 1
+            self._reply(ReplyMessage(id=command.id, ok=False, detail="busy: too many commands at once"))
+            return
+        handler = self._on_command
+
+        async def handle() -> None:
+            try:
+                ok, detail = await handler(command)
+            except Exception as exc:  # a bug in a handler must not end the HMI's channel
+                log.exception("hmi_command_failed", action=command.action.value)
+                ok, detail = False, f"failed: {exc}"
+            self._reply(ReplyMessage(id=command.id, ok=ok, detail=detail[:512]))
+
+        self._spawn(handle())
+
+    def _spawn(self, job: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+
+    def _reply(self, reply: ReplyMessage) -> None:
+        self._replies.append(reply)
+        self._wake.set()
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -1,14 +1,15 @@
-"""OPC UA server that lets an operator panel (HMI) watch the line: the controller's live `LineStatus`,
-read-only.
+"""The OPC UA server operator panels (HMIs) use: the controller's live `LineStatus`, the Machine
+Vision `VisionSystem` (state machine, results, alarms as conditions, shadow mode, users:
+hmi/vision_system.py), secure by default.
 
-Responsible for: the address space (object `Line`, one variable per `LineStatus` field, stable string
-node ids `ns=<urn:lineinspect>;s=Line.<Name>`), keeping it up to date without ever slowing the
-controller (`publish()` only stores; a background task copies the latest status into the address space
-at a bounded rate), and refusing every client request that would change anything.
-
-Not responsible for (yet): security (signing/encryption, user authentication), write access or method
-nodes for operators, alarms & conditions, history. Until security arrives the server accepts anonymous
-clients on an unencrypted endpoint, and therefore lets them do nothing but read, browse and subscribe.
+Responsible for: the `Line` object (one variable per `LineStatus` field, stable string node ids
+`ns=<urn:lineinspect>;s=Line.<Name>`), keeping the address space up to date without ever slowing
+the controller (`publish()` and `publish_results()` only store; a background task copies the latest
+status and the queued results into the address space at a bounded rate), and security: only the
+configured policies (Sign / SignAndEncrypt; SecurityPolicy None only when the settings ask for it,
+with a warning at every start), a server certificate generated on first start, client certificates
+checked against the trusted folder, username/password logins with roles, no anonymous access
+(hmi/security.py), and per-role access to every service and method (hmi/access.py).
 
 Limits (`HmiLimits`), so that no client can make the server do unbounded work: sessions and TCP
 connections, request size (checked by the transport before a request is decoded), nodes per request
@@ -35,23 +36,23 @@ import dataclasses
 import json
 import logging
 import math
-import struct
-import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlparse
 
 from asyncua import Node, Server, ua
 from asyncua.common.connection import TransportLimits
-from asyncua.common.utils import Buffer, ServiceError
-from asyncua.crypto.permission_rules import SimpleRoleRuleset, User
 from asyncua.server.internal_session import InternalSession
-from asyncua.ua.ua_binary import nodeid_from_binary
 
 from controller.errors import ControllerError
-from controller.status import LineStatus
+from controller.status import LineStatus, PartResult
+from hmi.access import AccessRules, Caller, MethodRights
+from hmi.security import HmiUserManager, Pki, SecurityError, TrustListValidator, UserStore, load_server_identity
+from hmi.settings import HmiSettings
+from hmi.vision_system import Controller, VisionSystem
 
 _log = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
 
 # Not a LineStatus field: when the controller last published, so a panel can tell a frozen
 # controller (old timestamp) from a quiet line (fresh timestamp, same counts).
+SHOWN_ELSEWHERE = frozenset({"vision_state", "shadow_requested", "conditions", "recent_actions"})
+"""`LineStatus` fields the `VisionSystem` object shows (hmi/vision_system.py), not `Line`."""
+
 UPDATED_AT = StatusVariable("", "UpdatedAt", ua.VariantType.DateTime, "When this status was published (UTC).")
 
 
@@ -149,160 +153,43 @@ class HmiLimits:
     ~1.2 s of CPU: the budget keeps a flood of well-formed requests to a fraction of a core."""
 
 
-def _skip(n: int) -> Callable[[Buffer], None]:
-    return lambda buf: buf.skip(n)
-
-
-def _skip_view_then(n: int) -> Callable[[Buffer], None]:
-    def skip(buf: Buffer) -> None:
-        nodeid_from_binary(buf)  # ViewDescription.ViewId
-        buf.skip(8 + 4 + n)  # .Timestamp, .ViewVersion, then n bytes of the request's own fields
-
-    return skip
-
-
-# For each service that takes a list: how to skip the request's fields before its (first) list, as
-# encoded by OPC UA Binary (Part 6), so its length can be read without decoding the request.
-_LIST_AFTER: dict[str, Callable[[Buffer], None]] = {
-    "Browse": _skip_view_then(4),  # RequestedMaxReferencesPerNode, then NodesToBrowse
-    "BrowseNext": _skip(1),  # ReleaseContinuationPoints, then ContinuationPoints
-    "Read": _skip(8 + 4),  # MaxAge, TimestampsToReturn, then NodesToRead
-    "TranslateBrowsePathsToNodeIds": _skip(0),
-    "RegisterNodes": _skip(0),
-    "UnregisterNodes": _skip(0),
-    "CreateMonitoredItems": _skip(4 + 4),  # SubscriptionId, TimestampsToReturn
-    "ModifyMonitoredItems": _skip(4 + 4),
-    "SetMonitoringMode": _skip(4 + 4),  # SubscriptionId, MonitoringMode
-    "SetTriggering": _skip(4 + 4),  # SubscriptionId, TriggeringItemId, then LinksToAdd (LinksToRemove follows)
-    "DeleteMonitoredItems": _skip(4),
-    "DeleteSubscriptions": _skip(0),
-    "TransferSubscriptions": _skip(0),
-    "Publish": _skip(0),  # SubscriptionAcknowledgements
-}
-_BUDGETED = frozenset({"Browse", "BrowseNext", "Read", "TranslateBrowsePathsToNodeIds", "RegisterNodes",
-                       "CreateMonitoredItems"})  # fmt: skip
-"""Services whose nodes cost the server work to serve; a subscription's Publish is not one of them."""
-
-
-def _list_length(buf: Buffer) -> int:
-    (n,) = _INT32.unpack(buf.read(4))
-    return max(n, 0)  # -1: a null array
-
-
-_INT32 = struct.Struct("<i")
-
-
-class _ReadOnlyServices(SimpleRoleRuleset):
-    """Whoever the client is: read, browse and subscribe only. No Write, Call, HistoryUpdate, node
-    management or HistoryRead (nothing is historised).
-
-    Enforced per request before asyncua looks at node access levels, so it also covers the standard
-    server nodes, not just ours. Replace with role-based rules when authenticated users arrive."""
-
-    _ALLOWED = frozenset(
-        ua.NodeId(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary"))
-        for service in (
-            "CreateSession",
-            "ActivateSession",
-            "CloseSession",
-            "GetEndpoints",
-            "FindServers",
-            "Read",
-            "Browse",
-            "BrowseNext",
-            "TranslateBrowsePathsToNodeIds",
-            "RegisterNodes",
-            "UnregisterNodes",
-            "CreateSubscription",
-            "ModifySubscription",
-            "DeleteSubscriptions",
-            "TransferSubscriptions",
-            "SetPublishingMode",
-            "Publish",
-            "Republish",
-            "CreateMonitoredItems",
-            "ModifyMonitoredItems",
-            "DeleteMonitoredItems",
-            "SetMonitoringMode",
-            "SetTriggering",
-            "CloseSecureChannel",
-        )
-    )
-
-    _LISTS: ClassVar[dict[ua.NodeId, Callable[[Buffer], None]]] = {
-        ua.NodeId(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")): skip
-        for service, skip in _LIST_AFTER.items()
-    }
-
-    _COSTLY: ClassVar[frozenset[ua.NodeId]] = frozenset(
-        ua.NodeId(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")) for service in _BUDGETED
-    )
-
-    def __init__(self, max_nodes_per_request: int, max_nodes_per_second: float) -> None:
-        super().__init__()
-        self.max_nodes = max_nodes_per_request
-        self.rate = max_nodes_per_second
-        self._tokens = max_nodes_per_second
-        self._refilled_at = time.monotonic()
-
-    def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
-        if action_type_id not in self._ALLOWED:
-            return False
-        skip = self._LISTS.get(action_type_id)
-        if skip is not None:
-            self._check_list_lengths(action_type_id, skip, body)
-        return True
-
-    def _check_list_lengths(self, service: ua.NodeId, skip: Callable[[Buffer], None], body: Buffer) -> None:
-        """Refuse a request with too many nodes before asyncua decodes and serves it (serving one
-        Browse of 10,000 nodes took asyncua 38 s of CPU). Reads only a copy of the body."""
-        buf = body.copy()
-        try:
-            skip(buf)
-            lengths = [_list_length(buf)]
-            if service == ua.NodeId(ua.ObjectIds.SetTriggeringRequest_Encoding_DefaultBinary):
-                buf.skip(4 * lengths[0])  # LinksToAdd: UInt32 each
-                lengths.append(_list_length(buf))
-        except Exception:
-            return  # malformed: asyncua's own decoding refuses it
-        if max(lengths) > self.max_nodes:
-            raise ServiceError(ua.StatusCodes.BadTooManyOperations)
-        if service in self._COSTLY:
-            self._spend(max(sum(lengths), 1))
-
-    def _spend(self, nodes: int) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.rate, self._tokens + (now - self._refilled_at) * self.rate)
-        self._refilled_at = now
-        if nodes > self._tokens:
-            raise ServiceError(ua.StatusCodes.BadServerTooBusy)
-        self._tokens -= nodes
-
-
 class HmiServer:
     """`async with HmiServer() as hmi: ... hmi.publish(status)`: serves the latest status read-only."""
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        settings: HmiSettings,
+        controller: Controller | None = None,
         *,
         namespace: str = DEFAULT_NAMESPACE,
         update_rate_hz: float = 5.0,
-        limits: HmiLimits = HmiLimits(),  # frozen: one shared default is safe
+        limits: HmiLimits | None = None,
     ) -> None:
-        """Cheap: nothing listens until `async with`.
+        """Cheap: nothing listens until `async with`. `controller` receives the operators' commands
+        (none: every command is answered "no controller").
 
         `update_rate_hz` caps how often the address space is rewritten (and so how often subscribed
         panels are notified), however often `publish()` is called."""
         if update_rate_hz <= 0:
             raise ValueError(f"update_rate_hz must be > 0, got {update_rate_hz}")
-        url = urlparse(endpoint)
+        url = urlparse(settings.endpoint)
         if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
-            raise ValueError(f"endpoint must look like opc.tcp://host:port/path, got {endpoint!r}")
-        self._endpoint = endpoint
+            raise ValueError(f"endpoint must look like opc.tcp://host:port/path, got {settings.endpoint!r}")
+        self.settings = settings
+        self._endpoint = settings.endpoint
         self._namespace = namespace
         self._period_s = 1.0 / update_rate_hz
-        self._limits = limits
+        self._limits = limits or HmiLimits(max_sessions=settings.max_sessions,
+                                           max_request_bytes=settings.max_request_bytes)  # fmt: skip
+        self._controller = controller or _NoController()
+        self.users = UserStore(settings.users_file)
+        self.user_manager = HmiUserManager(self.users)
+        self.pki = Pki(settings.pki_dir)
+        self.validator = TrustListValidator(self.pki)
+        self.rights = MethodRights()
+        self.vision: VisionSystem | None = None
+        self._results: deque[PartResult] = deque(maxlen=RESULTS_QUEUED)
+        self.results_dropped = 0
 
         # Overflow policy: latest value wins. publish() overwrites this one slot; statuses the writer
         # never saw are simply superseded (each one is a complete snapshot, so nothing is lost).
@@ -328,6 +215,14 @@ class HmiServer:
         """How many statuses have been written into the address space (not how many were published)."""
         return self._updates_written
 
+    def publish_results(self, results: list[PartResult]) -> None:
+        """Queue parts' results for their ResultReady events (oldest dropped beyond `RESULTS_QUEUED`)."""
+        overflow = len(self._results) + len(results) - RESULTS_QUEUED
+        if overflow > 0:
+            self.results_dropped += overflow
+        self._results.extend(results)
+        self._pending.set()
+
     def publish(self, status: LineStatus, published_at: datetime | None = None) -> None:
         """Offer the newest status, published by the controller at `published_at` (default: now).
         Sync, O(1), never blocks; call it from the event loop's thread.
@@ -342,21 +237,39 @@ class HmiServer:
     async def __aenter__(self) -> HmiServer:
         if self._server is not None:
             raise RuntimeError("HmiServer is already running")
-        server = Server()
+        server = Server(user_manager=self.user_manager)  # type: ignore[arg-type]
         await server.init()  # loads the standard address space: ~1-3 s of CPU, once per start
         server.set_endpoint(self._endpoint)
         server.set_server_name("lineinspect HMI")
-        await server.set_application_uri(f"{self._namespace}:hmi")
-        server.set_security_policy(
-            [ua.SecurityPolicyType.NoSecurity],
-            permission_ruleset=_ReadOnlyServices(self._limits.max_nodes_per_request, self._limits.max_nodes_per_second),
-        )
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        app_uri = f"{self._namespace}:hmi"
+        await server.set_application_uri(app_uri)
+        try:
+            await self.pki.ensure_server_certificate(app_uri)
+            await load_server_identity(server, self.pki)
+            self.users.users()  # a broken users file stops the start here, with its name
+        except (OSError, ValueError, SecurityError) as exc:
+            raise ControllerError(f"HMI security cannot start: {exc}") from exc
+        if not self.users.users():
+            _log.warning("no HMI users in %s: nobody can log in (add one with `lineinspect hmi user add`)",
+                         self.settings.users_file)  # fmt: skip
+        policies = [getattr(ua.SecurityPolicyType, name) for name in self.settings.security]
+        if self.settings.allow_unsecured:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+            _log.warning("HMI offers SecurityPolicy None (hmi.allow_unsecured): anyone on %s can read "
+                         "the traffic and passwords; for commissioning only", self._endpoint)  # fmt: skip
+        rules = AccessRules(self._limits.max_nodes_per_request, self._limits.max_nodes_per_second,
+                            roles=self.user_manager.roles, methods=self.rights, on_refused=self._refused)  # fmt: skip
+        server.set_security_policy(policies, permission_ruleset=rules)
+        server.set_identity_tokens([ua.UserNameIdentityToken])  # no anonymous, no certificate users
+        server.set_certificate_validator(self.validator)  # type: ignore[arg-type]
         server.allow_remote_admin(False)
         _apply_limits(server, self._limits)
         try:
             await _advertise_limits(server, self._limits)
             await self._build_address_space(server)
+            self.vision = VisionSystem(server, self._ns, self.rights, self._controller, self.users,
+                                       self.settings.journal)  # fmt: skip
+            await self.vision.build()
             await self._write(self._latest)  # panels never see Null, even before the first publish
             await server.start()  # on failure it has already stopped what it started
         except BaseException as exc:
@@ -394,8 +307,11 @@ class HmiServer:
 
     # -- address space ---------------------------------------------------------------------------
 
+    def _refused(self, caller: Caller, method: str, why: str) -> None:
+        self._controller.audit(method, "", "refused", why, caller)
+
     async def _build_address_space(self, server: Server) -> None:
-        idx = await server.register_namespace(self._namespace)
+        idx = self._ns = await server.register_namespace(self._namespace)
         line = await server.nodes.objects.add_object(ua.NodeId(LINE_OBJECT, idx), ua.QualifiedName(LINE_OBJECT, idx))
         await _describe(line, "The inspection line as seen by the vision controller (read-only).")
         for var in (*STATUS_VARIABLES, UPDATED_AT):
@@ -424,6 +340,9 @@ class HmiServer:
             await self._pending.wait()
             self._pending.clear()
             try:
+                while self._results and self.vision is not None:
+                    batch = [self._results.popleft() for _ in range(min(len(self._results), 100))]
+                    await self.vision.add_results(batch)
                 await self._write(self._latest)
             except Exception:
                 # The HMI is a window, not a control path: log and keep serving; the next status retries.
@@ -435,6 +354,8 @@ class HmiServer:
         values = {var.name: var.encode(getattr(status, var.field)) for var in STATUS_VARIABLES}
         values[UPDATED_AT.name] = stamp
         types = {var.name: var.variant_type for var in (*STATUS_VARIABLES, UPDATED_AT)}
+        if self.vision is not None:
+            await self.vision.update(status, stamp)
         for name, value in values.items():
             if self._written.get(name, _UNSET) == value:
                 continue  # unchanged: no write, so subscribers get no empty notifications
@@ -447,6 +368,16 @@ class HmiServer:
 
 
 _UNSET = object()
+RESULTS_QUEUED = 2000
+"""Results waiting for their events (100 s of a 20 parts/s line); beyond, the oldest are dropped."""
+
+
+class _NoController:
+    async def command(self, action: Any, argument: str, caller: Caller) -> tuple[bool, str]:
+        return False, "no controller attached to this HMI"
+
+    def audit(self, action: str, argument: str, result: str, detail: str, caller: Caller) -> None:
+        _log.info("audit (no controller): %s %s %s %s by %s", action, argument, result, detail, caller)
 
 
 def _apply_limits(server: Server, limits: HmiLimits) -> None:
@@ -470,11 +401,11 @@ def _apply_limits(server: Server, limits: HmiLimits) -> None:
 async def _advertise_limits(server: Server, limits: HmiLimits) -> None:
     """ServerCapabilities/OperationLimits say 10,000 in asyncua's defaults: tell clients the truth."""
     ids = ua.ObjectIds
-    for name in ("MaxNodesPerRead", "MaxNodesPerBrowse", "MaxNodesPerRegisterNodes",
+    for name in ("MaxNodesPerRead", "MaxNodesPerBrowse", "MaxNodesPerRegisterNodes", "MaxNodesPerMethodCall",
                  "MaxNodesPerTranslateBrowsePathsToNodeIds", "MaxMonitoredItemsPerCall"):  # fmt: skip
         node = server.get_node(ua.NodeId(getattr(ids, f"Server_ServerCapabilities_OperationLimits_{name}")))
         await node.write_value(ua.Variant(limits.max_nodes_per_request, ua.VariantType.UInt32))
-    # Writes, calls and node management are refused whatever their size (0 would mean "no limit").
+    # Writes and node management are refused whatever their size (0 would mean "no limit").
 
 
 def _zero(variant_type: ua.VariantType) -> Any:

@@ -5,7 +5,12 @@ A seeded attacker, `python -m sim.hmi_flood`, runs rounds of:
   refuse without serving them;
 - the same 10,000 nodes browsed in requests the HMI allows (100 nodes each), which it serves;
 - 50 sessions connecting at once (more than the HMI allows);
-- a few sessions opened and never closed (held until the attacker exits without a CloseSession).
+- a few sessions opened and never closed (held until the attacker exits without a CloseSession);
+- intruders: a wrong password, an untrusted client certificate, an anonymous unencrypted session,
+  each of which the HMI must refuse (`intruders_admitted` stays 0).
+
+The attacker is an insider: a viewer's password and a trusted panel certificate (the simulator's
+demo access), since a stranger gets no session at all to flood with.
 
 It is bounded in rounds and in time, and ends by itself when its parent (the runner) is gone. It
 stands for clients on other machines, so its own CPU time must not count against the line here (the
@@ -36,6 +41,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from sim.hmi_demo import CLIENT_URI, DemoAccess, secure_client
+
 NICE = 19
 
 
@@ -55,8 +65,9 @@ class FloodPlan:
 
 
 class _Flood:
-    def __init__(self, endpoint: str, plan: FloodPlan, seed: int, out: Path) -> None:
-        self.endpoint, self.plan, self.out = endpoint, plan, out
+    def __init__(self, access: DemoAccess, plan: FloodPlan, seed: int, out: Path, workdir: Path) -> None:
+        self.access, self.plan, self.out, self.workdir = access, plan, out, workdir
+        self.endpoint = access.endpoint
         self.rng = random.Random(seed)
         self.deadline = time.monotonic() + plan.seconds
         self.counts: Counter[str] = Counter()
@@ -74,10 +85,8 @@ class _Flood:
         tmp.write_text(json.dumps(report, indent=1))
         tmp.replace(self.out)
 
-    def _client(self) -> Any:
-        from asyncua import Client
-
-        return Client(self.endpoint, timeout=self.plan.request_timeout_s)
+    async def _client(self) -> Any:
+        return await secure_client(self.access, "viewer", request_timeout_s=self.plan.request_timeout_s)
 
     @staticmethod
     def _accept_any_response(client: Any) -> None:
@@ -110,7 +119,7 @@ class _Flood:
 
     async def wait_for_hmi(self) -> bool:
         while self.time_left():
-            client = self._client()
+            client = await self._client()
             try:
                 await client.connect()
                 await client.disconnect()
@@ -123,7 +132,7 @@ class _Flood:
         for _ in range(self.plan.huge_browses):
             if not self.time_left():
                 return
-            client = self._client()
+            client = await self._client()
             try:
                 await client.connect()
                 await client.uaclient.browse(self._browse(self.plan.browse_nodes))
@@ -136,7 +145,7 @@ class _Flood:
                     await client.disconnect()
 
     async def allowed_walk(self) -> None:
-        client = self._client()
+        client = await self._client()
         try:
             await client.connect()
             self._accept_any_response(client)
@@ -161,7 +170,7 @@ class _Flood:
                 await client.disconnect()
 
     async def session_storm(self) -> None:
-        clients = [self._client() for _ in range(self.plan.concurrent_sessions)]
+        clients = [await self._client() for _ in range(self.plan.concurrent_sessions)]
 
         async def connect(client: Any) -> bool:
             try:
@@ -184,13 +193,41 @@ class _Flood:
                 await client.disconnect()
         self.counts["sessions_abandoned"] += kept
 
+    async def intruders(self) -> None:
+        """Three who must not get a session: a wrong password, an untrusted certificate (with a
+        right password), anonymous without security."""
+        from asyncua import Client
+
+        key, cert = self.workdir / "intruder-key.pem", self.workdir / "intruder-cert.der"
+        await setup_self_signed_certificate(key, cert, CLIENT_URI, "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                            {"commonName": "intruder"})  # fmt: skip
+        attempts = {
+            "wrong_password": secure_client(self.access, "admin", password="guessed-password"),
+            "untrusted_certificate": secure_client(self.access, "admin", cert=str(cert), key=str(key)),
+        }
+        for kind, make in attempts.items():
+            await self._intrude(kind, await make)
+        await self._intrude("anonymous_none", Client(self.endpoint, timeout=self.plan.request_timeout_s))
+
+    async def _intrude(self, kind: str, client: Any) -> None:
+        self.counts["intruders_tried"] += 1
+        try:
+            await client.connect()
+            self.counts["intruders_admitted"] += 1  # the HMI must never do this
+            self.counts[f"intruder_admitted_{kind}"] += 1
+        except Exception as exc:
+            self.counts[f"intruder_refused_{kind}_{self._outcome(exc)}"] += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
     async def run(self) -> None:
         self.write()
         if not await self.wait_for_hmi():
             self.counts["hmi_never_reachable"] += 1
             return
         for _ in range(self.plan.rounds):
-            for phase in (self.huge_browses, self.session_storm, self.allowed_walk):
+            for phase in (self.huge_browses, self.session_storm, self.allowed_walk, self.intruders):
                 if not self.time_left():
                     return
                 await phase()
@@ -201,7 +238,7 @@ class _Flood:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.hmi_flood", description=__doc__.split("\n")[0])
-    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--access", type=Path, required=True, help="the demo access (sim/hmi_demo.py)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=FloodPlan.seconds)
@@ -212,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(AttributeError, OSError):  # Linux only
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     logging.basicConfig(level=logging.CRITICAL)  # the attacker's own errors are counted, not logged
-    flood = _Flood(args.endpoint, FloodPlan(seconds=args.seconds), args.seed, args.out)
+    flood = _Flood(DemoAccess.load(args.access), FloodPlan(seconds=args.seconds), args.seed, args.out,
+                   args.out.parent)  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: (flood.write(), os._exit(0)))
     try:
         asyncio.run(asyncio.wait_for(flood.run(), args.seconds + 10))
@@ -227,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
 class SimHmiFlood:
     """The attacker as a child process of the runner: `start()` once the line runs, stopped on
     leaving the `with` block (SIGTERM, then SIGKILL), whatever happened. Does nothing when
-    `endpoint` is None (a scenario without a flood)."""
+    `access` (the demo access file) is None (a scenario without a flood)."""
 
-    def __init__(self, endpoint: str | None, *, seed: int, workdir: Path, seconds: float) -> None:
-        self.endpoint, self.seed, self.seconds = endpoint, seed, seconds
+    def __init__(self, access: Path | None, *, seed: int, workdir: Path, seconds: float) -> None:
+        self.endpoint, self.seed, self.seconds = access, seed, seconds
         self.out = workdir / "hmi-flood.json"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -245,7 +283,7 @@ class SimHmiFlood:
         if self.endpoint is None or self._proc is not None:
             return
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sim.hmi_flood", "--endpoint", self.endpoint, "--seed", str(self.seed),
+            [sys.executable, "-m", "sim.hmi_flood", "--access", str(self.endpoint), "--seed", str(self.seed),
              "--out", str(self.out), "--seconds", str(self.seconds)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -271,7 +309,8 @@ class SimHmiFlood:
         except (OSError, ValueError):
             report = {"counts": {}}
         counts = report.get("counts", {})
-        report["struck"] = counts.get("huge_browse_sent", 0) > 0 and counts.get("sessions_attempted", 0) > 0
+        report["struck"] = (counts.get("huge_browse_sent", 0) > 0 and counts.get("sessions_attempted", 0) > 0
+                            and counts.get("intruders_tried", 0) > 0)  # fmt: skip
         return report
 
 

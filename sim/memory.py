@@ -28,7 +28,7 @@ from controller.core import plc_codec as c
 from controller.core.resume import Recorded
 from controller.core.tracking import GateCounters, Outcome
 from controller.errors import InferenceError
-from controller.ports import Frame, Image, InferenceResult, PartRecord
+from controller.ports import AuditEntry, Frame, Image, InferenceResult, PartRecord
 from sim.plc_program import PlcProgram
 
 SCAN_S = 0.001
@@ -130,6 +130,7 @@ class MemoryJournal:
         self.parts: dict[tuple[int, int], PartRecord] = {}
         self.t_written: dict[tuple[int, int], float] = {}
         self.alarms: list[tuple[str, bool]] = []
+        self.audit: list[AuditEntry] = []
         self.points: dict[int, GateCounters] = {}
         self._gate: tuple[int, GateCounters] | None = None
         self.error: str | None = None
@@ -182,6 +183,9 @@ class MemoryJournal:
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         self.alarms.append((name, raised))
+
+    async def note_audit(self, entry: AuditEntry) -> None:
+        self.audit.append(entry)
 
     def note_written(self, epoch: int, seq: int, t_written: float) -> asyncio.Future[None]:
         self.t_written[epoch, seq] = t_written

@@ -26,7 +26,9 @@ import structlog
 
 from controller.config import LineConfig
 from controller.errors import ControllerError
+from hmi.settings import hmi_settings
 from sim.controllers import ControllerProcess, InProcessController, Progress
+from sim.hmi_demo import provision_demo
 from sim.hmi_flood import SimHmiFlood
 from sim.journal_faults import MOUNTING, SimJournalFaults, cannot_mount
 from sim.judge import judge
@@ -169,7 +171,9 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
             **({"model": str(run.model)} if run.model else {}),
         },
         "journal": {"path": str(journal_path)},
-        "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/"},
+        # The HMI's certificates and users in the workdir, never on a journal filesystem a fault fills.
+        "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/",
+                "pki_dir": str(run.workdir / "hmi-pki"), "users_file": str(run.workdir / "hmi-users.json")},
         # The simulator's PLC is a Python scan thread (1 ms, real-time priority where permitted): on
         # 2 loaded cores a scan still comes up to ~22 ms late (`plc_max_cycle_ms` in the summary
         # says what it kept). An edge reaches the block at the next scan: the same bound.
@@ -205,10 +209,12 @@ def unstageable(names: list[str]) -> tuple[list[str], str]:
 
 
 async def run_simulated_line(
-    run: SimRun, *, progress: Callable[[Progress, int], None] | None = None
+    run: SimRun, *, progress: Callable[[Progress, int], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The whole line on loopback, run to the end and judged; returns the summary. `progress` gets
-    the controller's progress and the number of parts the run will have."""
+    the controller's progress and the number of parts the run will have; `announce` a line for a
+    person (where the HMI and the metrics are)."""
     scenario = SCENARIOS[run.scenario]
     parts = int(scenario.plant.get("parts", run.parts))  # type: ignore[call-overload]
     if scenario.kill_actor_after is not None and run.kill_actor_after is None:
@@ -236,6 +242,11 @@ async def run_simulated_line(
         journal = SimJournalFaults(scenario.journal, run.workdir, parts)
         async with journal:
             cfg = _controller_config(run, scenario, hello, journal.controller_journal)
+            access = None
+            if cfg.hmi.enabled:
+                access, credentials = await provision_demo(hmi_settings(cfg.hmi, cfg.journal.path), run.workdir)
+                if announce is not None:
+                    announce(f"HMI (OPC UA): {cfg.hmi.endpoint}  users, passwords, client certificate: {credentials}")
             controller: InProcessController | ControllerProcess
             if not _needs_in_process(run, scenario):
                 controller = ControllerProcess(cfg, run.workdir, scenario.process, parts)
@@ -255,7 +266,7 @@ async def run_simulated_line(
             timeout_s = parts / run.rate_parts_s * 4 + 300
             faults = _Faults(faults, journal)
             async with controller:
-                flood_at = cfg.hmi.endpoint if scenario.hmi_flood else None
+                flood_at = run.workdir / "hmi-demo" / "access.json" if scenario.hmi_flood and access else None
                 with (
                     SimLoad(run.load, seconds=timeout_s) as load,
                     SimHmiFlood(flood_at, seed=run.seed, workdir=run.workdir, seconds=timeout_s) as flood,
@@ -351,8 +362,12 @@ def _criterion(
     )  # fmt: skip
     # A fault scenario proves nothing if its fault never struck (the run was too short for it).
     summary["fault_struck"] = faults.fault_struck and summary.get("hmi_flood", {}).get("struck", True)
+    flood = summary.get("hmi_flood", {}).get("counts", {})
+    summary["hmi_breached"] = flood.get("intruders_admitted", 0) + flood.get("huge_browse_served", 0)
+    if scenario.hmi_flood:
+        summary["criterion"] += "; the HMI admits no intruder and serves no oversized request"
     summary["ok"] = (summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
-                     and summary["fault_struck"])  # fmt: skip
+                     and summary["fault_struck"] and not summary["hmi_breached"])  # fmt: skip
     summary["journal"] = str(workdir / "journal.db")
     summary["plot"] = str(plot_run(report, workdir / "timing.png"))
     return summary

@@ -50,7 +50,7 @@ from controller.adapters.exclusive_lock import hold_exclusive_lock
 from controller.core.resume import Recorded
 from controller.core.tracking import GateCounters, Outcome
 from controller.errors import InUseError, JournalError
-from controller.ports import PartRecord
+from controller.ports import AuditEntry, PartRecord
 
 T = TypeVar("T")
 log = structlog.get_logger("lineinspect.journal")
@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS epochs (
     watchdog_trips INTEGER, watchdog_tripped INTEGER
 );
 CREATE TABLE IF NOT EXISTS alarms (wall_utc TEXT, name TEXT, raised INTEGER, detail TEXT);
+CREATE TABLE IF NOT EXISTS audit (wall_utc TEXT, user TEXT, role TEXT, peer TEXT, action TEXT, argument TEXT,
+                                  result TEXT, detail TEXT);
 CREATE TABLE IF NOT EXISTS opened (wall_utc TEXT, pid INTEGER, moved_aside TEXT);
 CREATE TABLE IF NOT EXISTS parts_superseded ({", ".join(_COLUMNS)}, t_written REAL, superseded_utc TEXT);
 """
@@ -224,6 +226,11 @@ class SqliteJournal:
         with contextlib.suppress(sqlite3.Error, OSError, RuntimeError):  # RuntimeError: journal already closed
             await asyncio.wrap_future(self._pool.submit(self._insert_alarm, _utc(), name, raised, detail,
                                                         batch="records", meta=self._gate))  # fmt: skip
+
+    async def note_audit(self, entry: AuditEntry) -> None:
+        """An operator action, in the records lane like an alarm: kept until the disk takes it."""
+        with contextlib.suppress(sqlite3.Error, OSError, RuntimeError):  # RuntimeError: journal already closed
+            await asyncio.wrap_future(self._pool.submit(self._insert_audit, entry, batch="records", meta=self._gate))
 
     def note_written(self, epoch: int, seq: int, t_written: float) -> Awaitable[None]:
         """When the PLC acknowledged the verdict's write. Queued at the call; never raises (a
@@ -454,6 +461,10 @@ class SqliteJournal:
 
     def _insert_alarm(self, wall_utc: str, name: str, raised: bool, detail: str) -> None:
         self._connection().execute("INSERT INTO alarms VALUES (?, ?, ?, ?)", (wall_utc, name, int(raised), detail))
+
+    def _insert_audit(self, e: AuditEntry) -> None:
+        self._connection().execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (e.wall_utc, e.user, e.role, e.peer, e.action, e.argument, e.result, e.detail))
 
     def _amend(self, epoch: int, seq: int, outcome: str, reason: str) -> None:
         """Inside a transaction of `_record_batch`. A record not in this file (it stayed in a corrupt

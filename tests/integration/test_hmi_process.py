@@ -14,10 +14,12 @@ import signal
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from asyncua import Client, ua
+from asyncua import ua
+from hmi_helpers import secure_hmi_process
 
 from controller.config import parse_config
 from controller.errors import ConfigError
@@ -33,6 +35,7 @@ from hmi.messages import (
     read_frame,
 )
 from hmi.process import HmiProcess
+from sim.hmi_demo import DemoAccess, secure_client
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -41,10 +44,19 @@ STATUS = LineStatus(state=Health.READY, triggers=1, alarms=("plc_link",), failsa
 
 
 @pytest_asyncio.fixture
-async def hmi() -> AsyncIterator[HmiProcess]:
-    async with HmiProcess(ANY_PORT, backoff_s=(0.2, 1.0)) as process:
-        await asyncio.wait_for(process.wait_listening(), 30)
-        yield process
+async def hmi_and_access(tmp_path: Path) -> AsyncIterator[tuple[HmiProcess, DemoAccess]]:
+    async with secure_hmi_process(tmp_path, backoff_s=(0.2, 1.0)) as running:
+        yield running
+
+
+@pytest.fixture
+def hmi(hmi_and_access: tuple[HmiProcess, DemoAccess]) -> HmiProcess:
+    return hmi_and_access[0]
+
+
+@pytest.fixture
+def access(hmi_and_access: tuple[HmiProcess, DemoAccess]) -> DemoAccess:
+    return hmi_and_access[1]
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
@@ -54,10 +66,10 @@ async def _eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0
         await asyncio.sleep(0.05)
 
 
-async def _shows_triggers(hmi: HmiProcess, triggers: int) -> None:
+async def _shows_triggers(hmi: HmiProcess, access: DemoAccess, triggers: int) -> None:
     """Wait until a fresh panel client reads `triggers` from whatever HMI process now listens."""
     endpoint = await asyncio.wait_for(hmi.wait_listening(), 30)
-    async with Client(endpoint, timeout=5) as client:
+    async with await secure_client(access.with_endpoint(endpoint)) as client:
         node = client.get_node(ua.NodeId("Line.TriggerCount", await client.get_namespace_index("urn:lineinspect")))
 
         async def shown() -> bool:
@@ -94,7 +106,7 @@ async def test_the_hmi_process_runs_at_a_lower_priority(hmi: HmiProcess) -> None
 
 
 async def test_a_stalled_hmi_never_blocks_the_publisher_and_shows_the_latest_when_it_resumes(
-    hmi: HmiProcess,
+    hmi: HmiProcess, access: DemoAccess
 ) -> None:
     pid = hmi.pid
     assert pid is not None
@@ -109,11 +121,13 @@ async def test_a_stalled_hmi_never_blocks_the_publisher_and_shows_the_latest_whe
     finally:
         os.kill(pid, signal.SIGCONT)
     hmi.publish(dataclasses.replace(STATUS, triggers=777_777))
-    await _shows_triggers(hmi, 777_777)
+    await _shows_triggers(hmi, access, 777_777)
     assert hmi.pid == pid  # the same process: a stall is not a crash
 
 
-async def test_a_killed_hmi_never_blocks_the_publisher_and_is_started_again(hmi: HmiProcess) -> None:
+async def test_a_killed_hmi_never_blocks_the_publisher_and_is_started_again(
+    hmi: HmiProcess, access: DemoAccess
+) -> None:
     pid = hmi.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -125,7 +139,7 @@ async def test_a_killed_hmi_never_blocks_the_publisher_and_is_started_again(hmi:
 
     await _eventually(restarted)
     hmi.publish(dataclasses.replace(STATUS, triggers=424_242))
-    await _shows_triggers(hmi, 424_242)  # the new process got the newest status
+    await _shows_triggers(hmi, access, 424_242)  # the new process got the newest status
 
 
 async def test_the_hmi_process_ends_with_its_controller(hmi: HmiProcess) -> None:

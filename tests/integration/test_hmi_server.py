@@ -1,5 +1,6 @@
 """The HMI as the controller runs it: `HmiProcess` (the asyncua server in its own process, fed
-snapshots), seen through a real asyncua client over loopback TCP, on OS-chosen ports.
+snapshots), seen through a real asyncua client over loopback TCP, on OS-chosen ports, logged in as
+a viewer over Basic256Sha256 SignAndEncrypt (the simulator's demo access).
 
 One HMI process (and client) is shared by the module's tests because starting asyncua's server costs
 a few seconds of CPU; every test publishes its own distinctive status and waits for exactly that.
@@ -21,15 +22,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from asyncua import Client, Node, ua
+from hmi_helpers import NAMESPACE, connected, secure_hmi_process
 
 from controller.status import Health, LineStatus
 from hmi.process import HmiProcess
-from hmi.server import STATUS_VARIABLES, UPDATED_AT, HmiLimits
+from hmi.server import SHOWN_ELSEWHERE, STATUS_VARIABLES, UPDATED_AT, HmiLimits
+from sim.hmi_demo import DemoAccess, secure_client
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
-ANY_PORT = "opc.tcp://127.0.0.1:0/lineinspect/"
-NAMESPACE = "urn:lineinspect"
 
 STATUS = LineStatus(
     state=Health.DEGRADED,
@@ -62,6 +63,10 @@ class Hmi:
     client: Client
     ns: int
     log: Path
+    access: DemoAccess
+
+    async def new_client(self) -> Client:
+        return await secure_client(self.access)
 
     def node(self, name: str) -> Node:
         return self.client.get_node(ua.NodeId(f"Line.{name}", self.ns))
@@ -72,14 +77,13 @@ async def hmi() -> AsyncIterator[Hmi]:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "hmi.log"
         with log.open("wb") as stderr:
-            async with HmiProcess(ANY_PORT, stderr=stderr) as server:
-                endpoint = await asyncio.wait_for(server.wait_listening(), 30)
-                async with Client(endpoint) as client:
-                    yield Hmi(server, client, await client.get_namespace_index(NAMESPACE), log)
+            async with secure_hmi_process(Path(tmp), stderr=stderr) as (server, access):
+                async with connected(access) as client:
+                    yield Hmi(server, client, await client.get_namespace_index(NAMESPACE), log, access)
         # Checked here rather than in a test of its own, to save a server start (seconds of CPU):
         # once stopped, the HMI process no longer listens.
         with pytest.raises(OSError):
-            async with Client(endpoint, timeout=1):
+            async with Client(access.endpoint, timeout=1):
                 pass
 
 
@@ -92,7 +96,7 @@ async def _eventually(check: Callable[[], Any], within: float = 3.0) -> None:
 
 
 async def test_every_status_field_is_a_described_read_only_variable(hmi: Hmi) -> None:
-    assert {v.field for v in STATUS_VARIABLES} == {f.name for f in dataclasses.fields(LineStatus)}
+    assert {v.field for v in STATUS_VARIABLES} | SHOWN_ELSEWHERE == {f.name for f in dataclasses.fields(LineStatus)}
 
     line = hmi.client.get_node(ua.NodeId("Line", hmi.ns))
     children = {(await n.read_browse_name()).Name: n for n in await line.get_children()}
@@ -171,9 +175,9 @@ async def test_client_writes_are_refused(hmi: Hmi) -> None:
     with pytest.raises(ua.UaStatusCodeError):
         await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText("x"))))
     assert await node.read_value() == before
-    # Nor may methods be called, not even the standard server's own.
+    # Nor may a viewer call methods beyond reading, not even the standard server's own.
     with pytest.raises(ua.UaStatusCodeError) as refused:
-        await hmi.client.nodes.server.call_method("0:GetMonitoredItems", ua.Variant(1, ua.VariantType.UInt32))
+        await hmi.client.nodes.server.call_method("0:ResendData", ua.Variant(1, ua.VariantType.UInt32))
     assert refused.value.code == ua.StatusCodes.BadUserAccessDenied
 
 
@@ -206,7 +210,9 @@ async def test_real_port_is_reported_and_a_busy_port_is_retried_not_raised(hmi: 
     # A second HMI on the same port cannot listen: its process exits and is started again later,
     # and nothing of it reaches its caller (the controller).
     with (hmi.log.parent / "second.log").open("wb") as stderr:
-        async with HmiProcess(endpoint, backoff_s=(0.2, 0.4), stderr=stderr) as second:
+        tmp = hmi.log.parent
+        settings = json.dumps({"pki_dir": str(tmp / "pki"), "users_file": str(tmp / "users.json")})
+        async with HmiProcess(endpoint, backoff_s=(0.2, 0.4), stderr=stderr, settings_json=settings) as second:
             second.publish(STATUS)
 
             async def retried() -> bool:
@@ -239,7 +245,7 @@ async def test_too_many_nodes_in_one_request_are_refused_cheaply(hmi: Hmi) -> No
 
     # 10,000 nodes do not even fit in a request: the transport refuses it, undecoded, and closes
     # that client's connection; everyone else is served as before.
-    async with Client(hmi.server.endpoint, timeout=5) as attacker:
+    async with await hmi.new_client() as attacker:
         with pytest.raises((ua.UaError, ConnectionError, TimeoutError)):
             await attacker.uaclient.browse(browse(10_000))
     assert await hmi.node("ModelVersion").read_value() is not None
@@ -275,10 +281,10 @@ async def test_sessions_beyond_the_limit_are_refused(hmi: Hmi) -> None:
     clients: list[Client] = []
     try:
         for _ in range(limit - 1):  # the module's client holds one session already
-            client = Client(hmi.server.endpoint, timeout=5)
+            client = await hmi.new_client()
             await client.connect()
             clients.append(client)
-        extra = Client(hmi.server.endpoint, timeout=5)
+        extra = await hmi.new_client()
         with pytest.raises((ua.UaError, ConnectionError, TimeoutError)):
             await extra.connect()
         with contextlib.suppress(Exception):  # half-connected: whatever is left, close it
@@ -287,7 +293,7 @@ async def test_sessions_beyond_the_limit_are_refused(hmi: Hmi) -> None:
         for client in clients:
             await client.disconnect()
     # Closed sessions free their places.
-    async with Client(hmi.server.endpoint, timeout=5) as again:
+    async with await hmi.new_client() as again:
         assert await again.get_namespace_index(NAMESPACE) == hmi.ns
 
 

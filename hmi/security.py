@@ -1,0 +1,308 @@
+"""Who may talk to the HMI: its users (hashed passwords, one role each) and its certificates (the
+server's own, generated on first start, and the folder of client certificates it trusts).
+
+Files (all under folders the controller's config names; nothing here knows the config):
+- the users file, JSON, mode 0600: `{"users": {"alice": {"role": "operator", "password": "scrypt$…"}}}`,
+  managed with `lineinspect hmi user add|remove|list` and re-read when it changes (no restart);
+- the PKI folder: `own/cert.der` + `own/key.pem` (the server's), `trusted/` (client certificates an
+  engineer trusted with `lineinspect hmi trust CERT`, re-read when the folder changes), `rejected/`
+  (each certificate a client was refused for, so an engineer can inspect it and trust it).
+
+Roles are ordered: each has every right of the roles before it (hmi/access.py has the matrix).
+Passwords are stored as scrypt hashes (stdlib, memory-hard), compared in constant time.
+
+Not here: which service or method needs which role (hmi/access.py), the OPC UA server (hmi/server.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from asyncua import ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+_log = logging.getLogger(__name__)
+
+
+class Role(IntEnum):
+    """Least privilege: viewer reads; operator halts, starts and acknowledges; engineer switches
+    recipes and shadow mode; admin manages users."""
+
+    VIEWER = 1
+    OPERATOR = 2
+    ENGINEER = 3
+    ADMIN = 4
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown role {name!r} (one of {', '.join(r.name.lower() for r in cls)})") from None
+
+
+class SecurityError(Exception):
+    """A users file or certificate that cannot be used: one line naming the file and the problem."""
+
+
+# -- users --------------------------------------------------------------------------------------------
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+"""~40 ms and 16 MiB per check: cheap for a login, costly for guessing."""
+MIN_PASSWORD = 8
+USER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def password_matches(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(expected))  # fmt: skip
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@dataclass(frozen=True, slots=True)
+class HmiUser:
+    name: str
+    role: Role
+
+
+class UserStore:
+    """The users file. Reads are cached and refreshed when the file changes; writes are atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._users: dict[str, dict[str, str]] = {}
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._users = None, {}
+            return self._users
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                raw = json.loads(self.path.read_text())
+                users = raw["users"]
+                for entry in users.values():
+                    Role.parse(entry["role"])
+                    if not isinstance(entry["password"], str):
+                        raise TypeError("password is not a string")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise SecurityError(f"users file {self.path}: {exc}") from exc
+            self._stamp, self._users = stamp, users
+        return self._users
+
+    def users(self) -> list[HmiUser]:
+        return [HmiUser(name, Role.parse(e["role"])) for name, e in sorted(self._load().items())]
+
+    def check(self, name: str, password: str) -> HmiUser | None:
+        """The user, if the password is theirs; None otherwise (unknown users cost the same time)."""
+        entry = self._load().get(name)
+        stored = entry["password"] if entry else _DUMMY_HASH
+        if not password_matches(password, stored) or entry is None:
+            return None
+        return HmiUser(name, Role.parse(entry["role"]))
+
+    def add(self, name: str, role: Role, password: str) -> None:
+        """Add a user, or replace one's role and password."""
+        if not name or not set(name) <= USER_NAME_CHARS or len(name) > 64:
+            raise SecurityError(f"user name {name!r}: 1-64 of letters, digits and . _ - @")
+        if len(password) < MIN_PASSWORD:
+            raise SecurityError(f"password for {name!r}: at least {MIN_PASSWORD} characters")
+        users = dict(self._load())
+        users[name] = {"role": role.name.lower(), "password": hash_password(password)}
+        self._save(users)
+
+    def remove(self, name: str) -> bool:
+        users = dict(self._load())
+        if users.pop(name, None) is None:
+            return False
+        self._save(users)
+        return True
+
+    def _save(self, users: dict[str, dict[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"users": users}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+        self._stamp = None
+
+
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+class HmiUserManager:
+    """asyncua's user manager: username/password only. Remembers each logged-in name's role for the
+    access rules (hmi/access.py), which see only asyncua's `User`."""
+
+    def __init__(self, store: UserStore) -> None:
+        self.store = store
+        self.roles: dict[str, Role] = {}
+        self.refused = 0
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:  # fmt: skip
+        if not username or password is None:
+            self.refused += 1
+            return None
+        try:
+            user = self.store.check(username, password)
+        except SecurityError as exc:
+            _log.error("%s", exc)  # a broken users file: nobody logs in, and the log says why
+            user = None
+        if user is None:
+            self.refused += 1
+            _log.warning("login refused for user %r", username)
+            return None
+        self.roles[user.name] = user.role
+        return User(role=UserRole.User, name=user.name)
+
+
+# -- certificates -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    root: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "own" / "cert.der"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "own" / "key.pem"
+
+    @property
+    def trusted(self) -> Path:
+        return self.root / "trusted"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    def make_folders(self) -> None:
+        for folder in (self.cert.parent, self.trusted, self.rejected):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def ensure_server_certificate(self, app_uri: str) -> None:
+        """Generate the server's key and self-signed certificate on first start (and when the
+        certificate expired or names another application)."""
+        self.make_folders()
+        host = socket.gethostname()
+        await setup_self_signed_certificate(
+            self.key, self.cert, app_uri, host, [ExtendedKeyUsageOID.SERVER_AUTH],
+            {"commonName": f"lineinspect HMI@{host}", "organizationName": "lineinspect"},
+        )  # fmt: skip
+        with contextlib.suppress(OSError):
+            os.chmod(self.key, 0o600)
+
+
+def load_certificate_file(path: Path) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SecurityError(f"certificate {path}: {exc.strerror or exc}") from exc
+    for load in (x509.load_der_x509_certificate, x509.load_pem_x509_certificate):
+        with contextlib.suppress(ValueError):
+            return load(data)
+    raise SecurityError(f"certificate {path}: neither DER nor PEM X.509")
+
+
+def trust_certificate(pki: Pki, path: Path) -> Path:
+    """Copy a client certificate into the trusted folder (as DER, named by its thumbprint);
+    a running HMI picks it up at the client's next connection."""
+    cert = load_certificate_file(path)
+    pki.make_folders()
+    target = pki.trusted / f"{cert.fingerprint(_SHA1).hex()}.der"
+    target.write_bytes(cert.public_bytes(Encoding.DER))
+    (pki.rejected / target.name).unlink(missing_ok=True)
+    return target
+
+
+def _sha1() -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA1()  # the OPC UA certificate thumbprint (Part 6)
+
+
+_SHA1 = _sha1()
+
+
+class TrustListValidator:
+    """Client certificates: in time, for this application, for client use, and in the trusted folder
+    (or issued by a CA that is). The folder is re-read when it changes; a refused certificate is kept
+    in `rejected/` for an engineer to inspect."""
+
+    OPTIONS = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self._store = TrustStore([pki.trusted], [])
+        self._validator = CertificateValidator(self.OPTIONS, self._store)
+        self._stamp: tuple[int, int] | None = None
+        self.refused = 0
+
+    async def __call__(self, cert: x509.Certificate, app_description: ua.ApplicationDescription) -> None:
+        await self._reload_if_changed()
+        try:
+            await self._validator.validate(cert, app_description)
+        except ServiceError as exc:
+            self.refused += 1
+            name = f"{cert.fingerprint(_SHA1).hex()}.der"
+            with contextlib.suppress(OSError):
+                (self.pki.rejected / name).write_bytes(cert.public_bytes(Encoding.DER))
+            _log.warning("client certificate refused (%s): %s, kept in %s", ua.StatusCode(exc.code).name,
+                         cert.subject.rfc4514_string(), self.pki.rejected / name)  # fmt: skip
+            raise
+
+    async def _reload_if_changed(self) -> None:
+        st = self.pki.trusted.stat()
+        stamp = (st.st_mtime_ns, len(list(self.pki.trusted.iterdir())))
+        if stamp != self._stamp:
+            await self._store.load()
+            self._stamp = stamp
+
+
+async def load_server_identity(server: Any, pki: Pki) -> None:
+    await server.load_certificate(str(pki.cert))
+    await server.load_private_key(str(pki.key))
+
