@@ -463,6 +463,7 @@ class LineController:
                         recorded=recorded.reason.value, gate=gate.outcome.value, reason=gate.reason.value)  # fmt: skip
             job = self.journal.amend(gate.part.epoch, gate.part.seq, gate.outcome.value, gate.reason.value)
             self._spawn(self._journal_job(job), name=f"amend-{gate.part.seq}")
+            self._publish_result(gate, None, None, None, None)  # panels see the correction too
 
     async def _journal_job(self, job: Awaitable[None]) -> None:
         try:
@@ -721,6 +722,7 @@ class LineController:
             plc_verdicts_late=snap.verdicts_late if snap else 0,
             plc_watchdog_trips=snap.watchdog_trips if snap else 0,
             alarms=self.alarms.active, model_version=self._model_version, vision_state=self.vision_state.value,
+            plc_connected=self._plc_ok, inference_in_flight=sum(t.get_name().startswith("judge-") for t in self._tasks),
             shadow_requested=self.operator.shadow_requested, conditions=self.alarms.conditions,
             recent_actions=tuple(self._actions),
         )  # fmt: skip

@@ -142,8 +142,12 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         ("throughput", f"{s['throughput_parts_per_s']:.1f} parts/s"),
         ("load", f"{s['load']['processes']} busy processes at nice {s['load']['nice']}" if s["load"]["started"]
          else "none"),
-        ("verdict", "[green]OK" if s["ok"] else "[red]FAILED"),
     ]  # fmt: skip
+    if (m := s.get("metrics")) is not None:
+        counts = ", ".join(f"{k} {v}" for k, v in m["parts_total"].items())
+        agrees = "= judge" if m["agrees_with_judge"] else "≠ judge"
+        rows.append(("metrics at the end", f"{m['url']}: {counts} ({agrees})"))
+    rows.append(("verdict", "[green]OK" if s["ok"] else "[red]FAILED"))
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)

@@ -108,6 +108,18 @@ class HmiConfig(_Strict):
     pki_dir: Path | None = Field(None, description="server certificate, trusted/, rejected/ (default: by the journal)")
     users_file: Path | None = Field(None, description="users and roles; default beside the journal")
     max_sessions: int = Field(20, ge=1)
+    metrics: str | None = Field("127.0.0.1:9464", description="host:port of the Prometheus /metrics endpoint; "
+                                "empty: none")  # fmt: skip
+
+    @field_validator("metrics")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"must look like host:port, got {value!r}")
+        return value
 
 
     @field_validator("endpoint")

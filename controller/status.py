@@ -44,6 +44,9 @@ class LineStatus:
     alarms: tuple[str, ...] = ()
     """Active alarms' names."""
     model_version: str = ""
+    plc_connected: bool = False
+    inference_in_flight: int = 0
+    """Parts waiting for or in inference."""
     vision_state: str = "Preoperational"
     """The Machine Vision state machine's state (controller/operator.py `VisionState`)."""
     shadow_requested: bool = False

@@ -45,6 +45,7 @@ from hmi.messages import (
     encode,
     read_frame,
 )  # fmt: skip
+from hmi.metrics import Metrics, MetricsServer
 from hmi.server import HmiServer
 from hmi.settings import HmiSettings
 
@@ -165,10 +166,14 @@ async def serve(settings: HmiSettings) -> int:
     loop.add_signal_handler(signal.SIGTERM, terminated.set)
     try:
         pipe = ControllerPipe(out)
-        async with HmiServer(settings, pipe) as server:
-            out.write(encode(ListeningMessage(endpoint=server.endpoint)))
+        metrics = Metrics()
+        async with HmiServer(settings, pipe) as server, contextlib.AsyncExitStack() as stack:
+            url = ""
+            if settings.metrics:
+                url = (await stack.enter_async_context(MetricsServer(metrics, settings.metrics))).url
+            out.write(encode(ListeningMessage(endpoint=server.endpoint, metrics_url=url)))
             await out.drain()
-            feed = asyncio.create_task(_apply_messages(reader, server, pipe), name="hmi-snapshots")
+            feed = asyncio.create_task(_apply_messages(reader, server, pipe, metrics), name="hmi-snapshots")
             stop = asyncio.create_task(terminated.wait(), name="hmi-sigterm")
             try:
                 await asyncio.wait({feed, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -186,14 +191,18 @@ async def serve(settings: HmiSettings) -> int:
     return 0
 
 
-async def _apply_messages(reader: asyncio.StreamReader, server: HmiServer, pipe: ControllerPipe) -> None:
+async def _apply_messages(reader: asyncio.StreamReader, server: HmiServer, pipe: ControllerPipe,
+                          metrics: Metrics) -> None:  # fmt: skip
     """Until stdin ends. Each snapshot is complete: the server keeps only the newest."""
     while (body := await read_frame(reader)) is not None:
         message = decode_to_hmi(body)
         if isinstance(message, StatusMessage):
             server.publish(message.status, datetime.fromtimestamp(message.published_at, UTC))
+            metrics.on_status(message.status)
+            metrics.results_dropped = server.results_dropped
         elif isinstance(message, ResultsMessage):
             server.publish_results(message.results)
+            metrics.on_results(message.results)
         else:
             pipe.answered(message)
 

@@ -56,6 +56,7 @@ class ListeningMessage(_Message):
 
     type: Literal["listening"] = "listening"
     endpoint: Annotated[str, Field(max_length=512)]
+    metrics_url: Annotated[str, Field(max_length=512)] = ""
 
 
 MAX_RESULTS_PER_FRAME = 100

@@ -113,6 +113,8 @@ class HmiProcess:
         """Snapshots superseded before they could be written (HMI stalled, slow or down)."""
         self.restarts = 0
         """Times the HMI process was started again after it exited."""
+        self.metrics_url: str | None = None
+        """The HMI process's Prometheus endpoint while it listens (None: none configured)."""
         self.results_dropped = 0
         """Results dropped unsent because `RESULTS_KEPT` newer ones were waiting."""
         self.commands_busy = 0
@@ -268,6 +270,7 @@ class HmiProcess:
                 message = decode_from_hmi(body)
                 if isinstance(message, ListeningMessage):
                     self._served_endpoint = message.endpoint
+                    self.metrics_url = message.metrics_url or None
                     self._listening.set()
                     event = "hmi_recovered" if self._failing else "hmi_listening"
                     self._failing = False

@@ -118,6 +118,8 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
     StatusVariable("plc_watchdog_trips", "PlcWatchdogTrips", _I64, "Watchdog trips counted by the PLC."),
     StatusVariable("alarms", "Alarms", _STR, "Active alarm texts (empty when none).", list, array=True),
     StatusVariable("model_version", "ModelVersion", _STR, "Version of the inspection model in use."),
+    StatusVariable("plc_connected", "PlcConnected", _BOOL, "The S7 link to the PLC works."),
+    StatusVariable("inference_in_flight", "InferenceInFlight", _I64, "Parts waiting for or in inference."),
 )
 """Every `LineStatus` field, in declaration order (a test checks that none is missing)."""
 

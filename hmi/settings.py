@@ -26,6 +26,8 @@ class HmiSettings(BaseModel):
     """The controller's journal, read (never written) for results and images by id."""
     max_sessions: int = Field(20, ge=1)
     max_request_bytes: int = Field(64 * 1024, ge=8192)
+    metrics: str | None = None
+    """host:port of the Prometheus endpoint (port 0: any free one); None: none."""
 
 
 def hmi_settings(cfg: HmiConfig, journal: Path) -> HmiSettings:
@@ -34,4 +36,4 @@ def hmi_settings(cfg: HmiConfig, journal: Path) -> HmiSettings:
     return HmiSettings(endpoint=cfg.endpoint, security=tuple(cfg.security), allow_unsecured=cfg.allow_unsecured,
                        pki_dir=(cfg.pki_dir or folder / "hmi-pki").resolve(),
                        users_file=(cfg.users_file or folder / "hmi-users.json").resolve(),
-                       journal=journal.resolve(), max_sessions=cfg.max_sessions)  # fmt: skip
+                       journal=journal.resolve(), max_sessions=cfg.max_sessions, metrics=cfg.metrics)  # fmt: skip

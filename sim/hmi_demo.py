@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from hmi.security import Pki, Role, UserStore, trust_certificate
 from hmi.settings import HmiSettings
 
 CLIENT_URI = "urn:lineinspect:sim:panel"
+SERVER_URI = "urn:lineinspect:hmi"
+"""The HMI's application URI (hmi/server.py: its namespace + ":hmi"), named in its certificate."""
 POLICY = "Basic256Sha256,SignAndEncrypt"
 
 
@@ -37,13 +39,16 @@ class DemoAccess:
     """role name → password; each role's user is named after it."""
     cert: str
     key: str
+    server_cert: str
+    """The HMI's own certificate (made here, before its first start): a client that has it needs no
+    discovery round trip before it connects."""
 
     @classmethod
     def load(cls, path: Path) -> DemoAccess:
         return cls(**json.loads(path.read_text()))
 
     def with_endpoint(self, endpoint: str) -> DemoAccess:
-        return DemoAccess(endpoint, self.users, self.cert, self.key)
+        return replace(self, endpoint=endpoint)
 
 
 async def provision_demo(settings: HmiSettings, workdir: Path) -> tuple[DemoAccess, Path]:
@@ -59,8 +64,10 @@ async def provision_demo(settings: HmiSettings, workdir: Path) -> tuple[DemoAcce
         name = role.name.lower()
         users[name] = secrets.token_urlsafe(12)
         store.add(name, role, users[name])
-    trust_certificate(Pki(settings.pki_dir), cert)
-    access = DemoAccess(settings.endpoint, users, str(cert), str(key))
+    pki = Pki(settings.pki_dir)
+    trust_certificate(pki, cert)
+    await pki.ensure_server_certificate(SERVER_URI)
+    access = DemoAccess(settings.endpoint, users, str(cert), str(key), str(pki.cert))
     _private(folder / "access.json", json.dumps(asdict(access), indent=1))
     text = [f"HMI endpoint: {settings.endpoint}", f"security: {POLICY} with the client certificate below",
             f"client certificate: {cert}", f"client key: {key}", "users (name = role):"]
@@ -84,12 +91,16 @@ async def _client_certificate(key: Path, cert: Path) -> None:
 async def secure_client(access: DemoAccess, role: str = "viewer", *, password: str | None = None,
                         request_timeout_s: float = 5.0, cert: str | None = None, key: str | None = None) -> Any:
     """An asyncua Client for `access.endpoint` as the user named `role`, over Basic256Sha256
-    SignAndEncrypt with the demo certificate (or `cert`/`key`); not yet connected."""
-    from asyncua import Client
+    SignAndEncrypt with the demo certificate (or `cert`/`key`); not yet connected (nothing is sent
+    before `connect()`)."""
+    from asyncua import Client, ua
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
     client = Client(access.endpoint, timeout=request_timeout_s)
     client.application_uri = CLIENT_URI
-    await client.set_security_string(f"{POLICY},{cert or access.cert},{key or access.key}")
+    mode = ua.MessageSecurityMode.SignAndEncrypt
+    await client.set_security(SecurityPolicyBasic256Sha256, cert or access.cert, key or access.key,
+                              server_certificate=access.server_cert, mode=mode)  # fmt: skip
     client.set_user(role)
     client.set_password(access.users.get(role, "") if password is None else password)
     return client

@@ -30,6 +30,7 @@ from hmi.settings import hmi_settings
 from sim.controllers import ControllerProcess, InProcessController, Progress
 from sim.hmi_demo import provision_demo
 from sim.hmi_flood import SimHmiFlood
+from sim.hmi_panel import PanelLog, SimPanel
 from sim.journal_faults import MOUNTING, SimJournalFaults, cannot_mount
 from sim.judge import judge
 from sim.load import SimLoad
@@ -173,7 +174,8 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
         "journal": {"path": str(journal_path)},
         # The HMI's certificates and users in the workdir, never on a journal filesystem a fault fills.
         "hmi": {"enabled": run.hmi, "endpoint": f"opc.tcp://127.0.0.1:{_free_port()}/lineinspect/",
-                "pki_dir": str(run.workdir / "hmi-pki"), "users_file": str(run.workdir / "hmi-users.json")},
+                "pki_dir": str(run.workdir / "hmi-pki"), "users_file": str(run.workdir / "hmi-users.json"),
+                "metrics": f"127.0.0.1:{_free_port()}"},
         # The simulator's PLC is a Python scan thread (1 ms, real-time priority where permitted): on
         # 2 loaded cores a scan still comes up to ~22 ms late (`plc_max_cycle_ms` in the summary
         # says what it kept). An edge reaches the block at the next scan: the same bound.
@@ -185,6 +187,84 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
                   "frame_delay_ms": 10.0},  # the simulated camera renders and sends a frame in a few ms
         **run.extra,
     }, scenario.controller))  # fmt: skip
+
+
+def _panel_vs_journal(log: PanelLog, journal: Path) -> dict[str, Any]:
+    """What the panel saw and did beside what the journal holds: every part's result event with its
+    recorded outcome, and every operator action in the audit table."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+        parts = {f"{e}/{s}": o for e, s, o in db.execute("SELECT epoch, seq, outcome FROM parts")}
+        audit = [list(row) for row in db.execute("SELECT user, role, action, result FROM audit ORDER BY rowid")]
+    def key(rid: str) -> tuple[int, int]:
+        epoch, seq = rid.split("/")
+        return int(epoch), int(seq)
+
+    # OPC UA events reach only the subscriptions that exist: parts decided before the panel had
+    # subscribed (the HMI starts beside the line) are counted apart, every later one must be there.
+    first = key(log.first) if log.first else (0, 0)
+    before = {rid for rid in parts if rid not in log.results and key(rid) < first}
+    missing = sorted(set(parts) - set(log.results) - before, key=key)
+    differs = sorted(rid for rid, outcome in log.results.items() if rid in parts and parts[rid] != outcome)
+    return {"events": log.events, "results": len(log.results), "before_subscribed": len(before),
+            "missing": len(missing), "missing_first": missing[:5],
+            "outcome_differs": len(differs), "differs_first": differs[:5],
+            "unknown": len(set(log.results) - set(parts)), "actions": log.actions, "audit": audit,
+            "error": log.error}  # fmt: skip
+
+
+def _metrics_url(cfg: LineConfig) -> str:
+    return f"http://{cfg.hmi.metrics}/metrics"
+
+
+async def _scrape_when_settled(url: str, parts: int, within_s: float = 15.0) -> dict[str, float] | None:
+    """The controller's metrics once every part has its outcome (or the same twice in a row after
+    `within_s`): what a Prometheus scrape after the run would read."""
+    deadline, last = time.monotonic() + within_s, None
+    while time.monotonic() < deadline:
+        try:
+            samples = await asyncio.to_thread(_scrape, url)
+        except OSError:
+            samples = None
+        if samples is not None:
+            decided = sum(v for k, v in samples.items() if k.startswith("lineinspect_parts_total{"))
+            if decided >= parts or samples == last:
+                return samples
+            last = samples
+        await asyncio.sleep(0.5)
+    return last
+
+
+def _scrape(url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _metrics_vs_judge(samples: dict[str, float], summary: dict[str, Any], url: str) -> dict[str, Any]:
+    """Per-outcome and per-reason counters from the metrics beside the judge's own counts."""
+    def total(prefix: str, label: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, value in samples.items():
+            if name.startswith(prefix + "{"):
+                key = name.split(f'{label}="', 1)[1].split('"', 1)[0]
+                out[key] = out.get(key, 0) + int(value)
+        return out
+
+    outcomes = total("lineinspect_parts_total", "outcome")
+    reasons = {k: v for k, v in total("lineinspect_failsafe_total", "reason").items() if v}
+    gate = summary["gate"]
+    judged = {"pass": gate["pass"], "reject": gate["reject_vision"], "failsafe": gate["reject_failsafe"]}
+    return {"url": url, "parts_total": outcomes, "failsafe_total": reasons,
+            "agrees_with_judge": outcomes == judged and reasons == summary["failsafe_by_reason"]}  # fmt: skip
 
 
 def _needs_in_process(run: SimRun, scenario: Scenario) -> bool:
@@ -247,6 +327,7 @@ async def run_simulated_line(
                 access, credentials = await provision_demo(hmi_settings(cfg.hmi, cfg.journal.path), run.workdir)
                 if announce is not None:
                     announce(f"HMI (OPC UA): {cfg.hmi.endpoint}  users, passwords, client certificate: {credentials}")
+                    announce(f"metrics (Prometheus): {_metrics_url(cfg)}")
             controller: InProcessController | ControllerProcess
             if not _needs_in_process(run, scenario):
                 controller = ControllerProcess(cfg, run.workdir, scenario.process, parts)
@@ -265,7 +346,10 @@ async def run_simulated_line(
             # The simulator bounds the line's own time; this bounds ours if it hangs (and the load's).
             timeout_s = parts / run.rate_parts_s * 4 + 300
             faults = _Faults(faults, journal)
+            panel = SimPanel(access, scenario.panel, timeout_s) if access and scenario.panel else None
             async with controller:
+                if panel is not None:
+                    panel.start()
                 flood_at = run.workdir / "hmi-demo" / "access.json" if scenario.hmi_flood and access else None
                 with (
                     SimLoad(run.load, seconds=timeout_s) as load,
@@ -275,9 +359,13 @@ async def run_simulated_line(
                     def on_running() -> None:
                         load.start(priority_of=controller.pid)
                         flood.start()
+                        if panel is not None:
+                            panel.line_running()
 
                     end = await _drive(proc, controller, faults, lambda p: progress(p, parts) if progress else None,
                                        timeout_s, on_running=on_running)  # fmt: skip
+                    scraped = await _scrape_when_settled(_metrics_url(cfg), parts) if access else None
+                    panel_log = await panel.stop() if panel is not None else None
                 stats = await controller.stop()
         assert proc.stdin is not None
         proc.stdin.close()  # the simulator may go now
@@ -289,6 +377,10 @@ async def run_simulated_line(
         summary["load"] = load.summary()
         if scenario.hmi_flood:
             summary["hmi_flood"] = flood.summary()
+        if panel_log is not None:
+            summary["hmi_panel"] = _panel_vs_journal(panel_log, journal_path)
+        if scraped is not None:
+            summary["metrics"] = _metrics_vs_judge(scraped, summary, _metrics_url(cfg))
         if scenario.journal is not None:
             summary["journal_fault"] = journal.done
         if isinstance(faults.main, _InferenceFaults):
@@ -362,12 +454,27 @@ def _criterion(
     )  # fmt: skip
     # A fault scenario proves nothing if its fault never struck (the run was too short for it).
     summary["fault_struck"] = faults.fault_struck and summary.get("hmi_flood", {}).get("struck", True)
+    panel = summary.get("hmi_panel")
+    if panel is not None:
+        summary["criterion"] += "; the panel got every part's result event, with its recorded outcome"
+        if scenario.panel and scenario.panel.halt_at_s is not None:
+            summary["criterion"] += ", and its Halt and Reset were done and audited"
+    summary["panel_failed"] = panel is not None and (
+        bool(panel["missing"] or panel["outcome_differs"] or panel["error"])
+        or (scenario.panel is not None and scenario.panel.halt_at_s is not None
+            and ([tuple(a[:2]) for a in panel["actions"]] != [("Halt", True), ("Reset", True)]
+                 or [tuple(a[2:]) for a in panel["audit"]] != [("halt", "done"), ("reset", "done")])))  # fmt: skip
     flood = summary.get("hmi_flood", {}).get("counts", {})
     summary["hmi_breached"] = flood.get("intruders_admitted", 0) + flood.get("huge_browse_served", 0)
     if scenario.hmi_flood:
         summary["criterion"] += "; the HMI admits no intruder and serves no oversized request"
+    # The metrics count one controller's outcomes: they equal the judge's when it ran the whole line.
+    metrics_disagree = scenario.process is None and not summary.get("metrics", {}).get("agrees_with_judge", True)
+    if "metrics" in summary and scenario.process is None:
+        summary["criterion"] += "; the metrics' outcome counters equal the judge's"
     summary["ok"] = (summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
-                     and summary["fault_struck"] and not summary["hmi_breached"])  # fmt: skip
+                     and summary["fault_struck"] and not summary["hmi_breached"] and not metrics_disagree
+                     and not summary["panel_failed"])  # fmt: skip
     summary["journal"] = str(workdir / "journal.db")
     summary["plot"] = str(plot_run(report, workdir / "timing.png"))
     return summary

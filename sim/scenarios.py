@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from sim.camera import NO_FAULTS, CameraFaults
+from sim.hmi_panel import PanelPlan
 from sim.journal_faults import JournalFault
 from sim.plant import PlantConfig
 from sim.s7_proxy import LinkFaults
@@ -55,6 +56,9 @@ class Scenario:
     controller: dict[str, dict[str, object]] = field(default_factory=dict)
     """Overrides of the controller's line config, by section: what commissioning such a line
     would set (each with its reason where the scenario is declared)."""
+    panel: PanelPlan | None = None
+    """An operator panel on the HMI (sim/hmi_panel.py): it must see every part's result, and does
+    what its plan says (halt and reset)."""
     hmi_flood: bool = False
     """A hostile panel network floods the controller's OPC UA server while the line runs (sim/hmi_flood.py)."""
     journal: JournalFault | None = None
@@ -130,6 +134,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              # The HMI runs in its own process with limits: the verdict path must not notice, so no
              # fail-safe and no alarm is explained by the flood. The HMI is on even with --no-hmi.
              controller={"hmi": {"enabled": True}}),
+    Scenario("hmi-panel", "a panel subscribed to every part's result event over a secure session",
+             panel=PanelPlan(), controller={"hmi": {"enabled": True}}),
+    Scenario("hmi-operator", "an operator halts inspection from the HMI for 3 s, then resets it",
+             panel=PanelPlan(halt_at_s=4.0, halt_for_s=3.0), controller={"hmi": {"enabled": True}},
+             # Halted, the controller tells the PLC it is not ready: every part then is rejected.
+             failsafe_allowed=frozenset({"not_ready", "plc_rejected"})),
     Scenario("controller-kill-loop", "the controller's process is killed (SIGKILL) 10 times at random moments",
              plant={"parts": 2000},  # restarts take ~6 s: room for ten of them
              # As controller-killed, ten times, some while it is still starting: nothing may be lost.

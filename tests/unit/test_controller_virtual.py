@@ -79,3 +79,65 @@ def test_no_part_passes_without_its_own_in_time_pass_under_any_timing(
                                     decision_offset=decision_offset))  # fmt: skip
     assert_safe(result)
     assert result["model_verdicts"] > 0  # liveness: never a controller that rejects everything
+
+
+def test_an_operator_halt_makes_the_plc_reject_every_part_until_reset_and_is_audited() -> None:
+    from controller.core import plc_codec as codec
+    from controller.operator import Action, VisionState
+
+    line = SimMemoryLine(seed=3, parts=400)
+    seen: dict[str, object] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        controller = LineController(
+            line.plc, line.camera, line.inference, line.journal,
+            margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
+            timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002), clock=loop.time,
+        )  # fmt: skip
+        task = asyncio.create_task(controller.run(), name="controller")
+        await asyncio.sleep(0.05)
+        run = asyncio.create_task(line.run())
+        try:
+            await asyncio.sleep(2.0)
+            assert controller.vision_state is VisionState.CONTINUOUS
+            ann = {"user": "ann", "role": "operator", "peer": "10.0.0.7:5000"}
+            seen["halt"] = await controller.operate(Action.HALT, "", **ann)
+            seen["halted_at"] = loop.time()
+            seen["again"] = await controller.operate(Action.HALT, "", **ann)
+            seen["shadow"] = await controller.operate(Action.REQUEST_SHADOW, "on", user="eve", role="engineer",
+                                                      peer="10.0.0.8:5001")  # fmt: skip
+            await asyncio.sleep(1.0)
+            seen["state"] = controller.vision_state
+            seen["command"] = codec.decode_vision_header(line.program.vision_db).command
+            seen["reset"] = await controller.operate(Action.RESET, "", **ann)
+            seen["reset_at"] = loop.time()
+            await run
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run_virtual(main())
+    result = line.judge()
+    assert_safe(result)
+    assert seen["halt"] == (True, "halted: the PLC rejects every part until Reset")
+    assert seen["again"] == (False, "already halted")
+    assert seen["state"] is VisionState.HALTED
+    assert seen["command"] == codec.REQUEST_SHADOW  # ready low while halted; shadow asked for
+    assert seen["reset"][0] is True  # type: ignore[index]
+    # Every part decided while halted (after the PLC saw `ready` low) was rejected; the rest inspected.
+    halted_at, reset_at = float(seen["halted_at"]), float(seen["reset_at"])  # type: ignore[arg-type]
+    during = [d for d in line.program.log if halted_at + 0.05 < d.decided_at < reset_at]
+    after = [d for d in line.program.log if d.decided_at > reset_at + 0.5]
+    assert during and all(d.gate != "pass" for d in during)
+    assert after and sum(d.gate == "pass" for d in after) > 0.8 * len(after)
+    reasons = {line.journal.parts[d.epoch, d.seq].reason for d in during}
+    assert reasons <= {"not_ready", "plc_rejected"}, reasons
+    audit = [(a.user, a.role, a.peer, a.action, a.argument, a.result) for a in line.journal.audit]
+    assert audit == [
+        ("ann", "operator", "10.0.0.7:5000", "halt", "", "done"),
+        ("ann", "operator", "10.0.0.7:5000", "halt", "", "refused"),
+        ("eve", "engineer", "10.0.0.8:5001", "request_shadow", "on", "done"),
+        ("ann", "operator", "10.0.0.7:5000", "reset", "", "done"),
+    ]
