@@ -69,7 +69,7 @@ from controller.ports import (
     PartRecord,
     PlcLink,
 )  # fmt: skip
-from controller.status import Health, LineStatus, PartResult
+from controller.status import Health, LineStatus, PartResult, Recipe
 
 log = structlog.get_logger("lineinspect.controller")
 
@@ -117,7 +117,7 @@ class LineController:
         self, plc: PlcLink, camera: FrameSource, inference: InferenceService, journal: Journal, *,
         margins: Margins, window: MatchWindow, timing: Timing,
         on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
-        on_result: Callable[[PartResult], None] | None = None,
+        on_result: Callable[[PartResult], None] | None = None, recipes: Sequence[Recipe] = (),
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self._now = clock
@@ -146,6 +146,7 @@ class LineController:
         self.on_result = on_result or (lambda r: None)
         """Every recorded outcome, for panels (sync, must not block: the HMI queues it)."""
         self.operator = OperatorControl()
+        self.recipes = tuple(recipes)
         self._actions: deque[str] = deque(maxlen=10)
         self.health = Health.STARTING
         self.outcomes: Counter[str] = Counter()
@@ -219,7 +220,10 @@ class LineController:
         """An operator's command (from the HMI, already allowed for `role`): applied, journaled in
         the audit table, and answered with what it did or why not."""
         try:
-            detail = self.operator.apply(action, argument, state=self.vision_state, alarms=self.alarms, by=user)
+            if action is Action.PREPARE_RECIPE:
+                detail = await self._prepare_recipe(argument)
+            else:
+                detail = self.operator.apply(action, argument, state=self.vision_state, alarms=self.alarms, by=user)
             ok = True
         except Refused as exc:
             ok, detail = False, str(exc)
@@ -228,6 +232,23 @@ class LineController:
         self._update_health()
         self.on_status(self.status())  # the panel sees the new state at once
         return ok, detail
+
+    async def _prepare_recipe(self, recipe_id: str) -> str:
+        """Load the recipe's model beside the serving one, check it answers, switch between parts."""
+        recipe = next((r for r in self.recipes if r.id == recipe_id), None)
+        if recipe is None:
+            raise Refused(f"no recipe {recipe_id!r} (installed: {', '.join(r.id for r in self.recipes) or 'none'})")
+        if recipe.problem:
+            raise Refused(f"recipe {recipe_id} cannot be used: {recipe.problem}")
+        if recipe.version and recipe.version == self._model_version:
+            raise Refused(f"recipe {recipe_id} ({recipe.version}) is already serving")
+        try:
+            version = await self.inference.swap_model(Path(recipe.model))
+        except (InferenceError, ConfigError) as exc:
+            raise Refused(f"recipe {recipe_id} not switched to, {self._model_version or 'the old model'} still "
+                          f"serving: {str(exc).splitlines()[0]}") from None  # fmt: skip
+        self._model_version = version
+        return f"recipe {recipe_id} ({version}) serving from the next part"
 
     async def audit(self, *, user: str, role: str, peer: str, action: str, argument: str, result: str,
                     detail: str) -> None:  # fmt: skip
@@ -724,6 +745,8 @@ class LineController:
             alarms=self.alarms.active, model_version=self._model_version, vision_state=self.vision_state.value,
             plc_connected=self._plc_ok, inference_in_flight=sum(t.get_name().startswith("judge-") for t in self._tasks),
             shadow_requested=self.operator.shadow_requested, conditions=self.alarms.conditions,
+            recipes=self.recipes, active_recipe=next((r.id for r in self.recipes
+                                                      if r.version and r.version == self._model_version), ""),
             recent_actions=tuple(self._actions),
         )  # fmt: skip
 

@@ -63,9 +63,12 @@ def _build_inference(cfg: LineConfig) -> Any:
 
     if not ray.is_initialized():
         # "local": always a fresh local Ray, never an unrelated cluster found running on this host.
+        # Its driver-side loggers reach ours (configure_logging=False); its actors log JSON into
+        # Ray's session folder (log_to_driver=False: nothing unformatted on our stderr).
         ray.init(
             address=inf.ray_address or "local", include_dashboard=False, log_to_driver=False,
             num_cpus=None if inf.ray_address else max(2, inf.actors), configure_logging=False,
+            logging_config=ray.LoggingConfig(encoding="JSON", log_level="WARNING"),
         )  # fmt: skip
     return RayInferencePool(
         inf.model, num_actors=inf.actors, max_in_flight_per_actor=max(inf.max_in_flight_per_actor, inf.max_batch),
@@ -146,6 +149,10 @@ async def _run_locked(
             ))  # fmt: skip
             publishers.append(hmi.publish)
             result_sinks.append(hmi.publish_result)
+        from workers.recipes import scan_recipes
+
+        inf = cfg.inference
+        recipes = await asyncio.to_thread(scan_recipes, inf.recipes_dir or inf.model.resolve().parent.parent)
         d = cfg.deadline
         controller = LineController(
             plc, camera, inference, journal,
@@ -158,7 +165,7 @@ async def _run_locked(
                 plc_max_cycle_s=d.plc_max_cycle_ms / 1000, trigger_latency_s=d.trigger_latency_ms / 1000,
             ),
             on_status=lambda status: _publish_all(publishers, status),
-            on_result=lambda result: _publish_all(result_sinks, result),
+            on_result=lambda result: _publish_all(result_sinks, result), recipes=recipes,
         )  # fmt: skip
         operated.append(controller)
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)

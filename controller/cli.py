@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.bootstrap import run_controller
     from controller.config import load_config
 
-    logs.configure(args.log_level, file=Path(args.log_file) if args.log_file else None)
+    logs.configure(args.log_level, file=Path(args.log_file) if args.log_file else None, json=args.log_format == "json")
     cfg = load_config(Path(args.config))
 
     async def until_signalled() -> None:
@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the controller against a real (or simulated) PLC and camera")
     r.add_argument("--config", required=True)
     r.add_argument("--log-level", default="info")
-    r.add_argument("--log-file", metavar="PATH", help="log as JSON lines to this file (default: stderr)")
+    r.add_argument("--log-file", metavar="PATH", help="log to this file, rotated at 50 MB, 5 kept (default: stderr)")
+    r.add_argument("--log-format", choices=("json", "console"), default="json",
+                   help="JSON lines (default: for journald, files and log shippers) or lines for a person")
     r.set_defaults(fn=_run)
 
     t = sub.add_parser("train", help="train a model on a dataset folder (needs the 'train' extra)")

@@ -72,12 +72,15 @@ class RayInferenceConfig(_Strict):
     engine_cache_dir: Path = Path("runs/engines")
     ray_address: str | None = None
     """None: start a local Ray; otherwise join that cluster."""
+    recipes_dir: Path | None = None
+    """Installed models, one folder each (default: the folder above the model's own)."""
 
 
 class LocalInferenceConfig(_Strict):
     type: Literal["local"]
     model: Path = SHIPPED_MODEL
     threads: int = Field(1, ge=1)
+    recipes_dir: Path | None = None
 
 
 class JournalConfig(_Strict):

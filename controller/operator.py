@@ -46,6 +46,9 @@ class Action(StrEnum):
     """argument: the alarm's name."""
     CONFIRM = "confirm"
     """argument: the alarm's name."""
+    PREPARE_RECIPE = "prepare_recipe"
+    """argument: the recipe's id. Loads its model beside the serving one, checks it answers, then
+    switches between two parts (the inference service's hot swap)."""
 
 
 class Refused(Exception):
@@ -99,6 +102,8 @@ class OperatorControl:
                     raise Refused(f"shadow mode is 'on' or 'off', not {argument!r}")
                 self.shadow_requested = argument == "on"
                 return f"shadow mode requested {argument} (the PLC decides and reports it)"
+            case Action.PREPARE_RECIPE:
+                raise Refused("a recipe is prepared by the controller, not by the operator rules")
             case Action.ACKNOWLEDGE | Action.CONFIRM:
                 try:
                     if action is Action.ACKNOWLEDGE:

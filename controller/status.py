@@ -53,8 +53,34 @@ class LineStatus:
     """The controller asks the PLC for shadow mode (`request_shadow`); `shadow_mode` is the PLC's answer."""
     conditions: tuple[Condition, ...] = ()
     """Alarms latched for the operator: active, or not yet acknowledged and confirmed."""
+    recipes: tuple[Recipe, ...] = ()
+    active_recipe: str = ""
+    """The recipe whose model is serving ("" when the model is none of them)."""
     recent_actions: tuple[str, ...] = ()
     """The last operator actions, newest first, one line each (the journal's audit table has them all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """An installed model a line can switch to (workers/recipes.py finds them)."""
+
+    id: str
+    """Its folder's name."""
+    model: str
+    version: str = ""
+    train_data_hash: str = ""
+    detection_rate: float | None = None
+    false_reject_rate: float | None = None
+    """From its evaluation report, where it has one."""
+    problem: str = ""
+    """Why it cannot be used (its model does not load), or empty."""
+
+    def describe(self) -> str:
+        quality = (f"detects {self.detection_rate:.1%} at {self.false_reject_rate:.2%} false rejects"
+                   if self.detection_rate is not None and self.false_reject_rate is not None else "not evaluated")
+        if self.problem:
+            return f"{self.id}: unusable: {self.problem}"
+        return f"{self.id}: {self.version}, {quality}, training data {self.train_data_hash[:12] or '?'}"
 
 
 @dataclass(frozen=True, slots=True)

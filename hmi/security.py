@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -126,6 +127,11 @@ class UserStore:
             self._stamp, self._users = stamp, users
         return self._users
 
+    @property
+    def stamp(self) -> object:
+        """Changes whenever the file does (as last read)."""
+        return self._stamp
+
     def users(self) -> list[HmiUser]:
         return [HmiUser(name, Role.parse(e["role"])) for name, e in sorted(self._load().items())]
 
@@ -171,12 +177,26 @@ _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 class HmiUserManager:
     """asyncua's user manager: username/password only. Remembers each logged-in name's role for the
-    access rules (hmi/access.py), which see only asyncua's `User`."""
+    access rules (hmi/access.py), which see only asyncua's `User`.
+
+    A password hash costs ~40 ms of CPU and 16 MiB of memory by design, and asyncua checks it on its
+    event loop. So that logins cannot be turned into load: a password already verified is
+    recognised by a keyed fast hash (while the users file is unchanged), and after
+    `MAX_FAILURES` failed logins within `FAILURE_WINDOW_S` every further one is refused without
+    hashing (for a user name; and for all names together, 4 times as many) until the window passes."""
+
+    MAX_FAILURES = 5
+    FAILURE_WINDOW_S = 60.0
 
     def __init__(self, store: UserStore) -> None:
         self.store = store
         self.roles: dict[str, Role] = {}
         self.refused = 0
+        self.refused_unhashed = 0
+        self._key = secrets.token_bytes(32)
+        self._verified: dict[bytes, HmiUser] = {}
+        self._verified_stamp: object = None
+        self._failures: dict[str, list[float]] = {}
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:  # fmt: skip
@@ -184,16 +204,38 @@ class HmiUserManager:
             self.refused += 1
             return None
         try:
-            user = self.store.check(username, password)
+            user = self._check(username, password)
         except SecurityError as exc:
             _log.error("%s", exc)  # a broken users file: nobody logs in, and the log says why
             user = None
         if user is None:
             self.refused += 1
-            _log.warning("login refused for user %r", username)
+            _log.warning("login refused for user %r", username[:64])
             return None
         self.roles[user.name] = user.role
         return User(role=UserRole.User, name=user.name)
+
+    def _check(self, name: str, password: str) -> HmiUser | None:
+        self.store.users()  # re-reads a changed file: a removed user or a new password takes effect
+        if self._verified_stamp != self.store.stamp:
+            self._verified, self._verified_stamp = {}, self.store.stamp
+        token = hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+        if (known := self._verified.get(token)) is not None:
+            return known
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(name, []) if now - t < self.FAILURE_WINDOW_S]
+        everyone = sum(len([t for t in ts if now - t < self.FAILURE_WINDOW_S]) for ts in self._failures.values())
+        if len(recent) >= self.MAX_FAILURES or everyone >= 4 * self.MAX_FAILURES:
+            self.refused_unhashed += 1
+            return None
+        user = self.store.check(name, password)
+        if user is None:
+            if len(self._failures) < 1000 or name in self._failures:
+                self._failures[name] = [*recent, now]
+            return None
+        self._verified[token] = user
+        self._failures.pop(name, None)
+        return user
 
 
 # -- certificates -----------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
 
 # Not a LineStatus field: when the controller last published, so a panel can tell a frozen
 # controller (old timestamp) from a quiet line (fresh timestamp, same counts).
-SHOWN_ELSEWHERE = frozenset({"vision_state", "shadow_requested", "conditions", "recent_actions"})
+SHOWN_ELSEWHERE = frozenset({"vision_state", "shadow_requested", "conditions", "recent_actions", "recipes",
+                             "active_recipe"})  # fmt: skip
 """`LineStatus` fields the `VisionSystem` object shows (hmi/vision_system.py), not `Line`."""
 
 UPDATED_AT = StatusVariable("", "UpdatedAt", ua.VariantType.DateTime, "When this status was published (UTC).")

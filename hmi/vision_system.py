@@ -58,6 +58,8 @@ RESULTS_KEPT = 5000
 """Results answered from memory by GetResultById; older ones are read from the journal."""
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 COMMAND_TIMEOUT_S = 5.0
+RECIPE_TIMEOUT_S = 180.0
+"""Preparing a recipe starts its model's workers and checks them: seconds to minutes (TensorRT)."""
 
 
 class Controller(Protocol):
@@ -142,6 +144,12 @@ class VisionSystem:
         etype = await server.create_custom_event_type(mv, "ResultReadyEventType", ua.ObjectIds.BaseEventType, fields)
         self._result_event = await server.get_event_generator(etype, vs)
 
+        recipes = await self._object(vs, "RecipeManagement", mv)
+        await self._var(recipes, "Recipes", [], ua.VariantType.String, own, array=True)
+        await self._var(recipes, "ActiveRecipe", "", ua.VariantType.String, own)
+        await self._method(recipes, "PrepareRecipe", mv, Role.ENGINEER, self._prepare_recipe,
+                           [_arg("RecipeId", ua.ObjectIds.String, "an id from Recipes")], _DONE)  # fmt: skip
+
         shadow = await self._object(vs, "ShadowMode", own)
         await self._var(shadow, "ShadowRequested", False, ua.VariantType.Boolean, own)
         await self._var(shadow, "ShadowMode", False, ua.VariantType.Boolean, own)
@@ -195,14 +203,17 @@ class VisionSystem:
         node = await self._method(parent, name, ns, role, handler, [], _DONE)
         await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(what, "en"))))
 
-    async def _command(self, action: Action, argument: str) -> tuple[bool, str]:
+    async def _command(self, action: Action, argument: str, timeout_s: float = COMMAND_TIMEOUT_S) -> tuple[bool, str]:
         try:
-            return await asyncio.wait_for(self._controller.command(action, argument, current_caller()),
-                                          COMMAND_TIMEOUT_S)  # fmt: skip
+            return await asyncio.wait_for(self._controller.command(action, argument, current_caller()), timeout_s)
         except TimeoutError:
             raise ua.UaStatusCodeError(ua.StatusCodes.BadTimeout) from None
 
     # -- method handlers ---------------------------------------------------------------------------
+
+    async def _prepare_recipe(self, _parent: ua.NodeId, recipe: ua.Variant | str) -> list[ua.Variant]:
+        rid = str(recipe.Value if isinstance(recipe, ua.Variant) else recipe)
+        return _done(*await self._command(Action.PREPARE_RECIPE, rid[:128], RECIPE_TIMEOUT_S))
 
     async def _request_shadow(self, _parent: ua.NodeId, on: ua.Variant | bool) -> list[ua.Variant]:
         value = on.Value if isinstance(on, ua.Variant) else on
@@ -292,6 +303,8 @@ class VisionSystem:
         await self._write("ShadowRequested", status.shadow_requested, ua.VariantType.Boolean, stamp)
         await self._write("ShadowMode", status.shadow_mode, ua.VariantType.Boolean, stamp)
         await self._write("OperatorActions", list(status.recent_actions), ua.VariantType.String, stamp)
+        await self._write("Recipes", [r.describe() for r in status.recipes], ua.VariantType.String, stamp)
+        await self._write("ActiveRecipe", status.active_recipe, ua.VariantType.String, stamp)
         await self._update_conditions(status.conditions)
 
     async def _write(self, name: str, value: Any, vtype: ua.VariantType, stamp: datetime) -> None:

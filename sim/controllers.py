@@ -251,7 +251,7 @@ class ControllerProcess:
                 entry = json.loads(line)
                 if isinstance(entry, dict) and entry.get("event") in events:
                     found[entry["event"]] = {k: v for k, v in entry.items()
-                                             if k not in ("event", "level", "timestamp")}  # fmt: skip
+                                             if k not in ("event", "level", "timestamp", "logger")}  # fmt: skip
         return found
 
     def _kill_group(self, pgid: int) -> None:

@@ -103,6 +103,17 @@ async def _publish_while_ticking(hmi: HmiProcess, count: int) -> int:
 async def test_the_hmi_process_runs_at_a_lower_priority(hmi: HmiProcess) -> None:
     assert hmi.pid is not None and hmi.pid != os.getpid()
     assert os.getpriority(os.PRIO_PROCESS, hmi.pid) > os.getpriority(os.PRIO_PROCESS, 0)
+    # Also against other sessions, where the kernel shares CPU by session first (autogroup).
+    assert os.getsid(hmi.pid) != os.getsid(0)
+    assert _autogroup_nice(hmi.pid) in (None, 19)
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    """The nice value of a process's autogroup; None where the kernel has none."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except OSError:
+        return None
 
 
 async def test_a_stalled_hmi_never_blocks_the_publisher_and_shows_the_latest_when_it_resumes(

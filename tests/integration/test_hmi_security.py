@@ -170,6 +170,7 @@ MATRIX: dict[str, tuple[str, str, Callable[[str], list[ua.Variant]]]] = {
     "GetResultById": ("viewer", "VisionSystem.ResultManagement", lambda r: [ua.Variant("1/1")]),
     "GetResultImage": ("viewer", "VisionSystem.ResultManagement", lambda r: [ua.Variant("1/1")]),
     "RequestShadowMode": ("engineer", "VisionSystem.ShadowMode", lambda r: [ua.Variant(False)]),
+    "PrepareRecipe": ("engineer", "VisionSystem.RecipeManagement", lambda r: [ua.Variant("no-such-recipe")]),
     "Acknowledge": ("operator", "VisionSystem.Alarms.matrix",
                     lambda r: [ua.Variant(b"", ua.VariantType.ByteString), ua.Variant(ua.LocalizedText(r))]),
     "Confirm": ("operator", "VisionSystem.Alarms.matrix",
