@@ -21,9 +21,10 @@ import structlog
 
 from controller.adapters.exclusive_lock import hold_exclusive_lock, plc_lock_path
 from controller.adapters.frame_stream import StreamCamera
-from controller.adapters.journal import SqliteJournal
+from controller.adapters.journal import Retention, SqliteJournal
 from controller.adapters.memory_lock import lock_memory
 from controller.adapters.plc_link import Snap7PlcLink
+from controller.adapters.systemd import SystemdNotifier
 from controller.app import LineController, Timing
 from controller.config import LineConfig, StreamCameraConfig
 from controller.core.frame_matching import MatchWindow
@@ -130,7 +131,10 @@ async def _run_locked(
     )  # fmt: skip
     camera: FrameSource = _build_camera(cfg)
     j = cfg.journal
-    journal = SqliteJournal(j.path, max_images=j.max_images, stall_s=j.stall_ms / 1000, check_every_s=j.check_every_s)
+    retention = Retention(images_days=j.keep_images_days, records_days=j.keep_records_days,
+                          max_bytes=int(j.max_size_mb * 1e6) if j.max_size_mb else None)  # fmt: skip
+    journal = SqliteJournal(j.path, max_images=j.max_images, stall_s=j.stall_ms / 1000, check_every_s=j.check_every_s,
+                            retention=retention)  # fmt: skip
     async with AsyncExitStack() as stack:
         await _connect_all(stack, {"plc": plc, "camera": camera, "inference": inference, "journal": journal})
         publishers = [on_status] if on_status else []
@@ -169,6 +173,11 @@ async def _run_locked(
         )  # fmt: skip
         operated.append(controller)
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
+        systemd = SystemdNotifier()
+        stack.callback(systemd.close)
+        stack.callback(systemd.stopping)
+        publishers.append(lambda status: systemd.watchdog())  # the status loop runs: the event loop lives
+        systemd.ready(f"inspecting for PLC {plc.name}")
         gc_pauses = _settle_gc()
         unlocked = lock_memory()
         log.info("memory_locked", locked=unlocked is None, **({"why_not": unlocked} if unlocked else {}))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.errors import ConfigError
 
@@ -88,6 +88,15 @@ class JournalConfig(_Strict):
     max_images: int = Field(20000, ge=0, description="oldest images are evicted first; records stay")
     stall_ms: float = Field(1000.0, gt=0, description="a record waiting this long for the disk: alarm, not ready")
     check_every_s: float = Field(3600.0, gt=0, description="PRAGMA quick_check of the open journal, off the writer")
+    keep_images_days: float | None = Field(None, gt=0, description="frames older than this are deleted")
+    keep_records_days: float | None = Field(None, gt=0, description="records, alarms, audit older than this too")
+    max_size_mb: float | None = Field(None, gt=0, description="pages in use: oldest frames, then records, beyond")
+
+    @model_validator(mode="after")
+    def _frames_go_first(self) -> JournalConfig:
+        if self.keep_images_days and self.keep_records_days and self.keep_images_days > self.keep_records_days:
+            raise ValueError("keep_images_days must not exceed keep_records_days (a frame is kept with its record)")
+        return self
 
 
 SecurityPolicy = Literal[

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -134,6 +135,18 @@ class ControllerProcess:
         """The part counts at which the fault struck."""
         self.fault_struck = fault is None
         """The scenario's fault really happened (the run was long enough, the signal was sent)."""
+        # As systemd would (Type=notify, WatchdogSec=10): the controller's notifications arrive here.
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self._notify_name = f"lineinspect-sim-{os.getpid()}-{id(self)}"
+        self._notify.bind("\0" + self._notify_name)
+        self.notifications: list[str] = []
+
+    def _notified(self) -> dict[str, Any]:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while True:
+                self.notifications += self._notify.recv(4096).decode().splitlines()
+        return {"ready": self.notifications.count("READY=1"), "watchdog": self.notifications.count("WATCHDOG=1"),
+                "stopping": self.notifications.count("STOPPING=1")}  # fmt: skip
 
     @property
     def _proc(self) -> asyncio.subprocess.Process:
@@ -159,6 +172,7 @@ class ControllerProcess:
         for proc in self._procs:
             self._kill_group(proc.pid)
             await proc.wait()
+        self._notify.close()
 
     async def start(self) -> None:
         n = len(self._procs) + 1
@@ -169,7 +183,8 @@ class ControllerProcess:
                 sys.executable, "-m", "controller.cli", "run", "--config", str(self.config_path),
                 "--log-file", str(self._log(n)),
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": "@" + self._notify_name,
+                     "WATCHDOG_USEC": "10000000"},
             ))  # fmt: skip
 
     async def check(self) -> None:
@@ -239,8 +254,10 @@ class ControllerProcess:
         exit_code = self._proc.returncode
         self._kill_group(self._proc.pid)
         ended = self._logged(("controller_stopped", "gc_pauses"))
+        notified = self._notified()
         return {**ended.get("controller_stopped", {}), "gc_pauses": ended.get("gc_pauses"),
-                "process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code}}  # fmt: skip
+                "process": {"started": len(self._procs), "events": self.events, "exit_code": exit_code,
+                            "systemd": notified}}  # fmt: skip
 
     def _logged(self, events: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """The last process's last log entry of each of these events, less the log's own fields."""

@@ -8,6 +8,8 @@ then, only when none is waiting, the lazy lane in one batch without an fsync of 
 Those reach the disk with the next durable record, and survive the controller being killed (they
 are in the OS's cache); a power cut can lose the last of them, never a record. Frames are
 kept up to `max_images`; the oldest images are evicted first, records are never evicted by images.
+`Retention` bounds the rest by age and size (frames first, then records, alarms and the audit
+trail), in short passes in the lazy lane.
 A record is keyed by (epoch, seq): recording it again replaces it, so a part that failed after its
 first record still has exactly one outcome.
 It also keeps, per epoch, the PLC's gate counters up to which the journal agrees with the gate (the
@@ -38,7 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -88,10 +90,28 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, _DISK_ERRORS) or getattr(exc, "sqlite_errorcode", None) in _CORRUPT
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long the journal keeps what, and how big it may grow. Frames go first: records (outcome,
+    reason, timings), alarms and the audit trail are kept longer."""
+
+    images_days: float | None = None
+    records_days: float | None = None
+    max_bytes: int | None = None
+    """Of pages in use (deleted rows' pages are reused, so the file stops growing near this size)."""
+    every_s: float = 300.0
+    batch: int = 2000
+    """Rows deleted per statement: each pass is short, between the records' transactions."""
+
+
 class SqliteJournal:
     def __init__(self, path: Path, *, max_images: int = 20000, max_pending: int = 10_000, retry_s: float = 0.5,
-                 stall_s: float = 1.0, check_every_s: float = 3600.0) -> None:  # fmt: skip
+                 stall_s: float = 1.0, check_every_s: float = 3600.0,
+                 retention: Retention = Retention()) -> None:  # fmt: skip
         self.path = path
+        self.retention = retention
+        self.retained: dict[str, int] = {}
+        """Rows deleted by retention so far, by table."""
         self.check_every_s = check_every_s
         """How often the open journal is checked (`PRAGMA quick_check`, off the writer)."""
         self.stall_s = stall_s
@@ -270,7 +290,15 @@ class SqliteJournal:
         if self.moved_aside is not None:
             self.error = f"the journal was corrupt ({why}): moved aside to {self.moved_aside}, a fresh one started"
         self._prepare(self._connection())
-        self._checkpointer = _Checkpointer(self.path, check_every_s=self.check_every_s, on_corrupt=self._found_corrupt)
+        r = self.retention
+        retains = r.images_days is not None or r.records_days is not None or r.max_bytes is not None
+        self._checkpointer = _Checkpointer(self.path, check_every_s=self.check_every_s, on_corrupt=self._found_corrupt,
+                                           retain_every_s=r.every_s if retains else None,
+                                           on_retain=self._queue_retention)  # fmt: skip
+
+    def _queue_retention(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the writer was shut down meanwhile
+            self._pool.submit(self._retain, lazy=True)
 
     def _found_corrupt(self, why: str) -> None:
         """The scheduled check found the open journal corrupt (checkpointer thread): the writer moves
@@ -411,6 +439,44 @@ class SqliteJournal:
         db = self._connection()
         db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
         db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
+
+    async def apply_retention(self) -> dict[str, int]:
+        """One retention pass now (the checkpointer runs one every `retention.every_s`)."""
+        await asyncio.wrap_future(self._pool.submit(self._retain, lazy=True))
+        return dict(self.retained)
+
+    def _retain(self) -> None:
+        """Delete frames, then records, older than their age limit, then the oldest beyond the size
+        limit. Runs in the lazy lane: records keep their priority."""
+        r, db, now = self.retention, self._connection(), datetime.now(UTC)
+        deleted: dict[str, int] = {}
+
+        def delete(table: str, where: str, *args: object, limit: int = r.batch) -> int:
+            n = db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} "
+                           f"ORDER BY rowid LIMIT ?)", (*args, limit)).rowcount  # fmt: skip
+            deleted[table] = deleted.get(table, 0) + n
+            return n
+
+        if r.images_days is not None:
+            cutoff = (now - timedelta(days=r.images_days)).isoformat(timespec="milliseconds")
+            delete("images", "(epoch, seq) IN (SELECT epoch, seq FROM parts WHERE wall_utc < ?)", cutoff)
+        if r.records_days is not None:
+            cutoff = (now - timedelta(days=r.records_days)).isoformat(timespec="milliseconds")
+            for table in ("parts", "alarms", "audit", "parts_superseded", "opened"):
+                delete(table, "wall_utc < ?", cutoff)
+        if r.max_bytes is not None:
+            for _ in range(100):  # bounded: the next pass goes on
+                page, pages, free = (db.execute(f"PRAGMA {p}").fetchone()[0]
+                                     for p in ("page_size", "page_count", "freelist_count"))  # fmt: skip
+                if (pages - free) * page <= r.max_bytes:
+                    break
+                if not delete("images", "1", limit=50) and not delete("parts", "1", limit=50):
+                    break
+        deleted = {table: n for table, n in deleted.items() if n}
+        for table, n in deleted.items():
+            self.retained[table] = self.retained.get(table, 0) + n
+        if deleted:
+            log.info("journal_retention", deleted=deleted, journal=str(self.path))
 
     def _lazy_batch(self, jobs: list[Callable[[], None]], meta: object = None) -> None:
         """The lazy lane's jobs in one transaction without an fsync (the next durable commit syncs them)."""
@@ -703,9 +769,11 @@ class _Checkpointer:
     file to `on_corrupt` once."""
 
     def __init__(self, path: Path, period_s: float = 1.0, check_every_s: float = 3600.0,
-                 on_corrupt: Callable[[str], None] = lambda why: None) -> None:  # fmt: skip
+                 on_corrupt: Callable[[str], None] = lambda why: None, retain_every_s: float | None = None,
+                 on_retain: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self._path, self._period_s = path, period_s
         self._check_every_s, self._on_corrupt = check_every_s, on_corrupt
+        self._retain_every_s, self._on_retain = retain_every_s, on_retain
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"journal-checkpoint-{path.name}", daemon=True)
         self._thread.start()
@@ -718,8 +786,12 @@ class _Checkpointer:
         db: sqlite3.Connection | None = None
         inode = 0
         check_at = time.monotonic() + self._check_every_s
+        retain_at = time.monotonic() + (self._retain_every_s or 0.0)
         try:
             while not self._stopping.wait(min(self._period_s, max(0.0, check_at - time.monotonic()))):
+                if self._retain_every_s is not None and time.monotonic() >= retain_at:
+                    retain_at = time.monotonic() + self._retain_every_s
+                    self._on_retain()  # queued in the writer's lazy lane, never done here
                 try:
                     if db is not None and os.stat(self._path).st_ino != inode:
                         db.close()  # the file was moved aside: follow the fresh one, never write the old

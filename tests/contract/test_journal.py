@@ -163,3 +163,47 @@ def test_an_earlier_plc_runs_rows_of_a_reused_epoch_are_set_aside_not_overwritte
     kept = db.execute("SELECT epoch, seq, outcome, superseded_utc IS NOT NULL FROM parts_superseded ORDER BY seq")
     assert list(kept) == [(7, 1, "pass", 1), (7, 2, "pass", 1)]
     assert read_image(db, 7, 2) is None
+
+
+async def test_retention_deletes_old_frames_first_then_old_records_and_bounds_the_size(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from controller.adapters.journal import Retention
+    from controller.ports import AuditEntry
+
+    def ago(days: float) -> str:
+        return (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="milliseconds")
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (96, 96), dtype=np.uint8)  # noise: compresses to ~9 KB
+    retention = Retention(images_days=7, records_days=30, every_s=3600)
+    async with SqliteJournal(tmp_path / "j.db", retention=retention) as journal:
+        for seq, days in enumerate((60, 20, 10, 1, 0), start=1):
+            await journal.record(PartRecord(epoch=1, seq=seq, outcome="pass", reason="model_pass", trigger_pos=0,
+                                            wall_utc=ago(days), image=frame))  # fmt: skip
+        await journal.note_audit(AuditEntry(ago(45), "ann", "operator", "10.0.0.1:1", "halt", "", "done", ""))
+        await journal.note_audit(AuditEntry(ago(2), "ann", "operator", "10.0.0.1:1", "reset", "", "done", ""))
+        await asyncio.sleep(0.3)  # frames are stored lazily
+        assert await journal.apply_retention() == {"images": 3, "parts": 1, "audit": 1}
+        with sqlite3.connect(tmp_path / "j.db") as db:
+            assert [s for (s,) in db.execute("SELECT seq FROM parts ORDER BY seq")] == [2, 3, 4, 5]
+            assert [s for (s,) in db.execute("SELECT seq FROM images ORDER BY seq")] == [4, 5]
+            assert [a for (a,) in db.execute("SELECT action FROM audit")] == ["reset"]
+
+    # A size limit: the oldest frames go until the pages in use fit, records stay while frames can go.
+    capped = Retention(max_bytes=200_000, every_s=3600)
+    async with SqliteJournal(tmp_path / "k.db", retention=capped) as journal:
+        for seq in range(1, 61):
+            await journal.record(PartRecord(epoch=1, seq=seq, outcome="pass", reason="model_pass", trigger_pos=0,
+                                            wall_utc=ago(0), image=frame))  # fmt: skip
+        await asyncio.sleep(0.5)
+        deleted = await journal.apply_retention()
+        with sqlite3.connect(tmp_path / "k.db") as db:
+            page, pages, free = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count",
+                                                                                   "freelist_count"))  # fmt: skip
+            assert (pages - free) * page <= 200_000
+            assert db.execute("SELECT count(*) FROM parts").fetchone()[0] == 60
+            kept = [s for (s,) in db.execute("SELECT seq FROM images ORDER BY seq")]
+        assert deleted["images"] > 0 and kept and kept == list(range(61 - len(kept), 61))
