@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: sim test lint setup clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/opcua_node/package-lock.json
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,train]'
+	# A second OPC UA implementation for the HMI's tests (node-opcua), where Node.js is installed.
+	if command -v npm >/dev/null; then npm ci --prefix tests/opcua_node --no-audit --no-fund --loglevel=error; fi
 	touch $(STAMP)
 
 setup: $(STAMP)

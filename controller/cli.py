@@ -312,6 +312,8 @@ def _hmi(args: argparse.Namespace) -> int:
         print(admin.trust(args.config, args.cert))
     elif args.hmi_command == "certificate":
         print(admin.certificate(args.config))
+    elif args.hmi_command == "client-certificate":
+        print(admin.client_certificate(args.config, args.uri, args.out))
     elif args.user_command == "add":
         print(admin.add_user(args.config, args.name, args.role, args.password_stdin))
     elif args.user_command == "remove":
@@ -413,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     ht = hs.add_parser("trust", help="trust a panel's certificate (DER or PEM), e.g. one from <pki>/rejected/")
     ht.add_argument("cert")
     hc = hs.add_parser("certificate", help="the server's certificate (for panels to trust) and its thumbprint")
+    hk = hs.add_parser("client-certificate", help="a trusted key and certificate for a client that makes none")
+    hk.add_argument("--uri", required=True, help="the client's application URI (it must match the certificate)")
+    hk.add_argument("--out", required=True, help="folder for client-key.pem and client-cert.der")
     hu = hs.add_parser("user", help="HMI users and their roles").add_subparsers(dest="user_command", required=True)
     ua_ = hu.add_parser("add", help="add a user (or change one's role and password)")
     ua_.add_argument("name")
@@ -421,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     ur = hu.add_parser("remove", help="remove a user")
     ur.add_argument("name")
     ul = hu.add_parser("list", help="list the users and their roles")
-    for parser in (ht, hc, ua_, ur, ul):
+    for parser in (ht, hc, hk, ua_, ur, ul):
         parser.add_argument("--config", help="the line's config (default: the built-in one, beside ./lineinspect.db)")
         parser.set_defaults(fn=_hmi)
 

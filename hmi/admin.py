@@ -4,6 +4,8 @@
   the HMI's log, so `trust <pki>/rejected/<name>.der` is the usual way;
 - `certificate`: where the server's certificate is and its thumbprint, for the panel to trust it
   (generated now if the HMI never started);
+- `client-certificate --uri URI --out DIR`: a key and certificate for a client that cannot make its
+  own (a script, a command-line tool), already trusted;
 - `user add NAME --role R`, `user remove NAME`, `user list`: the users file (passwords hashed).
 
 All take the line's config (`--config line.toml`) to find the folders; a running HMI picks every
@@ -50,6 +52,19 @@ def certificate(config: str | None) -> str:
     thumb = cert.fingerprint(hashes.SHA1()).hex(":")  # the OPC UA thumbprint is SHA-1 (Part 6)
     return (f"{pki.cert}\nsubject {cert.subject.rfc4514_string()}\nSHA-1 thumbprint {thumb}\n"
             f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+
+
+def client_certificate(config: str | None, uri: str, out: str) -> str:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key, cert = folder / "client-key.pem", folder / "client-cert.der"
+    asyncio.run(setup_self_signed_certificate(key, cert, uri, "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                              {"commonName": f"lineinspect panel {uri}"}))  # fmt: skip
+    key.chmod(0o600)
+    return f"{key}\n{trust(config, str(cert))}"
 
 
 def add_user(config: str | None, name: str, role: str, password_stdin: bool) -> str:

@@ -141,7 +141,9 @@ class VisionSystem:
                            [_arg("Found", ua.ObjectIds.Boolean, "the part's frame is still in the journal"),
                             _arg("Image", ua.ObjectIds.ByteString, "the frame as PNG")])  # fmt: skip
         fields = [(name, vtype) for name, vtype in RESULT_FIELDS]
-        etype = await server.create_custom_event_type(mv, "ResultReadyEventType", ua.ObjectIds.BaseEventType, fields)
+        # Our namespace, not the companion spec's: its ResultReadyEventType carries a ResultDataType
+        # structure, this one flat fields (docs/hmi.md).
+        etype = await server.create_custom_event_type(own, "ResultReadyEventType", ua.ObjectIds.BaseEventType, fields)
         self._result_event = await server.get_event_generator(etype, vs)
 
         recipes = await self._object(vs, "RecipeManagement", mv)

@@ -106,8 +106,7 @@ class SimPanel:
                 panel.log.first = panel.log.first or event.ResultId
 
         ns = await client.get_namespace_index(NAMESPACE)
-        mv = await client.get_namespace_index(MV_NAMESPACE)
-        etype = await client.nodes.base_event_type.get_child(f"{mv}:ResultReadyEventType")
+        etype = await client.nodes.base_event_type.get_child(f"{ns}:ResultReadyEventType")
         subscription = await client.create_subscription(50, Handler())
         await subscription.subscribe_events(client.get_node(ua.NodeId("VisionSystem", ns)), etype, queuesize=1000)
 

@@ -34,7 +34,6 @@ from controller.status import LineStatus, PartResult
 from hmi.access import Caller
 from hmi.security import Pki, Role, trust_certificate
 from hmi.server import HmiServer
-from hmi.vision_system import MV_NAMESPACE
 from sim.hmi_demo import DemoAccess, secure_client
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -331,8 +330,8 @@ async def test_each_result_is_an_event_and_readable_by_id_with_its_image(hmi: Hm
         await asyncio.sleep(0.5)  # images are stored lazily, after the record
     events = _Events()
     async with connected(hmi.access, "viewer") as client:
-        mv = await client.get_namespace_index(MV_NAMESPACE)
-        etype = await client.nodes.base_event_type.get_child(f"{mv}:ResultReadyEventType")
+        ns = await client.get_namespace_index(NAMESPACE)
+        etype = await client.nodes.base_event_type.get_child(f"{ns}:ResultReadyEventType")
         sub = await client.create_subscription(20, events)
         await sub.subscribe_events(await _node(client, "VisionSystem"), etype)
         results = [PartResult(3, seq, "2026-11-28T10:00:00.000+00:00", "pass", "model_pass", 0, 0.01, "m1",
