@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from hmi_helpers import secure_hmi_process
 
 from controller.alarms import Alarms
 from controller.operator import OperatorControl, Refused, VisionState
@@ -21,13 +22,11 @@ from controller.status import LineStatus, PartResult
 from hmi.admin import client_certificate
 from hmi.messages import AuditMessage, CommandMessage
 
-from hmi_helpers import secure_hmi_process
-
 NODE_CHECK = Path(__file__).parents[1] / "opcua_node"
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which("node") is None or not (NODE_CHECK / "node_modules").is_dir(),
-                       reason="node-opcua not installed (make setup installs it where npm is)"),  # fmt: skip
+                       reason="node-opcua not installed (make setup installs it where npm is)"),
 ]
 
 
@@ -52,14 +51,15 @@ async def test_node_opcua_sees_what_asyncua_sees(tmp_path: Path) -> None:
         config_file = tmp_path / "line.toml"
         config_file.write_text(f"[hmi]\npki_dir = '{tmp_path / 'pki'}'\nusers_file = '{tmp_path / 'users.json'}'\n")
         await asyncio.to_thread(client_certificate, str(config_file), uri, str(tmp_path / "node"))
-        der = (tmp_path / "node" / "client-cert.der").read_bytes()
-        (tmp_path / "node" / "client-cert.pem").write_bytes(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM))
+        cert = x509.load_der_x509_certificate((tmp_path / "node" / "client-cert.der").read_bytes())
+        (tmp_path / "node" / "client-cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
         config = {"endpoint": access.endpoint, "users": access.users, "applicationUri": uri,
                   "cert": str(tmp_path / "node" / "client-cert.pem"), "key": str(tmp_path / "node" / "client-key.pem"),
                   "eventWaitMs": 3000}  # fmt: skip
         (tmp_path / "node.json").write_text(json.dumps(config))
+        pipe = asyncio.subprocess.PIPE
         node = await asyncio.create_subprocess_exec("node", str(NODE_CHECK / "check.mjs"), str(tmp_path / "node.json"),
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+                                                    stdout=pipe, stderr=pipe)  # fmt: skip
 
         async def parts() -> None:
             for seq in range(1, 10_000):
@@ -78,8 +78,11 @@ async def test_node_opcua_sees_what_asyncua_sees(tmp_path: Path) -> None:
     assert "ADMITTED" not in (got["anonymous_none"], got["wrong_password"]), got
     assert got["health"] == "STARTING" and got["state"] in ("Operational", "Halted")
     assert {"3:VisionStateMachine", "3:ResultManagement", "3:RecipeManagement"} <= set(got["visionSystem"])
-    assert "BadUserAccessDenied" in got["viewer_halt"]["error"] and "BadUserAccessDenied" in got["wrong_password"]["error"]
-    assert got["operator_halt"] == {"status": "Good", "outputs": [True, "halted: the PLC rejects every part until Reset"]}
+    assert "BadUserAccessDenied" in got["viewer_halt"]["error"]
+    assert "BadUserAccessDenied" in got["wrong_password"]["error"]
+    halted = [True, "halted: the PLC rejects every part until Reset"]
+    assert got["operator_halt"] == {"status": "Good", "outputs": halted}
     assert got["operator_reset"]["outputs"][0] is True
-    assert len(got["events"]) >= 5 and all(e["resultId"].startswith("7/") and e["outcome"] == "pass" for e in got["events"])
+    events = got["events"]
+    assert len(events) >= 5 and all(e["resultId"].startswith("7/") and e["outcome"] == "pass" for e in events)
     assert any(a.action == "Halt" and a.result == "refused" and a.user == "viewer" for a in audits)
