@@ -35,11 +35,11 @@ class Severity(StrEnum):
 SEVERITY: dict[str, Severity] = {
     "journal_stalled": Severity.WARNING,
     "plc_epoch_reused": Severity.WARNING,
-    "hmi": Severity.WARNING,
+    "trigger_ring_overrun": Severity.WARNING,
     "inference": Severity.ERROR,
     "plc_link": Severity.ERROR,
     "camera": Severity.ERROR,
-    "watchdog": Severity.ERROR,
+    "plc_watchdog": Severity.ERROR,
     "journal": Severity.PERSISTENT_ERROR,
 }
 """A fault the line rides out is a warning; one that makes the PLC reject is an error; one that

@@ -119,6 +119,8 @@ class HmiProcess:
         """Results dropped unsent because `RESULTS_KEPT` newer ones were waiting."""
         self.commands_busy = 0
         """Commands answered "busy" (more than `COMMANDS_IN_FLIGHT` at once)."""
+        self.audits_dropped = 0
+        """Audit messages not journaled because `COMMANDS_IN_FLIGHT` were being handled already."""
 
     # -- the controller's side: never blocks ------------------------------------------------------
 
@@ -178,7 +180,9 @@ class HmiProcess:
             task.cancel()
         if self._commands:
             await asyncio.wait(self._commands)
-        log.info("hmi_stopped", sent=self.sent, dropped=self.dropped, restarts=self.restarts)
+        log.info("hmi_stopped", sent=self.sent, dropped=self.dropped, restarts=self.restarts,
+                 results_dropped=self.results_dropped, commands_busy=self.commands_busy,
+                 audits_dropped=self.audits_dropped)  # fmt: skip
 
     # -- supervision -------------------------------------------------------------------------------
 
@@ -277,8 +281,10 @@ class HmiProcess:
                     log.info(event, endpoint=message.endpoint, pid=proc.pid, restarts=self.restarts)
                 elif isinstance(message, CommandMessage):
                     self._start_command(message)
-                elif self._on_audit is not None:
+                elif self._on_audit is not None and len(self._commands) < COMMANDS_IN_FLIGHT:
                     self._spawn(self._on_audit(message))
+                else:  # the HMI process already limits these: more means it misbehaves
+                    self.audits_dropped += 1
         except ChannelError as exc:
             # Whatever the HMI process sends is untrusted (it faces the panel network): one bad frame
             # and it is stopped; the supervisor starts a fresh one.

@@ -157,7 +157,7 @@ class HmiLimits:
 
 
 class HmiServer:
-    """`async with HmiServer() as hmi: ... hmi.publish(status)`: serves the latest status read-only."""
+    """`async with HmiServer(settings, controller) as hmi: ... hmi.publish(status)`: serves the line to panels."""
 
     def __init__(
         self,

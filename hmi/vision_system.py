@@ -57,6 +57,9 @@ MV_NAMESPACE = "http://opcfoundation.org/UA/MachineVision"
 RESULTS_KEPT = 5000
 """Results answered from memory by GetResultById; older ones are read from the journal."""
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
+STATE_NUMBERS = {"Preoperational": 1, "Halted": 2, "Error": 3, "Operational": 4, "Initialized": 5, "Ready": 6,
+                 "SingleExecution": 7, "ContinuousExecution": 8}  # fmt: skip
+"""The companion spec's StateNumber of each state (VisionStateMachineType, and its automatic mode)."""
 COMMAND_TIMEOUT_S = 5.0
 RECIPE_TIMEOUT_S = 180.0
 """Preparing a recipe starts its model's workers and checks them: seconds to minutes (TensorRT)."""
@@ -122,6 +125,7 @@ class VisionSystem:
         sm = await self._object(vs, "VisionStateMachine", mv)
         await self._var(sm, "CurrentState", ua.LocalizedText("Preoperational"), ua.VariantType.LocalizedText, mv)
         await self._var(sm, "OperationalState", ua.LocalizedText(""), ua.VariantType.LocalizedText, own)
+        await self._var(sm, "StateNumber", STATE_NUMBERS["Preoperational"], ua.VariantType.UInt32, own)
         for name, action, role, what in (
             ("Halt", Action.HALT, Role.OPERATOR, "Halt inspection: the PLC rejects every part until Reset."),
             ("Reset", Action.RESET, Role.OPERATOR, "Leave Halted (or Error): inspect again once healthy."),
@@ -302,6 +306,7 @@ class VisionSystem:
         top, _, sub = status.vision_state.partition(".")
         await self._write("CurrentState", ua.LocalizedText(top), ua.VariantType.LocalizedText, stamp)
         await self._write("OperationalState", ua.LocalizedText(sub), ua.VariantType.LocalizedText, stamp)
+        await self._write("StateNumber", STATE_NUMBERS[sub or top], ua.VariantType.UInt32, stamp)
         await self._write("ShadowRequested", status.shadow_requested, ua.VariantType.Boolean, stamp)
         await self._write("ShadowMode", status.shadow_mode, ua.VariantType.Boolean, stamp)
         await self._write("OperatorActions", list(status.recent_actions), ua.VariantType.String, stamp)

@@ -228,7 +228,7 @@ class _Flood:
             self.counts["hmi_never_reachable"] += 1
             return
         for _ in range(self.plan.rounds):
-            for phase in (self.huge_browses, self.session_storm, self.allowed_walk, self.intruders):
+            for phase in (self.intruders, self.huge_browses, self.session_storm, self.allowed_walk):
                 if not self.time_left():
                     return
                 await phase()

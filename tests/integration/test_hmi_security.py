@@ -280,29 +280,29 @@ async def test_an_alarm_is_raised_acknowledged_confirmed_and_cleared_in_order_an
         named: Callable[[str], Callable[[Any], bool]] = lambda name: lambda e: e.ConditionName == name  # noqa: E731
 
         # A trip that comes and goes between two status snapshots: still raised once, then latched.
-        hmi.line.alarms.set("watchdog", True, "PLC watchdog tripped")
-        hmi.line.alarms.set("watchdog", False)
+        hmi.line.alarms.set("plc_watchdog", True, "PLC watchdog tripped")
+        hmi.line.alarms.set("plc_watchdog", False)
         hmi.line.publish()
-        raised = await events.next(named("watchdog"))
+        raised = await events.next(named("plc_watchdog"))
         assert _state(raised) == (True, False, False, True) and raised.Severity == 800
         assert "PLC watchdog tripped" in raised.Message.Text
-        cleared = await events.next(named("watchdog"))
+        cleared = await events.next(named("plc_watchdog"))
         assert _state(cleared) == (False, False, False, True)  # inactive, but kept until acknowledged
 
-        condition = await _node(client, "VisionSystem.Alarms.watchdog")
+        condition = await _node(client, "VisionSystem.Alarms.plc_watchdog")
         ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
         confirm = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Confirm)
         comment = ua.Variant(ua.LocalizedText("seen"))
         with pytest.raises(ua.UaStatusCodeError):  # not before it is acknowledged
             await condition.call_method(confirm, ua.Variant(raised.EventId, ua.VariantType.ByteString), comment)
         await condition.call_method(ack, ua.Variant(raised.EventId, ua.VariantType.ByteString), comment)
-        acked = await events.next(named("watchdog"))
+        acked = await events.next(named("plc_watchdog"))
         assert _state(acked) == (False, True, False, True) and acked.ClientUserId == "operator"
         with pytest.raises(ua.UaStatusCodeError) as again:
             await condition.call_method(ack, ua.Variant(raised.EventId, ua.VariantType.ByteString), comment)
         assert again.value.code == ua.StatusCodes.BadConditionBranchAlreadyAcked
         await condition.call_method(confirm, ua.Variant(raised.EventId, ua.VariantType.ByteString), comment)
-        done = await events.next(named("watchdog"))
+        done = await events.next(named("plc_watchdog"))
         assert _state(done) == (False, True, True, False)  # over: no longer retained
 
         # An alarm raised, acknowledged while active, then cleared: events in that order.
