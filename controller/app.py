@@ -227,8 +227,10 @@ class LineController:
             ok = True
         except Refused as exc:
             ok, detail = False, str(exc)
-        await self.audit(user=user, role=role, peer=peer, action=action.value, argument=argument,
-                         result="done" if ok else "refused", detail=detail)  # fmt: skip
+        # Answered and shown at once; the audit entry is queued in the journal's records lane, kept
+        # like a record until the disk takes it (a slow disk must not make a done Halt look failed).
+        entry = self._noted(user, role, peer, action.value, argument, "done" if ok else "refused", detail)
+        self._spawn(self.journal.note_audit(entry), name="audit")
         self._update_health()
         self.on_status(self.status())  # the panel sees the new state at once
         return ok, detail
@@ -253,13 +255,18 @@ class LineController:
     async def audit(self, *, user: str, role: str, peer: str, action: str, argument: str, result: str,
                     detail: str) -> None:  # fmt: skip
         """One operator action (done or refused, here or by the HMI's role check) into the journal."""
+        await self.journal.note_audit(self._noted(user, role, peer, action, argument, result, detail))
+
+    def _noted(self, user: str, role: str, peer: str, action: str, argument: str, result: str,
+               detail: str) -> AuditEntry:  # fmt: skip
+        """Logged and shown on the HMI at once; returned for the journal."""
         entry = AuditEntry(datetime.now(UTC).isoformat(timespec="milliseconds"), user, role, peer, action,
                            argument, result, detail)  # fmt: skip
         log.info("operator_action", user=user, role=role, peer=peer, action=action, argument=argument,
                  result=result, detail=detail)  # fmt: skip
         what = f"{action} {argument}" if argument else action
         self._actions.appendleft(f"{entry.wall_utc} {user} ({role}) from {peer}: {what} -> {result}: {detail}")
-        await self.journal.note_audit(entry)
+        return entry
 
     def _update_health(self) -> None:
         self.alarms.set("inference", not self.inference.healthy, "no healthy inference worker")
@@ -484,7 +491,7 @@ class LineController:
                         recorded=recorded.reason.value, gate=gate.outcome.value, reason=gate.reason.value)  # fmt: skip
             job = self.journal.amend(gate.part.epoch, gate.part.seq, gate.outcome.value, gate.reason.value)
             self._spawn(self._journal_job(job), name=f"amend-{gate.part.seq}")
-            self._publish_result(gate, None, None, None, None)  # panels see the correction too
+            self._publish_result(gate, None, None, None, None, corrected=True)  # panels see the correction too
 
     async def _journal_job(self, job: Awaitable[None]) -> None:
         try:
@@ -711,7 +718,7 @@ class LineController:
         ))  # fmt: skip
 
     def _publish_result(self, done: Finished, frame: Frame | None, result: InferenceResult | None,
-                        t_start: float | None, t_end: float | None) -> None:  # fmt: skip
+                        t_start: float | None, t_end: float | None, *, corrected: bool = False) -> None:  # fmt: skip
         p = done.part
 
         def ms(a: float | None, b: float | None) -> float | None:
@@ -721,7 +728,7 @@ class LineController:
             p.epoch, p.seq, datetime.now(UTC).isoformat(timespec="milliseconds"), done.outcome.value,
             done.reason.value, result.defect_class if result else None, result.score if result else None,
             result.model_version if result else "", ms(p.seen_at, frame.received_at if frame else None),
-            ms(t_start, t_end), ms(p.seen_at, self._now()),
+            ms(t_start, t_end), ms(p.seen_at, self._now()), corrected,
         ))  # fmt: skip
 
     # ------------------------------------------------------------------ status

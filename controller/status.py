@@ -101,6 +101,8 @@ class PartResult:
     inference_ms: float | None
     total_ms: float | None
     """Trigger seen → outcome decided."""
+    corrected: bool = False
+    """The PLC's gate did otherwise than recorded: this replaces the part's earlier result."""
 
     @property
     def result_id(self) -> str:

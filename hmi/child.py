@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -121,15 +122,15 @@ def configure_logging() -> None:
 
 class ControllerPipe:
     """The controller as the HMI server sees it: commands out on stdout, replies back on stdin.
-    Audit messages (refusals above all) are rate-limited, so a client calling forbidden methods in a
-    loop cannot fill the controller's journal: beyond `AUDITS_PER_S`, they are counted and the count
-    is audited with the next one that passes."""
+    Refusals are audited at most `AUDITS_PER_S`, so a client calling forbidden methods in a loop
+    cannot fill the controller's journal: beyond, they are counted and the count is audited with the
+    next one that passes. What was done (a user added) is always audited."""
 
     AUDITS_PER_S = 5.0
 
     def __init__(self, out: asyncio.StreamWriter) -> None:
         self._out = out
-        self._next_id = 0
+        self._next_id = secrets.randbits(40)  # a restarted HMI never takes a reply meant for its predecessor
         self._waiting: dict[int, asyncio.Future[tuple[bool, str]]] = {}
         self._tokens = self.AUDITS_PER_S
         self._refilled = time.monotonic()
@@ -151,7 +152,7 @@ class ControllerPipe:
         now = time.monotonic()
         self._tokens = min(self.AUDITS_PER_S, self._tokens + (now - self._refilled) * self.AUDITS_PER_S)
         self._refilled = now
-        if self._tokens < 1:
+        if result == "refused" and self._tokens < 1:  # what was done is always audited
             self.audits_suppressed += 1
             return
         self._tokens -= 1

@@ -22,6 +22,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 
 from controller.errors import ControllerError
+from controller.operator import VisionState
 from controller.status import LineStatus, PartResult
 
 _log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class Metrics:
 
     def on_results(self, results: Iterable[PartResult]) -> None:
         for r in results:
+            if r.corrected:  # the same part again: its times were counted with its first result
+                continue
             self.results += 1
             for stage, value in (("frame", r.frame_ms), ("inference", r.inference_ms), ("total", r.total_ms)):
                 if value is not None:
@@ -81,8 +84,8 @@ class Metrics:
 
         model = f'model_version="{_escape(s.model_version)}"'
         metric("lineinspect_parts_total", "counter", "Triggers by recorded outcome.",
-               [(f'outcome="{o}",{model}', v) for o, v in (("pass", s.passes), ("reject", s.rejects),
-                                                              ("failsafe", s.failsafe))])  # fmt: skip
+               [(f'outcome="{o}"', v) for o, v in (("pass", s.passes), ("reject", s.rejects),
+                                                   ("failsafe", s.failsafe))])  # fmt: skip
         metric("lineinspect_failsafe_total", "counter", "Fail-safe rejects by reason.",
                [(f'reason="{_escape(r)}"', n) for r, n in sorted(s.failsafe_by_reason.items())])  # fmt: skip
         metric("lineinspect_triggers_total", "counter", "Triggers seen (decided or still open).", [("", s.triggers)])
@@ -98,7 +101,7 @@ class Metrics:
         metric("lineinspect_plc_connected", "gauge", "1 while the S7 link to the PLC works.", [("", s.plc_connected)])
         metric("lineinspect_ready", "gauge", "The ready bit the controller sends the PLC.", [("", s.ready_bit)])
         metric("lineinspect_vision_state", "gauge", "The Machine Vision state (1 for the current one).",
-               [(f'state="{s.vision_state}"', 1)])  # fmt: skip
+               [(f'state="{state.value}"', state.value == s.vision_state) for state in VisionState])  # fmt: skip
         metric("lineinspect_shadow_mode", "gauge", "1 while the PLC is in shadow mode.", [("", s.shadow_mode)])
         metric("lineinspect_alarm_active", "gauge", "1 while an alarm is active, 0 while latched after it cleared.",
                [(f'alarm="{_escape(c.name)}",severity="{c.severity.value}"', c.active)
@@ -113,7 +116,7 @@ class Metrics:
                [("", s.plc_watchdog_trips)])  # fmt: skip
         metric("lineinspect_model_info", "gauge", "The model in use.", [(model, 1)])
         metric("lineinspect_hmi_results_total", "counter", "Part results the HMI received.", [("", self.results)])
-        metric("lineinspect_hmi_results_dropped_total", "counter", "Part results dropped before the HMI got them.",
+        metric("lineinspect_hmi_results_dropped_total", "counter", "Part results the HMI process dropped unshown.",
                [("", self.results_dropped)])  # fmt: skip
         return "\n".join(out) + "\n"
 

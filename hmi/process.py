@@ -66,6 +66,8 @@ RESULTS_KEPT = 2000
 """Parts' results waiting for the HMI: 100 s of a 20 parts/s line."""
 COMMANDS_IN_FLIGHT = 4
 """Operator commands being handled at once; more are answered "busy" without being applied."""
+AUDITS_IN_FLIGHT = 64
+"""Audit entries from the HMI being written at once (the HMI limits refusals to 5 a second)."""
 
 CommandHandler = Callable[[CommandMessage], Awaitable[tuple[bool, str]]]
 AuditHandler = Callable[[AuditMessage], Awaitable[None]]
@@ -94,7 +96,9 @@ class HmiProcess:
         self._on_command = on_command
         self._on_audit = on_audit
         self._results: deque[PartResult] = deque(maxlen=RESULTS_KEPT)
-        self._replies: deque[ReplyMessage] = deque()
+        self._replies: deque[ReplyMessage] = deque(maxlen=COMMANDS_IN_FLIGHT * 16)
+        """Bounded: a child that sends commands without reading its replies loses the oldest."""
+        self._audits: set[asyncio.Task[None]] = set()
         self._commands: set[asyncio.Task[None]] = set()
         self._nice = nice
         self._backoff_s = backoff_s
@@ -119,6 +123,9 @@ class HmiProcess:
         """Results dropped unsent because `RESULTS_KEPT` newer ones were waiting."""
         self.commands_busy = 0
         """Commands answered "busy" (more than `COMMANDS_IN_FLIGHT` at once)."""
+        self.feed_busy_s = 0.0
+        self.feed_busy_max_s = 0.0
+        """The controller's own time spent on the HMI: encoding and writing frames (its event loop's)."""
         self.audits_dropped = 0
         """Audit messages not journaled because `COMMANDS_IN_FLIGHT` were being handled already."""
 
@@ -176,13 +183,15 @@ class HmiProcess:
         # wait() rather than `await`: the supervisor's own CancelledError is expected, while a
         # cancellation of this caller must still propagate.
         await asyncio.wait([supervisor])
-        for task in self._commands:
+        pending = self._commands | self._audits
+        for task in pending:
             task.cancel()
-        if self._commands:
-            await asyncio.wait(self._commands)
+        if pending:
+            await asyncio.wait(pending)
         log.info("hmi_stopped", sent=self.sent, dropped=self.dropped, restarts=self.restarts,
                  results_dropped=self.results_dropped, commands_busy=self.commands_busy,
-                 audits_dropped=self.audits_dropped)  # fmt: skip
+                 audits_dropped=self.audits_dropped, feed_busy_ms=round(self.feed_busy_s * 1000, 1),
+                 feed_busy_max_ms=round(self.feed_busy_max_s * 1000, 3))  # fmt: skip
 
     # -- supervision -------------------------------------------------------------------------------
 
@@ -210,6 +219,7 @@ class HmiProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._stderr,
         )  # fmt: skip
         self._proc = proc
+        self._replies.clear()  # answers to the previous process's commands mean nothing to this one
         assert proc.stdin is not None and proc.stdout is not None
         pipe = proc.stdin.transport.get_extra_info("pipe")
         with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere the default size
@@ -239,15 +249,23 @@ class HmiProcess:
             await self._wake.wait()
             self._wake.clear()
             while self._replies or self._results or self._pending is not None:
+                started = time.perf_counter()
                 frame = self._next_frame()
                 if frame is None:
                     continue
                 try:
                     stdin.write(frame)
-                    await stdin.drain()
                 except (BrokenPipeError, ConnectionResetError):
                     self.dropped += 1
                     return  # the child is gone: the supervisor sees it exit and starts another
+                busy = time.perf_counter() - started
+                self.feed_busy_s += busy
+                self.feed_busy_max_s = max(self.feed_busy_max_s, busy)
+                try:
+                    await stdin.drain()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.dropped += 1
+                    return
 
     def _next_frame(self) -> bytes | None:
         """Replies first, then results (oldest first), then the newest status."""
@@ -281,8 +299,8 @@ class HmiProcess:
                     log.info(event, endpoint=message.endpoint, pid=proc.pid, restarts=self.restarts)
                 elif isinstance(message, CommandMessage):
                     self._start_command(message)
-                elif self._on_audit is not None and len(self._commands) < COMMANDS_IN_FLIGHT:
-                    self._spawn(self._on_audit(message))
+                elif self._on_audit is not None and len(self._audits) < AUDITS_IN_FLIGHT:
+                    self._spawn(self._on_audit(message), self._audits)
                 else:  # the HMI process already limits these: more means it misbehaves
                     self.audits_dropped += 1
         except ChannelError as exc:
@@ -310,10 +328,11 @@ class HmiProcess:
 
         self._spawn(handle())
 
-    def _spawn(self, job: Awaitable[None]) -> None:
+    def _spawn(self, job: Awaitable[None], tasks: set[asyncio.Task[None]] | None = None) -> None:
+        into = self._commands if tasks is None else tasks
         task = asyncio.ensure_future(job)
-        self._commands.add(task)
-        task.add_done_callback(self._commands.discard)
+        into.add(task)
+        task.add_done_callback(into.discard)
 
     def _reply(self, reply: ReplyMessage) -> None:
         self._replies.append(reply)

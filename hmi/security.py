@@ -26,7 +26,9 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from asyncua.crypto.validator import CertificateValidator, CertificateValidatorO
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 _log = logging.getLogger(__name__)
 
@@ -135,6 +138,14 @@ class UserStore:
     def users(self) -> list[HmiUser]:
         return [HmiUser(name, Role.parse(e["role"])) for name, e in sorted(self._load().items())]
 
+    def role_of(self, name: str) -> Role | None:
+        """The user's role now (None: no such user); a broken file means no role."""
+        try:
+            entry = self._load().get(name)
+        except SecurityError:
+            return None
+        return Role.parse(entry["role"]) if entry else None
+
     def check(self, name: str, password: str) -> HmiUser | None:
         """The user, if the password is theirs; None otherwise (unknown users cost the same time)."""
         entry = self._load().get(name)
@@ -188,8 +199,14 @@ class HmiUserManager:
     MAX_FAILURES = 5
     FAILURE_WINDOW_S = 60.0
 
-    def __init__(self, store: UserStore) -> None:
+    def __init__(self, store: UserStore, trusted: Callable[[bytes], bool], *, allow_unsecured: bool = False) -> None:
+        """`trusted` says whether the secure channel's client certificate (DER) is trusted: asyncua
+        checks the certificate a client puts in CreateSession, if it puts one, but never ties it
+        to the channel, so the login checks the channel's own. Without one (a SecurityPolicy None
+        channel) a login is refused unless `allow_unsecured`."""
         self.store = store
+        self.trusted = trusted
+        self.allow_unsecured = allow_unsecured
         self.roles: dict[str, Role] = {}
         self.refused = 0
         self.refused_unhashed = 0
@@ -202,6 +219,12 @@ class HmiUserManager:
                  certificate: Any = None) -> User | None:  # fmt: skip
         if not username or password is None:
             self.refused += 1
+            return None
+        untrusted = (not self.allow_unsecured) if certificate is None else not self.trusted(certificate)
+        if untrusted:
+            self.refused += 1
+            _log.warning("login refused for user %r: the secure channel's certificate is %s", username[:64],
+                         "missing" if certificate is None else "not trusted")  # fmt: skip
             return None
         try:
             user = self._check(username, password)
@@ -223,15 +246,17 @@ class HmiUserManager:
         if (known := self._verified.get(token)) is not None:
             return known
         now = time.monotonic()
-        recent = [t for t in self._failures.get(name, []) if now - t < self.FAILURE_WINDOW_S]
-        everyone = sum(len([t for t in ts if now - t < self.FAILURE_WINDOW_S]) for ts in self._failures.values())
+        self._failures = {n: kept for n, ts in self._failures.items()
+                          if (kept := [t for t in ts if now - t < self.FAILURE_WINDOW_S])}  # fmt: skip
+        recent = self._failures.get(name, [])
+        everyone = sum(len(ts) for ts in self._failures.values())
         if len(recent) >= self.MAX_FAILURES or everyone >= 4 * self.MAX_FAILURES:
             self.refused_unhashed += 1
             return None
         user = self.store.check(name, password)
         if user is None:
-            if len(self._failures) < 1000 or name in self._failures:
-                self._failures[name] = [*recent, now]
+            key = name if len(self._failures) < 100 or name in self._failures else "\0others"
+            self._failures[key] = [*self._failures.get(key, []), now]  # bounded: 100 names and the rest together
             return None
         self._verified[token] = user
         self._failures.pop(name, None)
@@ -316,11 +341,17 @@ class TrustListValidator:
 
     OPTIONS = CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT
 
+    MAX_REJECTED = 100
+    """Refused certificates kept for inspection; beyond, none is added (each client may bring a new one)."""
+
     def __init__(self, pki: Pki) -> None:
         self.pki = pki
         self._store = TrustStore([pki.trusted], [])
         self._validator = CertificateValidator(self.OPTIONS, self._store)
         self._stamp: tuple[int, int] | None = None
+        self._sync_stamp: tuple[int, int] | None = None
+        self._anchors: list[x509.Certificate] = []
+        self._thumbprints: frozenset[bytes] = frozenset()
         self.refused = 0
 
     async def __call__(self, cert: x509.Certificate, app_description: ua.ApplicationDescription) -> None:
@@ -331,10 +362,47 @@ class TrustListValidator:
             self.refused += 1
             name = f"{cert.fingerprint(_SHA1).hex()}.der"
             with contextlib.suppress(OSError):
-                (self.pki.rejected / name).write_bytes(cert.public_bytes(Encoding.DER))
+                if len(list(self.pki.rejected.iterdir())) < self.MAX_REJECTED:
+                    (self.pki.rejected / name).write_bytes(cert.public_bytes(Encoding.DER))
             _log.warning("client certificate refused (%s): %s, kept in %s", ua.StatusCode(exc.code).name,
                          cert.subject.rfc4514_string(), self.pki.rejected / name)  # fmt: skip
             raise
+
+    def is_trusted_der(self, der: bytes) -> bool:
+        """The login's check of the channel's certificate (sync: asyncua calls the user manager so):
+        in its validity period, and in the trusted folder or issued by a certificate there."""
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return False
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return False
+        self._reload_anchors_if_changed()
+        if cert.fingerprint(_SHA1) in self._thumbprints:
+            return True
+        if not self._anchors:
+            return False
+        permit = ExtensionPolicy.permit_all()
+        verifier = PolicyBuilder().store(Store(self._anchors)).extension_policies(
+            ca_policy=permit, ee_policy=permit).build_client_verifier()  # fmt: skip
+        try:
+            verifier.verify(cert, [])
+        except VerificationError:
+            return False
+        return True
+
+    def _reload_anchors_if_changed(self) -> None:
+        st = self.pki.trusted.stat()
+        stamp = (st.st_mtime_ns, len(list(self.pki.trusted.iterdir())))
+        if stamp == self._sync_stamp:
+            return
+        anchors = []
+        for path in sorted(self.pki.trusted.iterdir()):
+            with contextlib.suppress(SecurityError):
+                anchors.append(load_certificate_file(path))
+        self._anchors, self._sync_stamp = anchors, stamp
+        self._thumbprints = frozenset(c.fingerprint(_SHA1) for c in anchors)
 
     async def _reload_if_changed(self) -> None:
         st = self.pki.trusted.stat()

@@ -186,9 +186,10 @@ class HmiServer:
                                            max_request_bytes=settings.max_request_bytes)  # fmt: skip
         self._controller = controller or _NoController()
         self.users = UserStore(settings.users_file)
-        self.user_manager = HmiUserManager(self.users)
         self.pki = Pki(settings.pki_dir)
         self.validator = TrustListValidator(self.pki)
+        self.user_manager = HmiUserManager(self.users, self.validator.is_trusted_der,
+                                           allow_unsecured=settings.allow_unsecured)  # fmt: skip
         self.rights = MethodRights()
         self.vision: VisionSystem | None = None
         self._results: deque[PartResult] = deque(maxlen=RESULTS_QUEUED)
@@ -261,7 +262,8 @@ class HmiServer:
             _log.warning("HMI offers SecurityPolicy None (hmi.allow_unsecured): anyone on %s can read "
                          "the traffic and passwords; for commissioning only", self._endpoint)  # fmt: skip
         rules = AccessRules(self._limits.max_nodes_per_request, self._limits.max_nodes_per_second,
-                            roles=self.user_manager.roles, methods=self.rights, on_refused=self._refused)  # fmt: skip
+                            roles=self.user_manager.roles, methods=self.rights, on_refused=self._refused,
+                            role_now=self.users.role_of)  # fmt: skip
         server.set_security_policy(policies, permission_ruleset=rules)
         server.set_identity_tokens([ua.UserNameIdentityToken])  # no anonymous, no certificate users
         server.set_certificate_validator(self.validator)  # type: ignore[arg-type]

@@ -60,9 +60,18 @@ MAX_IMAGE_BYTES = 4 * 1024 * 1024
 STATE_NUMBERS = {"Preoperational": 1, "Halted": 2, "Error": 3, "Operational": 4, "Initialized": 5, "Ready": 6,
                  "SingleExecution": 7, "ContinuousExecution": 8}  # fmt: skip
 """The companion spec's StateNumber of each state (VisionStateMachineType, and its automatic mode)."""
+ROLE_OF: dict[Action, Role] = {
+    Action.HALT: Role.OPERATOR, Action.RESET: Role.OPERATOR, Action.START_CONTINUOUS: Role.OPERATOR,
+    Action.STOP: Role.OPERATOR, Action.ACKNOWLEDGE: Role.OPERATOR, Action.CONFIRM: Role.OPERATOR,
+    Action.REQUEST_SHADOW: Role.ENGINEER, Action.PREPARE_RECIPE: Role.ENGINEER,
+}  # fmt: skip
+"""The least role for each command: registered with the access rules, and checked again by the
+handler (a SecurityPolicy None session, where asyncua applies no access rules, can act on nothing)."""
 COMMAND_TIMEOUT_S = 5.0
-RECIPE_TIMEOUT_S = 180.0
-"""Preparing a recipe starts its model's workers and checks them: seconds to minutes (TensorRT)."""
+RECIPE_ANSWER_S = 20.0
+"""Preparing a recipe starts its model's workers and checks them: seconds to minutes (TensorRT).
+The engineer is answered within this (a session unused for 30 s is closed, and a call in progress
+does not count as use); what it came to is in ActiveRecipe and OperatorActions."""
 
 
 class Controller(Protocol):
@@ -126,13 +135,13 @@ class VisionSystem:
         await self._var(sm, "CurrentState", ua.LocalizedText("Preoperational"), ua.VariantType.LocalizedText, mv)
         await self._var(sm, "OperationalState", ua.LocalizedText(""), ua.VariantType.LocalizedText, own)
         await self._var(sm, "StateNumber", STATE_NUMBERS["Preoperational"], ua.VariantType.UInt32, own)
-        for name, action, role, what in (
-            ("Halt", Action.HALT, Role.OPERATOR, "Halt inspection: the PLC rejects every part until Reset."),
-            ("Reset", Action.RESET, Role.OPERATOR, "Leave Halted (or Error): inspect again once healthy."),
-            ("StartContinuous", Action.START_CONTINUOUS, Role.OPERATOR, "Inspect every part (from Ready)."),
-            ("Stop", Action.STOP, Role.OPERATOR, "Stop inspecting (to Ready): the PLC rejects every part."),
+        for name, action, what in (
+            ("Halt", Action.HALT, "Halt inspection: the PLC rejects every part until Reset."),
+            ("Reset", Action.RESET, "Leave Halted (or Error): inspect again once healthy."),
+            ("StartContinuous", Action.START_CONTINUOUS, "Inspect every part (from Ready)."),
+            ("Stop", Action.STOP, "Stop inspecting (to Ready): the PLC rejects every part."),
         ):
-            await self._command_method(sm, name, mv, action, role, what)
+            await self._command_method(sm, name, mv, action, ROLE_OF[action], what)
 
         rm = await self._object(vs, "ResultManagement", mv)
         await self._var(rm, "LastResultId", "", ua.VariantType.String, own)
@@ -143,7 +152,7 @@ class VisionSystem:
         await self._method(rm, "GetResultImage", own, Role.VIEWER, self._get_image,
                            [_arg("ResultId", ua.ObjectIds.String, "epoch/seq")],
                            [_arg("Found", ua.ObjectIds.Boolean, "the part's frame is still in the journal"),
-                            _arg("Image", ua.ObjectIds.ByteString, "the frame as PNG")])  # fmt: skip
+                            _arg("Image", ua.ObjectIds.ByteString, "the frame as PNG")], per_request=4)  # fmt: skip
         fields = [(name, vtype) for name, vtype in RESULT_FIELDS]
         # Our namespace, not the companion spec's: its ResultReadyEventType carries a ResultDataType
         # structure, this one flat fields (docs/hmi.md).
@@ -153,13 +162,13 @@ class VisionSystem:
         recipes = await self._object(vs, "RecipeManagement", mv)
         await self._var(recipes, "Recipes", [], ua.VariantType.String, own, array=True)
         await self._var(recipes, "ActiveRecipe", "", ua.VariantType.String, own)
-        await self._method(recipes, "PrepareRecipe", mv, Role.ENGINEER, self._prepare_recipe,
+        await self._method(recipes, "PrepareRecipe", mv, ROLE_OF[Action.PREPARE_RECIPE], self._prepare_recipe,
                            [_arg("RecipeId", ua.ObjectIds.String, "an id from Recipes")], _DONE)  # fmt: skip
 
         shadow = await self._object(vs, "ShadowMode", own)
         await self._var(shadow, "ShadowRequested", False, ua.VariantType.Boolean, own)
         await self._var(shadow, "ShadowMode", False, ua.VariantType.Boolean, own)
-        await self._method(shadow, "RequestShadowMode", own, Role.ENGINEER, self._request_shadow,
+        await self._method(shadow, "RequestShadowMode", own, ROLE_OF[Action.REQUEST_SHADOW], self._request_shadow,
                            [_arg("On", ua.ObjectIds.Boolean, "ask the PLC for shadow mode (true) or out of it")],
                            _DONE)  # fmt: skip
 
@@ -167,8 +176,8 @@ class VisionSystem:
                                                   ua.QualifiedName("Alarms", own))  # fmt: skip
         for method, action in ((ua.ObjectIds.AcknowledgeableConditionType_Acknowledge, Action.ACKNOWLEDGE),
                                (ua.ObjectIds.AcknowledgeableConditionType_Confirm, Action.CONFIRM)):  # fmt: skip
-            self._rights.allow(ua.NodeId(method), Role.OPERATOR, action.value.capitalize())
-            server.link_method(server.get_node(method), self._condition_method(action))
+            self._rights.allow(ua.NodeId(method), ROLE_OF[action], action.value.capitalize())
+            server.link_method(server.get_node(method), _answering(self._condition_method(action)))
 
         users = await self._object(vs, "UserManagement", own)
         await self._method(users, "AddUser", own, Role.ADMIN, self._add_user,
@@ -196,10 +205,11 @@ class VisionSystem:
         return node
 
     async def _method(self, parent: Node, name: str, ns: int, role: Role, handler: Callable[..., Awaitable[Any]],
-                      inputs: list[ua.Argument], outputs: list[ua.Argument]) -> Node:  # fmt: skip
+                      inputs: list[ua.Argument], outputs: list[ua.Argument], *,
+                      per_request: int | None = None) -> Node:  # fmt: skip
         nid = ua.NodeId(f"{parent.nodeid.Identifier}.{name}", self._own)
-        node = await parent.add_method(nid, ua.QualifiedName(name, ns), handler, inputs, outputs)
-        self._rights.allow(node.nodeid, role, name)
+        node = await parent.add_method(nid, ua.QualifiedName(name, ns), _answering(handler), inputs, outputs)
+        self._rights.allow(node.nodeid, role, name, per_request=per_request)
         return node
 
     async def _command_method(self, parent: Node, name: str, ns: int, action: Action, role: Role, what: str) -> None:
@@ -209,9 +219,18 @@ class VisionSystem:
         node = await self._method(parent, name, ns, role, handler, [], _DONE)
         await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(what, "en"))))
 
-    async def _command(self, action: Action, argument: str, timeout_s: float = COMMAND_TIMEOUT_S) -> tuple[bool, str]:
+    async def _command(self, action: Action, argument: str) -> tuple[bool, str]:
+        caller = current_caller()
+        if caller.role < ROLE_OF[action]:
+            raise ua.UaStatusCodeError(ua.StatusCodes.BadUserAccessDenied)
+        command = asyncio.ensure_future(self._controller.command(action, argument, caller))
         try:
-            return await asyncio.wait_for(self._controller.command(action, argument, current_caller()), timeout_s)
+            if action is Action.PREPARE_RECIPE:
+                done, _ = await asyncio.wait({command}, timeout=RECIPE_ANSWER_S)
+                if not done:  # it goes on in the controller; the answer is in ActiveRecipe and OperatorActions
+                    return True, f"accepted: still preparing {argument} after {RECIPE_ANSWER_S:.0f} s"
+                return command.result()
+            return await asyncio.wait_for(command, COMMAND_TIMEOUT_S)
         except TimeoutError:
             raise ua.UaStatusCodeError(ua.StatusCodes.BadTimeout) from None
 
@@ -219,7 +238,7 @@ class VisionSystem:
 
     async def _prepare_recipe(self, _parent: ua.NodeId, recipe: ua.Variant | str) -> list[ua.Variant]:
         rid = str(recipe.Value if isinstance(recipe, ua.Variant) else recipe)
-        return _done(*await self._command(Action.PREPARE_RECIPE, rid[:128], RECIPE_TIMEOUT_S))
+        return _done(*await self._command(Action.PREPARE_RECIPE, rid[:128]))
 
     async def _request_shadow(self, _parent: ua.NodeId, on: ua.Variant | bool) -> list[ua.Variant]:
         value = on.Value if isinstance(on, ua.Variant) else on
@@ -254,6 +273,7 @@ class VisionSystem:
         return [ua.Variant(png is not None, ua.VariantType.Boolean), ua.Variant(png or b"", ua.VariantType.ByteString)]
 
     async def _add_user(self, _parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant]:
+        _require(Role.ADMIN)
         name, role, password = (str(a.Value if isinstance(a, ua.Variant) else a) for a in args)
         try:
             self._users.add(name, Role.parse(role), password)
@@ -264,6 +284,7 @@ class VisionSystem:
         return _done(ok, detail)
 
     async def _remove_user(self, _parent: ua.NodeId, name: ua.Variant | str) -> list[ua.Variant]:
+        _require(Role.ADMIN)
         user = str(name.Value if isinstance(name, ua.Variant) else name)
         ok = user != current_caller().user and self._users.remove(user)
         detail = f"user {user} removed" if ok else f"no user {user} to remove (or it is you)"
@@ -271,6 +292,7 @@ class VisionSystem:
         return _done(ok, detail)
 
     async def _list_users(self, _parent: ua.NodeId) -> list[ua.Variant]:
+        _require(Role.ADMIN)
         lines = "\n".join(f"{u.name}:{u.role.name.lower()}" for u in self._users.users())
         return [ua.Variant(lines, ua.VariantType.String)]
 
@@ -396,6 +418,24 @@ class VisionSystem:
         await gen.trigger(datetime.fromisoformat(c.changed_utc), text)
         self._conditions[name] = (node, gen, c)
         self.events_emitted += 1
+
+
+def _answering(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A handler's refusal as the call's status code (asyncua turns any exception into
+    BadUnexpectedError, with a traceback in the log)."""
+
+    async def call(*args: Any) -> Any:
+        try:
+            return await handler(*args)
+        except ua.UaStatusCodeError as exc:
+            return ua.StatusCode(exc.code)
+
+    return call
+
+
+def _require(role: Role) -> None:
+    if current_caller().role < role:
+        raise ua.UaStatusCodeError(ua.StatusCodes.BadUserAccessDenied)
 
 
 def _parse_result_id(rid: str) -> tuple[int, int] | None:

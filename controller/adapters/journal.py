@@ -90,6 +90,10 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, _DISK_ERRORS) or getattr(exc, "sqlite_errorcode", None) in _CORRUPT
 
 
+RETAIN_SLICE_S = 0.02
+"""Retention's share of the writer at a time: a record waits at most this long behind it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
     """How long the journal keeps what, and how big it may grow. Frames go first: records (outcome,
@@ -100,8 +104,8 @@ class Retention:
     max_bytes: int | None = None
     """Of pages in use (deleted rows' pages are reused, so the file stops growing near this size)."""
     every_s: float = 300.0
-    batch: int = 2000
-    """Rows deleted per statement: each pass is short, between the records' transactions."""
+    batch: int = 500
+    """Rows looked at per statement; a pass goes on in slices of `RETAIN_SLICE_S` until done."""
 
 
 class SqliteJournal:
@@ -447,36 +451,55 @@ class SqliteJournal:
 
     def _retain(self) -> None:
         """Delete frames, then records, older than their age limit, then the oldest beyond the size
-        limit. Runs in the lazy lane: records keep their priority."""
+        limit. Runs in the lazy lane for at most `RETAIN_SLICE_S`, then queues itself again: records
+        keep their priority, and no statement scans a table (rows are taken oldest first by rowid,
+        which follows time, and an age check looks at the oldest rows only)."""
         r, db, now = self.retention, self._connection(), datetime.now(UTC)
-        deleted: dict[str, int] = {}
+        started, deleted = time.monotonic(), dict[str, int]()
 
-        def delete(table: str, where: str, *args: object, limit: int = r.batch) -> int:
-            n = db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} "
-                           f"ORDER BY rowid LIMIT ?)", (*args, limit)).rowcount  # fmt: skip
+        def oldest(table: str, where: str, *args: object, limit: int) -> int:
+            """Of the table's `limit` oldest rows, delete those matching `where`."""
+            n = db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY rowid LIMIT ?) "
+                           f"AND {where}", (limit, *args)).rowcount  # fmt: skip
             deleted[table] = deleted.get(table, 0) + n
             return n
 
+        def old_frames(cutoff: str) -> int:
+            """Of the `batch` oldest frames, delete those whose record is older (or gone)."""
+            n = db.execute("DELETE FROM images WHERE rowid IN (SELECT i.rowid FROM (SELECT rowid, epoch, seq FROM "
+                           "images ORDER BY rowid LIMIT ?) i LEFT JOIN parts p USING (epoch, seq) "
+                           "WHERE p.wall_utc IS NULL OR p.wall_utc < ?)", (r.batch, cutoff)).rowcount  # fmt: skip
+            deleted["images"] = deleted.get("images", 0) + n
+            return n
+
+        more = False
         if r.images_days is not None:
             cutoff = (now - timedelta(days=r.images_days)).isoformat(timespec="milliseconds")
-            delete("images", "(epoch, seq) IN (SELECT epoch, seq FROM parts WHERE wall_utc < ?)", cutoff)
-        if r.records_days is not None:
+            while old_frames(cutoff) and not (more := time.monotonic() - started > RETAIN_SLICE_S):
+                pass
+        if r.records_days is not None and not more:
             cutoff = (now - timedelta(days=r.records_days)).isoformat(timespec="milliseconds")
             for table in ("parts", "alarms", "audit", "parts_superseded", "opened"):
-                delete(table, "wall_utc < ?", cutoff)
-        if r.max_bytes is not None:
-            for _ in range(100):  # bounded: the next pass goes on
+                while oldest(table, "wall_utc < ?", cutoff, limit=r.batch):
+                    if more := time.monotonic() - started > RETAIN_SLICE_S:
+                        break
+        if r.max_bytes is not None and not more:
+            while True:
                 page, pages, free = (db.execute(f"PRAGMA {p}").fetchone()[0]
                                      for p in ("page_size", "page_count", "freelist_count"))  # fmt: skip
                 if (pages - free) * page <= r.max_bytes:
                     break
-                if not delete("images", "1", limit=50) and not delete("parts", "1", limit=50):
+                if not oldest("images", "1", limit=50) and not oldest("parts", "1", limit=50):
+                    break
+                if more := time.monotonic() - started > RETAIN_SLICE_S:
                     break
         deleted = {table: n for table, n in deleted.items() if n}
         for table, n in deleted.items():
             self.retained[table] = self.retained.get(table, 0) + n
         if deleted:
-            log.info("journal_retention", deleted=deleted, journal=str(self.path))
+            log.info("journal_retention", deleted=deleted, journal=str(self.path), more=more)
+        if more:
+            self._queue_retention()
 
     def _lazy_batch(self, jobs: list[Callable[[], None]], meta: object = None) -> None:
         """The lazy lane's jobs in one transaction without an fsync (the next durable commit syncs them)."""

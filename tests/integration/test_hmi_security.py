@@ -353,3 +353,54 @@ async def test_each_result_is_an_event_and_readable_by_id_with_its_image(hmi: Hm
         assert (await rm.call_method(image_method, "3/999"))[0] is False
         assert (await rm.call_method(image_method, "not-an-id"))[0] is False
         await sub.delete()
+
+
+async def test_a_password_without_a_trusted_channel_certificate_gets_no_session(hmi: Hmi) -> None:
+    # An unsecured channel (asyncua's server opens one for discovery even when it offers no None
+    # endpoint, and applies no access rules on it) with a valid password in clear: refused.
+    plain = Client(hmi.access.endpoint, timeout=5)
+    await plain.connect_socket()
+    try:
+        await plain.send_hello()
+        await plain.open_secure_channel()
+        session = ua.CreateSessionParameters()
+        session.ClientDescription = ua.ApplicationDescription(ApplicationUri="urn:intruder",
+                                                              ApplicationType=ua.ApplicationType.Client)
+        session.EndpointUrl, session.SessionName = hmi.access.endpoint, "intruder"
+        session.ClientNonce, session.RequestedSessionTimeout = b"\0" * 32, 10_000
+        await plain.uaclient.create_session(session)
+        params = ua.ActivateSessionParameters()
+        params.UserIdentityToken = ua.UserNameIdentityToken(
+            PolicyId="username", UserName="operator", Password=hmi.access.users["operator"].encode())
+        with pytest.raises(ua.UaStatusCodeError) as refused:
+            await plain.uaclient.activate_session(params)
+        assert refused.value.code == ua.StatusCodes.BadUserAccessDenied
+    finally:
+        plain.disconnect_socket()
+    # The login checks the channel's own certificate (asyncua checks the one a client puts in
+    # CreateSession, if any, and never ties it to the channel).
+    manager, password = hmi.server.user_manager, hmi.access.users["operator"]
+    trusted = await asyncio.to_thread(Path(hmi.access.cert).read_bytes)
+    assert manager.get_user(None, "operator", password, certificate=trusted) is not None
+    assert manager.get_user(None, "operator", password, certificate=None) is None
+    assert manager.get_user(None, "operator", password, certificate=b"junk") is None
+
+
+async def test_a_session_cannot_touch_another_sessions_subscriptions(hmi: Hmi) -> None:
+    async with connected(hmi.access, "operator") as operator, connected(hmi.access, "viewer") as viewer:
+        events = _Events()
+        mine = await operator.create_subscription(50, events)
+        await mine.subscribe_events(await _node(operator, "VisionSystem"), ua.ObjectIds.AlarmConditionType)
+        params = ua.DeleteSubscriptionsParameters(SubscriptionIds=[mine.subscription_id])
+        with pytest.raises(ua.UaStatusCodeError) as refused:
+            await viewer.uaclient.delete_subscriptions(params.SubscriptionIds)
+        assert refused.value.code == ua.StatusCodes.BadUserAccessDenied
+        refresh = ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh)
+        with pytest.raises(ua.UaStatusCodeError):
+            await viewer.nodes.server.call_method(refresh, ua.Variant(mine.subscription_id, ua.VariantType.UInt32))
+        # Still the operator's, and still delivering.
+        hmi.line.alarms.set("inference", True, "no healthy inference worker")
+        hmi.line.publish()
+        event = await events.next(lambda e: e.ConditionName == "inference")
+        assert getattr(event, "ActiveState/Id") is True
+        await mine.delete()
