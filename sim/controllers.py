@@ -188,6 +188,7 @@ class ControllerProcess:
             ))  # fmt: skip
 
     async def check(self) -> None:
+        self._notified()  # drained as systemd would: a full queue would refuse the controller's pings
         if self._proc.returncode is not None:
             raise ControllerError(f"controller process exited with {self._proc.returncode} before the run ended "
                                   f"(see {self._log(len(self._procs), 'stderr')})")  # fmt: skip

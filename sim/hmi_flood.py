@@ -228,7 +228,8 @@ class _Flood:
             self.counts["hmi_never_reachable"] += 1
             return
         for _ in range(self.plan.rounds):
-            for phase in (self.intruders, self.huge_browses, self.session_storm, self.allowed_walk):
+            # Intruders early: a short run must see them too (its parts end before a round does).
+            for phase in (self.huge_browses, self.intruders, self.session_storm, self.allowed_walk):
                 if not self.time_left():
                     return
                 await phase()

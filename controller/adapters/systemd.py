@@ -31,6 +31,7 @@ class SystemdNotifier:
         self.ping_every_s = watchdog_s / 4 if watchdog_s else None
         """Ping this often (a quarter of systemd's timeout); None: no watchdog asked for."""
         self._last_ping = 0.0
+        self._failing = False
         self._socket: socket.socket | None = None
         if self._address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -48,7 +49,13 @@ class SystemdNotifier:
         try:
             self._socket.sendto(message, self._address)
         except OSError as exc:
-            log.warning("systemd_notify_failed", error=str(exc))
+            if not self._failing:  # the first failure, and the recovery; not every ping in between
+                log.warning("systemd_notify_failed", error=str(exc))
+            self._failing = True
+            return
+        if self._failing:
+            self._failing = False
+            log.info("systemd_notify_recovered")
 
     def ready(self, status: str) -> None:
         self.notify(READY="1", STATUS=status, MAINPID=str(os.getpid()))

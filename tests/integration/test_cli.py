@@ -97,6 +97,11 @@ def test_simulated_line_end_to_end(tmp_path: Path) -> None:
     assert s["passed_without_own_in_time_pass"] == 0
     assert s["triggers_without_outcome"] == 0 and s["outcomes_without_trigger"] == 0
     assert s["journal_disagrees_with_gate"] == 0
+    # It told "systemd" (the runner listens as systemd would) that it was ready, and that it lived.
+    notified = s["controller"]["process"]["systemd"]
+    assert notified["ready"] == 1 and notified["watchdog"] >= 1 and notified["stopping"] == 1, notified
+    # The HMI's metrics, scraped after the last part, count what the judge counted.
+    assert s["metrics"]["agrees_with_judge"], s["metrics"]
     # Liveness: every part a model verdict, but for a stall now and then on CI's shared cores that
     # leaves a trigger's instant too vague to prove its frame (fail-safe `no_frame`, never a guess)
     # or a record's fsync longer than the part's budget on this VM's disk (`late`): the run then
