@@ -44,7 +44,6 @@ from typing import Any
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from hmi.child import lower_priority
 from sim.hmi_demo import CLIENT_URI, DemoAccess, secure_client
 
 NICE = 19
@@ -228,8 +227,9 @@ class _Flood:
             self.counts["hmi_never_reachable"] += 1
             return
         for _ in range(self.plan.rounds):
-            # Intruders early: a short run must see them too (its parts end before a round does).
-            for phase in (self.huge_browses, self.intruders, self.session_storm, self.allowed_walk):
+            # The intruders' handshakes (and their certificate's key) after the storm: at the line's
+            # very first parts the flood is what it always was.
+            for phase in (self.huge_browses, self.session_storm, self.intruders, self.allowed_walk):
                 if not self.time_left():
                     return
                 await phase()
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=FloodPlan.seconds)
     args = parser.parse_args(argv)
-    lower_priority(NICE)
+    os.nice(NICE)
     # It stands for clients on other machines: its own CPU (decoding what it asked for costs it ~3x
     # what serving costs the HMI) must not compete with the line here. SCHED_IDLE: only idle CPU.
     with contextlib.suppress(AttributeError, OSError):  # Linux only
@@ -311,8 +311,9 @@ class SimHmiFlood:
         except (OSError, ValueError):
             report = {"counts": {}}
         counts = report.get("counts", {})
-        report["struck"] = (counts.get("huge_browse_sent", 0) > 0 and counts.get("sessions_attempted", 0) > 0
-                            and counts.get("intruders_tried", 0) > 0)  # fmt: skip
+        # Intruders come later in a round: a short run may end before them (tests/integration/
+        # test_hmi_security.py refuses them one by one); when tried, none may get in (`hmi_breached`).
+        report["struck"] = counts.get("huge_browse_sent", 0) > 0 and counts.get("sessions_attempted", 0) > 0
         return report
 
 
