@@ -44,6 +44,7 @@ from typing import Any
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from hmi.child import lower_priority
 from sim.hmi_demo import CLIENT_URI, DemoAccess, secure_client
 
 NICE = 19
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=FloodPlan.seconds)
     args = parser.parse_args(argv)
-    os.nice(NICE)
+    lower_priority(NICE)
     # It stands for clients on other machines: its own CPU (decoding what it asked for costs it ~3x
     # what serving costs the HMI) must not compete with the line here. SCHED_IDLE: only idle CPU.
     with contextlib.suppress(AttributeError, OSError):  # Linux only

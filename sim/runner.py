@@ -296,7 +296,8 @@ async def run_simulated_line(
     the controller's progress and the number of parts the run will have; `announce` a line for a
     person (where the HMI and the metrics are)."""
     scenario = SCENARIOS[run.scenario]
-    parts = int(scenario.plant.get("parts", run.parts))  # type: ignore[call-overload]
+    parts = max(int(scenario.plant.get("parts", run.parts)), scenario.min_parts)  # type: ignore[call-overload]
+    run = replace(run, parts=parts)
     if scenario.kill_actor_after is not None and run.kill_actor_after is None:
         # A third into a short run at the latest, so the worker is back before the line ends.
         run = replace(run, kill_actor_after=min(scenario.kill_actor_after, parts // 3))
