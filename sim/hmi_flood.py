@@ -63,6 +63,8 @@ class FloodPlan:
     seconds: float = 120.0
     """The whole flood ends by then, whatever is left."""
     request_timeout_s: float = 5.0
+    arrive_after_s: tuple[float, float] = (1.0, 3.0)
+    """Seconds after the line runs when the flood begins (seeded within this range)."""
 
 
 class _Flood:
@@ -224,6 +226,9 @@ class _Flood:
 
     async def run(self) -> None:
         self.write()
+        # It arrives at a seeded moment in the line's first seconds, not in the very millisecond the
+        # first part is triggered (when the controller's clock model has had the fewest reads).
+        await asyncio.sleep(self.rng.uniform(*self.plan.arrive_after_s))
         if not await self.wait_for_hmi():
             self.counts["hmi_never_reachable"] += 1
             return
