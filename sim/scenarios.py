@@ -143,6 +143,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              panel=PanelPlan(), controller={"hmi": {"enabled": True}}),
     Scenario("hmi-operator", "an operator halts inspection from the HMI for 3 s, then resets it",
              panel=PanelPlan(halt_at_s=4.0, halt_for_s=3.0), controller={"hmi": {"enabled": True}},
+             min_parts=300,  # 15 s: the halt at 4 s, the reset 3 s later, then inspecting again
              # Halted, the controller tells the PLC it is not ready: every part then is rejected.
              failsafe_allowed=frozenset({"not_ready", "plc_rejected"})),
     Scenario("controller-kill-loop", "the controller's process is killed (SIGKILL) 10 times at random moments",

@@ -65,5 +65,6 @@ def _only_timing(s: dict[str, Any]) -> bool:
     if s["scenario"] == "hmi-flood" and not s["hmi_breached"]:
         reasons = TIMING_REASONS | FLOOD_STALLS
         alarms_ok = set(s["alarms_unexpected"]) <= {"plc_link", "plc_watchdog"}
-    return (s["nothing_lost"] and alarms_ok and s["fault_struck"] and set(unexplained) <= reasons
+    return (s["nothing_lost"] and alarms_ok and s["fault_struck"] and not s.get("panel_failed")
+            and not s.get("hmi_breached") and set(unexplained) <= reasons
             and sum(unexplained.values()) <= TIMING_TOLERANCE * s["parts"])  # fmt: skip

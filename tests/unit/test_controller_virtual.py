@@ -22,14 +22,19 @@ WINDOW = MatchWindow(tolerance_s=0.002, same_part_s=0.015)
 """The in-memory camera stamps exposures with the PLC scan that pulsed it; 35 ms smallest pitch."""
 
 
+def controller_for(line: SimMemoryLine) -> LineController:
+    """The controller on the in-memory line, in the running loop's (virtual) time."""
+    return LineController(
+        line.plc, line.camera, line.inference, line.journal,
+        margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
+        timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002),
+        clock=asyncio.get_running_loop().time,
+    )  # fmt: skip
+
+
 def run_line(line: SimMemoryLine) -> dict[str, int]:
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        controller = LineController(
-            line.plc, line.camera, line.inference, line.journal,
-            margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
-            timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002), clock=loop.time,
-        )  # fmt: skip
+        controller = controller_for(line)
         task = asyncio.create_task(controller.run(), name="controller")
         await asyncio.sleep(0.05)  # connected before the first part
         try:
@@ -90,11 +95,7 @@ def test_an_operator_halt_makes_the_plc_reject_every_part_until_reset_and_is_aud
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        controller = LineController(
-            line.plc, line.camera, line.inference, line.journal,
-            margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
-            timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002), clock=loop.time,
-        )  # fmt: skip
+        controller = controller_for(line)
         task = asyncio.create_task(controller.run(), name="controller")
         await asyncio.sleep(0.05)
         run = asyncio.create_task(line.run())
