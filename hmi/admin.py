@@ -21,7 +21,7 @@ from pathlib import Path
 
 from controller.config import LineConfig, load_config
 from controller.errors import ConfigError
-from hmi.security import Pki, Role, SecurityError, UserStore, load_certificate_file, trust_certificate
+from hmi.security import THUMBPRINT, Pki, Role, SecurityError, UserStore, load_certificate_file, trust_certificate
 from hmi.settings import HmiSettings, hmi_settings
 
 
@@ -47,9 +47,7 @@ def certificate(config: str | None) -> str:
     pki = Pki(settings.pki_dir)
     asyncio.run(pki.ensure_server_certificate(f"{DEFAULT_NAMESPACE}:hmi"))
     cert = load_certificate_file(pki.cert)
-    from cryptography.hazmat.primitives import hashes
-
-    thumb = cert.fingerprint(hashes.SHA1()).hex(":")  # the OPC UA thumbprint is SHA-1 (Part 6)
+    thumb = cert.fingerprint(THUMBPRINT).hex(":")
     return (f"{pki.cert}\nsubject {cert.subject.rfc4514_string()}\nSHA-1 thumbprint {thumb}\n"
             f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
 

@@ -40,6 +40,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
@@ -320,19 +321,14 @@ def trust_certificate(pki: Pki, path: Path) -> Path:
     a running HMI picks it up at the client's next connection."""
     cert = load_certificate_file(path)
     pki.make_folders()
-    target = pki.trusted / f"{cert.fingerprint(_SHA1).hex()}.der"
+    target = pki.trusted / f"{cert.fingerprint(THUMBPRINT).hex()}.der"
     target.write_bytes(cert.public_bytes(Encoding.DER))
     (pki.rejected / target.name).unlink(missing_ok=True)
     return target
 
 
-def _sha1() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA1()  # the OPC UA certificate thumbprint (Part 6)
-
-
-_SHA1 = _sha1()
+THUMBPRINT = hashes.SHA1()
+"""The OPC UA certificate thumbprint (Part 6)."""
 
 
 class TrustListValidator:
@@ -361,7 +357,7 @@ class TrustListValidator:
             await self._validator.validate(cert, app_description)
         except ServiceError as exc:
             self.refused += 1
-            name = f"{cert.fingerprint(_SHA1).hex()}.der"
+            name = f"{cert.fingerprint(THUMBPRINT).hex()}.der"
             with contextlib.suppress(OSError):
                 if len(list(self.pki.rejected.iterdir())) < self.MAX_REJECTED:
                     (self.pki.rejected / name).write_bytes(cert.public_bytes(Encoding.DER))
@@ -380,7 +376,7 @@ class TrustListValidator:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return False
         self._reload_anchors_if_changed()
-        if cert.fingerprint(_SHA1) in self._thumbprints:
+        if cert.fingerprint(THUMBPRINT) in self._thumbprints:
             return True
         if not self._anchors:
             return False
@@ -403,7 +399,7 @@ class TrustListValidator:
             with contextlib.suppress(SecurityError):
                 anchors.append(load_certificate_file(path))
         self._anchors, self._sync_stamp = anchors, stamp
-        self._thumbprints = frozenset(c.fingerprint(_SHA1) for c in anchors)
+        self._thumbprints = frozenset(c.fingerprint(THUMBPRINT) for c in anchors)
 
     async def _reload_if_changed(self) -> None:
         st = self.pki.trusted.stat()

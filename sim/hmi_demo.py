@@ -24,11 +24,12 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hmi.security import Pki, Role, UserStore, trust_certificate
+from hmi.server import DEFAULT_NAMESPACE
 from hmi.settings import HmiSettings
 
 CLIENT_URI = "urn:lineinspect:sim:panel"
-SERVER_URI = "urn:lineinspect:hmi"
-"""The HMI's application URI (hmi/server.py: its namespace + ":hmi"), named in its certificate."""
+SERVER_URI = f"{DEFAULT_NAMESPACE}:hmi"
+"""The HMI's application URI (as hmi/server.py sets it), named in its certificate."""
 POLICY = "Basic256Sha256,SignAndEncrypt"
 
 

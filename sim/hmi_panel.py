@@ -20,10 +20,10 @@ from typing import Any
 
 from asyncua import ua
 
+from hmi.server import DEFAULT_NAMESPACE
 from sim.hmi_demo import DemoAccess, secure_client
 
-NAMESPACE = "urn:lineinspect"
-MV_NAMESPACE = "http://opcfoundation.org/UA/MachineVision"
+NAMESPACE = DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True)
