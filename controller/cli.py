@@ -233,17 +233,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate
 
     try:
-        report = evaluate(Path(args.model), Path(args.dataset), Path(args.out), threads=args.threads)
-    except DatasetError as exc:
+        report = evaluate(Path(args.model), Path(args.dataset), Path(args.out), threads=args.threads,
+                          threshold=args.threshold, frr=args.frr)  # fmt: skip
+    except (DatasetError, ValueError) as exc:
         raise ControllerError(str(exc)) from None
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"detection {report['detection_rate']:.4f}  false-reject {report['false_reject_rate']:.4f}  "
-              f"AUROC {report['auroc']:.4f}  at threshold {report['threshold']:.4g} on {report['images']} images")
+        print(f"accuracy {report['accuracy']:.4f}  detection {report['detection_rate']:.4f}  "
+              f"false-reject {report['false_reject_rate']:.4f}  AUROC {report['auroc']:.4f}  at threshold "
+              f"{report['threshold']:.4g} ({report['threshold_source']}) on {report['images']} images")
         for name, c in report["per_class"].items():
             seen = "" if c["seen_in_training"] else "  (not seen in training)"
             print(f"  {name:<12} {c['images']:>6} images  rejected {c['reject_rate']:.4f}{seen}")
+        top = report["check_labels"][:3]
+        if top:
+            print("check these labels (highest-scoring good images): "
+                  + ", ".join(f"{Path(c['file']).name} {c['score']:.3f}" for c in top))
         print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
@@ -388,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="runs/evaluate")
     v.add_argument("--threads", type=int, default=2)
     v.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    at = v.add_mutually_exclusive_group()
+    at.add_argument("--threshold", type=float, help="report at this threshold instead of the model's")
+    at.add_argument("--frr", type=float, help="report at the cut rejecting at most this share of the good images here")
     v.set_defaults(fn=_evaluate)
     b = sub.add_parser("bench", help="benchmark: engine latency per batch size and the controller's overhead")
     b.add_argument("--model", help="ONNX model (default: the shipped one)")

@@ -162,7 +162,7 @@ Trained defect types by difficulty (higher = fainter, smaller):
 
 Confusion (argmax class, trained classes):
 
-{_confusion_table(test["confusion"])}
+{_confusion_table(test["class_confusion"])}
 
 ## Latency (ONNX Runtime {_ort_version()}, CPU, batch 1, model only)
 

@@ -5,11 +5,14 @@ What it does: runs the exported ONNX model through the line's own engine (`OnnxR
 preprocessing, same score, same threshold) on every image of a dataset folder (`good/`, one folder
 per defect class, optional MVTec-style masks), and reports detection and false-reject rates at the
 model's threshold, detection at fixed false-reject rates, AUROC, reject rate per class (classes the
-model never saw included), the confusion matrix of the classes it knows, pixel AUROC where masks
-exist, the threshold curve and the worst misses as images. Writes `report.json`, `scores.csv` (per
+model never saw included), the confusion by the reject decision (each class: passed / rejected) and
+accuracy, the argmax-class confusion of the classes it knows, pixel AUROC where masks exist, the
+good images scoring highest ("check these labels"), the threshold curve and the worst misses as
+images. Another threshold can be applied (`threshold=`, or `frr=`: the cut that rejects that share of
+this data's good images) without touching the model. Writes `report.json`, `scores.csv` (per
 image), PNG plots and `report.html` (which shows them) to the output folder.
 
-What it does not: train, or change the model's threshold (it shows what other thresholds would do).
+What it does not: train, or change the model's threshold.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from workers.onnx_engine import OnnxRuntimeEngine
 
 FIXED_FRRS = (0.005, 0.01, 0.02, 0.05)
 WORST_SHOWN = 6
+CHECK_LABELS = 10
 
 
 @dataclass
@@ -123,7 +127,7 @@ def metrics(scored: Scored, classes: tuple[str, ...], threshold: float) -> dict[
     is_good = np.array([n == "good" for n in scored.names])
     reject = scored.scores >= threshold
     good, defect = scored.scores[is_good], scored.scores[~is_good]
-    per_class = {}
+    per_class, decisions = {}, []
     for name in dict.fromkeys(scored.names):
         sel = np.array([n == name for n in scored.names])
         per_class[name] = {
@@ -132,6 +136,7 @@ def metrics(scored: Scored, classes: tuple[str, ...], threshold: float) -> dict[
             "seen_in_training": name in classes,
             "auroc_vs_good": None if name == "good" else auroc(good, scored.scores[sel]),
         }
+        decisions.append({"class": name, "passed": int((~reject[sel]).sum()), "rejected": int(reject[sel].sum())})
     known = [n for n in dict.fromkeys(scored.names) if n in classes]
     confusion = np.zeros((len(known), len(classes)), int)
     for n, p in zip(scored.names, scored.predicted, strict=True):
@@ -140,6 +145,7 @@ def metrics(scored: Scored, classes: tuple[str, ...], threshold: float) -> dict[
     return {
         "threshold": threshold,
         "images": len(scored.names),
+        "accuracy": float((reject == ~is_good).mean()),
         "detection_rate": float(reject[~is_good].mean()) if (~is_good).any() else math.nan,
         "false_reject_rate": float(reject[is_good].mean()) if is_good.any() else math.nan,
         "escapes": int((~reject[~is_good]).sum()),
@@ -150,21 +156,56 @@ def metrics(scored: Scored, classes: tuple[str, ...], threshold: float) -> dict[
             for frr in FIXED_FRRS
         },
         "per_class": per_class,
-        "confusion": {"rows": known, "cols": list(classes), "counts": confusion.tolist()},
+        "decisions": decisions,
+        "class_confusion": {"rows": known, "cols": list(classes), "counts": confusion.tolist()},
+        "check_labels": check_labels(scored, is_good),
     }
 
 
+def check_labels(scored: Scored, is_good: np.ndarray, n: int = CHECK_LABELS) -> list[dict[str, Any]]:
+    """The good-labelled images that score highest, highest first: in a plant's data the likeliest
+    mislabelled ones, and the ones that set any threshold chosen on these scores."""
+    goods = np.flatnonzero(is_good)
+    top = goods[np.argsort(-scored.scores[goods], kind="stable")][:n]
+    return [{"file": str(scored.files[i]), "score": float(scored.scores[i])} for i in top]
+
+
+def applied_threshold(
+    scored: Scored, model_threshold: float, threshold: float | None, frr: float | None
+) -> tuple[float, str]:
+    """The threshold to report at and where it came from: given, chosen on this data's good images
+    for a false-reject rate (optimistic: the same images judge it), or the model's own."""
+    if threshold is not None and frr is not None:
+        raise ValueError("give a threshold or a false-reject rate, not both")
+    if threshold is not None:
+        return float(threshold), "given"
+    if frr is not None:
+        if not 0.0 <= frr < 1.0:
+            raise ValueError(f"false-reject rate {frr} is not in [0, 1)")
+        good = scored.scores[np.array([n == "good" for n in scored.names])]
+        if len(good) == 0:
+            raise ValueError("a false-reject rate needs good images in the dataset")
+        return cut_for_frr(good, frr), f"chosen on this data's {len(good)} good images for false rejects <= {frr:g}"
+    return model_threshold, "the model's"
+
+
 def evaluate(
-    model_path: str | Path, dataset_dir: str | Path, out_dir: str | Path, *, threads: int = 2, progress: bool = True
+    model_path: str | Path, dataset_dir: str | Path, out_dir: str | Path, *, threads: int = 2, progress: bool = True,
+    threshold: float | None = None, frr: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model_path` on `dataset_dir`; write report.json, PNGs and report.html to `out_dir`.
-    Raises DatasetError (malformed dataset), ConfigError (unusable model) or InferenceError (an
-    image the model cannot take, e.g. smaller than its ROI; the message names the file)."""
+    """Evaluate `model_path` on `dataset_dir` at its threshold (or at `threshold`, or at the cut for
+    `frr`, see `applied_threshold`); write report.json, PNGs and report.html to `out_dir`.
+    Raises DatasetError (malformed dataset), ConfigError (unusable model), InferenceError (an image
+    the model cannot take, e.g. smaller than its ROI; the message names the file) or ValueError (a
+    threshold request that cannot be met)."""
     console = Console(quiet=not progress, stderr=True)
     dataset_dir, out = Path(dataset_dir), Path(out_dir)
     engine = OnnxRuntimeEngine(model_path, intra_op_threads=threads)
     scored = score_dataset(engine, dataset_dir, console)
-    report = metrics(scored, engine.meta.classes, engine.meta.threshold)
+    cut, source = applied_threshold(scored, engine.meta.threshold, threshold, frr)
+    report = metrics(scored, engine.meta.classes, cut)
+    report["threshold_source"] = source
+    report["model_threshold"] = engine.meta.threshold
     report["model"] = {"path": str(model_path), "version": engine.meta.version, "classes": list(engine.meta.classes)}
     report["dataset"] = str(dataset_dir)
     report["pixel_auroc"] = pixel_auroc(scored, dataset_dir, engine.meta.roi)
@@ -173,7 +214,7 @@ def evaluate(
 
     report["worst"] = report_plots.write_all(scored, report, engine.meta.roi, engine.meta.color, out, WORST_SHOWN)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    write_scores_csv(scored, engine.meta.threshold, engine.meta.classes, out / "scores.csv")
+    write_scores_csv(scored, cut, engine.meta.classes, out / "scores.csv")
     (out / "report.html").write_text(render_html(report))
     return report
 
@@ -203,6 +244,11 @@ def render_html(report: dict[str, Any]) -> str:
         f"<td>{_num(c['auroc_vs_good'])}</td></tr>"
         for n, c in report["per_class"].items()
     )
+    decided = "".join(
+        f"<tr><td>{esc(d['class'])}</td><td>{d['passed']}</td><td>{d['rejected']}</td></tr>"
+        for d in report["decisions"]
+    )
+    check = "".join(f"<li>{esc(c['file'])}: {c['score']:.4f}</li>" for c in report["check_labels"])
     fixed = "".join(
         f"<tr><td>{_pct(float(frr))}</td><td>{_pct(v['detection_rate'])}</td><td>{v['threshold']:.4g}</td></tr>"
         for frr, v in report["detection_at_frr"].items()
@@ -213,10 +259,13 @@ def render_html(report: dict[str, Any]) -> str:
 table{{border-collapse:collapse}} tr:nth-child(even){{background:#f2f2f2}} img{{max-width:100%}}</style></head>
 <body>
 <h1>Model {esc(report["model"]["version"])} on {esc(report["dataset"])}</h1>
-<h2>At the model's threshold ({report["threshold"]:.4g})</h2>
-<p><b>Detection rate {_pct(report["detection_rate"])}</b> ({report["escapes"]} escapes) &nbsp;
+<h2>At threshold {report["threshold"]:.4g} ({esc(report["threshold_source"])})</h2>
+<p><b>Accuracy {_pct(report["accuracy"])}</b> &nbsp;
+<b>Detection rate {_pct(report["detection_rate"])}</b> ({report["escapes"]} escapes) &nbsp;
 <b>False-reject rate {_pct(report["false_reject_rate"])}</b> ({report["false_rejects"]} good parts rejected)
 &nbsp; of {report["images"]} images. AUROC {_num(report["auroc"])}; pixel AUROC {_num(report["pixel_auroc"])}.</p>
+<h2>Decisions per class</h2>
+<table><tr><th>class</th><th>passed</th><th>rejected</th></tr>{decided}</table>
 <h2>Per class</h2>
 <table><tr><th>class</th><th>images</th><th>rejected</th><th>seen in training</th><th>AUROC vs good</th></tr>
 {rows}</table>
@@ -224,7 +273,9 @@ table{{border-collapse:collapse}} tr:nth-child(even){{background:#f2f2f2}} img{{
 <table><tr><th>false-reject rate ≤</th><th>detection rate</th><th>threshold</th></tr>{fixed}</table>
 <h2>Threshold curve</h2><img src="threshold.png">
 <h2>Score distributions</h2><img src="scores.png">
-<h2>Confusion matrix (classes the model knows; columns: argmax class)</h2><img src="confusion.png">
+<h2>Confusion by the reject decision</h2><img src="confusion.png">
+<h2>Check these labels</h2><p>The good-labelled images that score highest: a mislabelled one
+here moves every threshold chosen on these scores.</p><ol>{check}</ol>
 <h2>Worst misses</h2><p>Defective parts with the lowest scores and good parts with the highest,
 with the defect map overlaid (red).</p><img src="worst.png">
 </body></html>

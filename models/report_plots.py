@@ -1,5 +1,5 @@
 """The evaluation report's pictures: threshold curve with ROC, score distributions per class,
-confusion matrix, and the worst misses with their defect maps. Not here: the numbers (evaluate.py).
+confusion by the reject decision, and the worst misses with their defect maps. Not here: the numbers (evaluate.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def write_all(
     is_good = np.array([name == "good" for name in scored.names])
     _threshold_curve(scored.scores[is_good], scored.scores[~is_good], report["threshold"], out / "threshold.png")
     _score_histograms(scored, report["threshold"], out / "scores.png")
-    _confusion(report["confusion"], out / "confusion.png")
+    _decisions(report["decisions"], report["threshold"], out / "confusion.png")
     return _worst(scored, is_good, roi, color, out / "worst.png", n)
 
 
@@ -67,18 +67,22 @@ def _score_histograms(scored: Scored, threshold: float, path: Path) -> None:
     plt.close(fig)
 
 
-def _confusion(confusion: dict[str, Any], path: Path) -> None:
-    counts = np.array(confusion["counts"])
-    fig, ax = plt.subplots(figsize=(1.2 * len(confusion["cols"]) + 2, 0.8 * len(confusion["rows"]) + 1.5))
+def _decisions(decisions: list[dict[str, Any]], threshold: float, path: Path) -> None:
+    """Each true class against the line's decision (passed / rejected), counts with row shares."""
+    counts = np.array([[d["passed"], d["rejected"]] for d in decisions])
+    rows = [d["class"] for d in decisions]
+    fig, ax = plt.subplots(figsize=(5, 0.6 * len(rows) + 1.6))
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    # Green where the decision is right (good passed, defect rejected), red where it is wrong.
+    right = np.array([[r == "good", r != "good"] for r in rows])
+    ax.imshow(np.where(right, rates, -rates), cmap="RdYlGn", vmin=-1, vmax=1)
     for (i, j), v in np.ndenumerate(counts):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(confusion["cols"])), confusion["cols"])
-    ax.set_yticks(range(len(confusion["rows"])), confusion["rows"])
-    ax.set(xlabel="predicted (argmax)", ylabel="true")
+        ax.text(j, i, f"{v}\n{100 * rates[i, j]:.1f} %", ha="center", va="center", fontsize=9)
+    ax.set_xticks([0, 1], ["passed", "rejected"])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(xlabel=f"decision at threshold {threshold:.3g}", ylabel="true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -92,7 +96,7 @@ def _worst(
     picks = list(defects[np.argsort(scored.scores[defects])][:n]) + list(goods[np.argsort(-scored.scores[goods])][:n])
     cols = max(1, min(n, 6))
     rows = max(1, -(-len(picks) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.2 * rows), squeeze=False)
     worst = []
     for ax, i in zip(axes.ravel(), picks, strict=False):
         image = np.asarray(Image.open(scored.files[i]).convert("RGB" if color == "rgb" else "L"))
@@ -108,6 +112,6 @@ def _worst(
         ax.axis("off")
     fig.suptitle("Worst misses: lowest-scoring defects, then highest-scoring good parts", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return worst

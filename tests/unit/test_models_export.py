@@ -149,11 +149,29 @@ def test_evaluate_reports_what_the_line_would_do(tiny_run, tmp_path) -> None:
     assert report["per_class"]["dent"]["reject_rate"] == pytest.approx(rejected)
     assert report["per_class"]["dent"]["seen_in_training"] is False
     assert report["images"] == 10 and report["escapes"] + round(report["detection_rate"] * 6) == 6
-    assert report["confusion"]["rows"] == ["good", "spot"] and report["confusion"]["cols"] == list(synthetic.CLASSES)
+    assert report["class_confusion"]["rows"] == ["good", "spot"]
+    assert report["class_confusion"]["cols"] == list(synthetic.CLASSES)
+    # The confusion a quality engineer reads: each class by the reject decision, and accuracy from it.
+    decided = {d["class"]: (d["passed"], d["rejected"]) for d in report["decisions"]}
+    assert sum(map(sum, decided.values())) == 10 and decided["good"][1] == report["false_rejects"]
+    right = decided["good"][0] + sum(r for name, (_, r) in decided.items() if name != "good")
+    assert report["accuracy"] == pytest.approx(right / 10)
+    top = [c["score"] for c in report["check_labels"]]
+    assert top == sorted(top, reverse=True)
+    assert len(report["check_labels"]) == 4 and report["threshold_source"] == "the model's"
     assert 0.0 <= report["auroc"] <= 1.0 and report["pixel_auroc"] is not None
     for name in ("report.html", "report.json", "threshold.png", "scores.png", "confusion.png", "worst.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
     assert "worst.png" in (tmp_path / "report" / "report.html").read_text()
+
+    # Another threshold without retraining: given, or chosen for a false-reject rate on this data.
+    everything = evaluate(onnx_path, data, tmp_path / "at0", progress=False, threshold=0.0)
+    assert everything["false_reject_rate"] == 1.0 and everything["detection_rate"] == 1.0
+    assert everything["threshold_source"] == "given" and everything["model_threshold"] == report["threshold"]
+    strict = evaluate(onnx_path, data, tmp_path / "frr0", progress=False, frr=0.0)
+    assert strict["false_reject_rate"] == 0.0 and strict["threshold"] > max(top)
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(onnx_path, data, tmp_path / "both", progress=False, threshold=0.5, frr=0.01)
 
 
 def test_colour_dataset_gives_an_rgb_model_the_line_feeds_rgb_frames(tmp_path) -> None:
