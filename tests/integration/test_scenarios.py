@@ -63,13 +63,20 @@ hide nothing else: safety is asserted exactly, and the HMI must have admitted no
 def _only_timing(s: dict[str, Any]) -> bool:
     """Everything holds but a few fail-safes from machine timing (see TIMING_TOLERANCE)."""
     unexplained = s["failsafe_unexplained"]
-    # An S7 reply later than the 100 ms request timeout on CI's loaded cores: the link is reset and
-    # its alarm raised and cleared once, within a cycle or two (seen at a line's start, no HMI on).
-    alarms_ok = set(s["alarms_unexpected"]) <= {"plc_link"} and s["alarms"].get("plc_link", {}).get("raised", 0) <= 1
+    # Alarms a loaded machine raises and clears once, each telling the truth about it: `plc_link`, an
+    # S7 reply later than the 100 ms request timeout (seen at a line's start, no HMI on);
+    # `journal_stalled`, a record's fsync over a second (this VM's disk, 2.5 s once in
+    # controller-kill-loop; the controller is not ready meanwhile, so those parts are `not_ready`).
+    timing_alarms = {"plc_link", "journal_stalled"}
+    alarms_ok = set(s["alarms_unexpected"]) <= timing_alarms and all(
+        s["alarms"].get(name, {}).get("raised", 0) <= 1 for name in timing_alarms
+    )
     reasons = TIMING_REASONS | {"plc_link_lost"}
+    if "journal_stalled" in s["alarms_unexpected"]:
+        reasons |= {"not_ready"}
     if s["scenario"] == "hmi-flood" and not s["hmi_breached"]:
-        reasons = TIMING_REASONS | FLOOD_STALLS
-        alarms_ok = set(s["alarms_unexpected"]) <= {"plc_link", "plc_watchdog"}
+        reasons |= FLOOD_STALLS
+        alarms_ok = set(s["alarms_unexpected"]) <= timing_alarms | {"plc_watchdog"}
     return (s["nothing_lost"] and alarms_ok and s["fault_struck"] and not s.get("panel_failed")
             and not s.get("hmi_breached") and set(unexplained) <= reasons
             and sum(unexplained.values()) <= TIMING_TOLERANCE * s["parts"])  # fmt: skip
