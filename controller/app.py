@@ -35,6 +35,7 @@ from controller.alarms import Alarms
 from controller.core import plc_codec as codec
 from controller.core.budget import VerdictBudget
 from controller.core.frame_matching import FrameMatcher, Match, MatchWindow
+from controller.core.gate_decisions import DecisionFollower
 from controller.core.plc_clock import SnapshotClock
 from controller.core.resume import another_plc_run, resume
 from controller.core.tracking import (
@@ -140,6 +141,8 @@ class LineController:
         self.gate_corrections: Counter[str] = Counter()
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
+        self.decisions = DecisionFollower()
+        """What the gate did with each part (the PLC's decision ring), with the running shadow figures."""
         self.matcher = FrameMatcher(window)
         self.alarms = Alarms(on_change=self._note_alarm)
         self.on_status = on_status or (lambda s: None)
@@ -454,6 +457,7 @@ class LineController:
         # may in fact have passed on that verdict; the new epoch's counters cannot tell).
         revoked = [(written, written.revoked()) for written in upd.revoked]
         self._apply_gate(revoked + upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
+        self._note_decisions(snap)
         clock = self._snapshot_clock
         clock.observe(started, finished, snap.encoder_pos, snap.speed, snap.life)
         triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None),
@@ -462,6 +466,18 @@ class LineController:
         if short is not None:
             log.warning("trigger_pitch_below_minimum", counts=short, min_part_pitch_counts=clock.min_pitch_counts)
         self._dispatch(self.matcher.on_triggers(triggers, clock.unseen_after, self._now()))
+
+    def _note_decisions(self, snap: codec.PlcToVision) -> None:
+        """The gate's decisions into the journal's lazy lane: in shadow mode, what the line did and
+        the existing inspection's verdict beside ours (controller/shadow_report.py reads them)."""
+        missed = self.decisions.missed
+        decided = self.decisions.on_snapshot(snap)
+        if self.decisions.missed != missed:
+            log.warning("gate_decisions_missed", epoch=snap.epoch, decided_seq=snap.decided_seq,
+                        missed=self.decisions.missed - missed)  # fmt: skip
+        if decided:
+            jobs = [self.journal.note_gate(snap.epoch, d.seq, d) for d in decided]
+            self._spawn(_settled_all(jobs), name=f"gate-{decided[-1].seq}")
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
         """The PLC lost our heartbeat (we stalled, or the link did) and rejects every part until it
@@ -739,6 +755,7 @@ class LineController:
             state=self.health, ready_bit=self.ready, epoch=self.tracker.epoch or 0,
             line_running=bool(snap and snap.line_running), vision_enabled=bool(snap and snap.vision_enabled),
             shadow_mode=bool(snap and snap.shadow_mode), watchdog_tripped=bool(snap and snap.watchdog_tripped),
+            product_id=snap.product_id if snap else 0, shadow_counts=dict(self.decisions.counts),
             speed_counts_per_s=snap.speed if snap else 0.0,
             triggers=sum(self.outcomes.values()) + len(self.tracker.parts),
             passes=self.outcomes["pass"], rejects=self.outcomes["reject"], failsafe=self.outcomes["failsafe"],
@@ -766,6 +783,10 @@ class LineController:
 
 async def _settled(job: Awaitable[None]) -> None:
     await job
+
+
+async def _settled_all(jobs: list[Awaitable[None]]) -> None:
+    await asyncio.gather(*jobs)
 
 
 def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:

@@ -171,6 +171,7 @@ async def _run_locked(
             on_status=lambda status: _publish_all(publishers, status),
             on_result=lambda result: _publish_all(result_sinks, result), recipes=recipes,
         )  # fmt: skip
+        controller.operator.shadow_requested = cfg.plc.request_shadow
         operated.append(controller)
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
         systemd = SystemdNotifier()

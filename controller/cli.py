@@ -128,7 +128,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     rows = [
         ("parts", s["parts"]), ("defective parts", s["parts_defective"]),
         ("correct passes", s["correct_passes"]), ("correct rejects", s["correct_rejects"]),
-        ("escapes (model miss / other)", "{total} ({model_miss} / {other})".format(**s["escapes"])),
+        ("escapes through the gate (model miss / other)", "{total} ({model_miss} / {other})".format(**s["escapes"])),
         ("false rejects", s["false_rejects"]),
         ("fail-safe rejects", f"{s['gate']['reject_failsafe']} {s['failsafe_by_reason'] or ''}"),
         ("misassociations", s["misassociations"]),
@@ -147,6 +147,19 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         counts = ", ".join(f"{k} {v}" for k, v in m["parts_total"].items())
         agrees = "= judge" if m["agrees_with_judge"] else "≠ judge"
         rows.append(("metrics at the end", f"{m['url']}: {counts} ({agrees})"))
+    if (sh := s.get("shadow")) is not None:
+        o = sh["overall"]
+        rows += [
+            ("shadow: vision vs existing inspection", f"agree {o['agreement']['rate']:.1%}; only vision rejects "
+             f"{o['vision_only_reject']}, only the existing rejects {o['reference_only_reject']}"),
+            ("shadow: escapes vision / existing", f"{o['vision_escapes']['k']} / {o['reference_escapes']['k']} "
+             f"of {o['defective']} defective"),
+            ("shadow: false rejects vision / existing", f"{o['vision_false_rejects']['k']} / "
+             f"{o['reference_false_rejects']['k']} of {o['good']} good"),
+            ("shadow: go-live", sh["readiness"]["verdict"]),
+        ]  # fmt: skip
+        if (r := s.get("shadow_report")) is not None:
+            rows.append(("shadow report", f"{r['html']} ({'= judge' if r['matches_judge'] else '≠ judge'})"))
     rows.append(("verdict", "[green]OK" if s["ok"] else "[red]FAILED"))
     for k, v in rows:
         t.add_row(k, str(v))
@@ -295,6 +308,18 @@ def _bench_journal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_shadow(args: argparse.Namespace) -> int:
+    """Vision against the existing inspection over the parts decided in shadow mode: HTML, JSON, plots."""
+    from controller.shadow_report import Shifts, shadow_report
+
+    out = Path(args.out) if args.out else Path(args.journal).resolve().parent / "shadow-report"
+    result = shadow_report(Path(args.journal), out, Shifts(args.shift_hours, args.shift_start))
+    ready = result["readiness"]
+    print(json.dumps({"verdict": ready["verdict"], "overall": result["overall"], "criteria": ready["criteria"],
+                      "html": str(out / "shadow.html")}, indent=2))  # fmt: skip
+    return 0
+
+
 def _dataset_check(args: argparse.Namespace) -> int:
     from models.dataset_check import check_dataset
 
@@ -414,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     bj.add_argument("--rate", type=float, default=20.0, help="records per second (the line's part rate)")
     bj.set_defaults(fn=_bench_journal)
 
+    rp = sub.add_parser("report", help="reports from a line's journal").add_subparsers(dest="report", required=True)
+    rs = rp.add_parser("shadow", help="shadow mode: vision vs the existing inspection vs the truth, and go-live")
+    rs.add_argument("--journal", required=True, help="the controller's journal (SQLite file)")
+    rs.add_argument("--out", help="output folder (default: shadow-report beside the journal)")
+    rs.add_argument("--shift-hours", type=float, default=8.0, help="length of a shift")
+    rs.add_argument("--shift-start", type=float, default=6.0, help="hour of the day (UTC) a shift starts at")
+    rs.set_defaults(fn=_report_shadow)
     ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
     dc.add_argument("path")

@@ -36,6 +36,8 @@ class Snap7PlcConfig(_Strict):
     request_timeout_ms: float = Field(100.0, gt=0)
     stale_ms: float = Field(100.0, gt=0, description="PLC `life` unchanged this long: link is stale")
     connect_timeout_s: float = Field(3.0, gt=0)
+    request_shadow: bool = Field(False, description="ask the PLC for shadow mode from the start: the gate follows "
+                                 "the existing inspection, vision is recorded beside it (the HMI can change it)")
 
 
 class StreamCameraConfig(_Strict):

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from controller.core.plc_codec import DecisionEntry
     from controller.core.resume import Recorded
     from controller.core.tracking import GateCounters
 
@@ -187,6 +188,10 @@ class Journal(Protocol):
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (diagnostic, never raises)."""
+        ...
+
+    def note_gate(self, epoch: int, seq: int, decision: DecisionEntry) -> Awaitable[None]:
+        """What the PLC's gate did with the part, from its decision ring (queued at the call, never raises)."""
         ...
 
     async def note_audit(self, entry: AuditEntry) -> None:

@@ -28,6 +28,11 @@ class LineStatus:
     vision_enabled: bool = False
     shadow_mode: bool = False
     watchdog_tripped: bool = False
+    product_id: int = 0
+    """The product the PLC says the line runs (0: it does not say)."""
+    shadow_counts: dict[str, int] = field(default_factory=dict)
+    """Vision against the existing inspection over the parts decided since start: both_pass,
+    both_reject, vision_only_reject, reference_only_reject, no_reference; decided, shadow."""
     speed_counts_per_s: float = 0.0
     triggers: int = 0
     passes: int = 0

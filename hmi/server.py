@@ -96,6 +96,13 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
         "shadow_mode", "ShadowMode", _BOOL, "Shadow mode: verdicts are computed and recorded, not enforced."
     ),
     StatusVariable("watchdog_tripped", "WatchdogTripped", _BOOL, "The controller/PLC watchdog has tripped."),
+    StatusVariable("product_id", "ProductId", _I64, "The product the PLC says the line runs (0: it does not say)."),
+    StatusVariable(
+        "shadow_counts", "ShadowAgreementJson", _STR,
+        "Vision against the existing inspection since start, as a JSON object: both_pass, both_reject, "
+        "vision_only_reject, reference_only_reject, no_reference, decided, shadow (parts decided in shadow mode).",
+        _json_object,
+    ),
     StatusVariable("speed_counts_per_s", "LineSpeed", _F64, "Conveyor speed in encoder counts per second."),
     StatusVariable("triggers", "TriggerCount", _I64, "Part triggers seen by the controller."),
     StatusVariable("passes", "PassCount", _I64, "Parts the controller judged good."),

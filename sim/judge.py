@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from controller.adapters.journal import alarm_counts, read_image
-from controller.core.plc_codec import PASS
+from controller.core.agreement import Inspected, agreement
+from controller.core.plc_codec import PASS, REJECT
 from sim.identity import read_stamp
 
 GATE_OF_OUTCOME = {"pass": "pass", "reject": "reject_vision", "failsafe": "reject_failsafe"}
@@ -58,9 +59,12 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         db.close()
 
     gate = Counter(d["gate"] for d in decisions)
-    passed = [d for d in decisions if d["gate"] == "pass"]
-    without_own_pass = sum(1 for d in passed if d["verdict"] != PASS or d["verdict_at"] is None
-                           or d["verdict_at"] > d["decided_at"])  # fmt: skip
+    passed = [d for d in decisions if d["actuated"] == "pass"]
+    # Without shadow mode a part passes only on its own in-time PASS; in shadow mode only on the
+    # existing inspection's PASS (rule 6).
+    without_own_pass = sum(1 for d in passed if not d["shadow"] and (
+        d["verdict"] != PASS or d["verdict_at"] is None or d["verdict_at"] > d["decided_at"]))  # fmt: skip
+    without_reference_pass = sum(1 for d in passed if d["shadow"] and d["reference"] != PASS)
     escapes = [d for d in passed if d["truth"] != 0]
     escapes_model = sum(1 for d in escapes if (rows.get(_key(d)) or (0, 0, "", ""))[3] == "model_pass")
     triggered = {_key(d) for d in decisions}
@@ -87,6 +91,7 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "misassociations": misassociated,
         "frames_without_identity": unreadable,
         "passed_without_own_in_time_pass": without_own_pass,
+        "passed_in_shadow_without_reference_pass": without_reference_pass,
         "triggers_without_outcome": len(triggered - recorded),
         "outcomes_without_trigger": len(recorded - triggered),
         "journal_disagrees_with_gate": disagree,
@@ -107,8 +112,12 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
     }
     # Nothing lost: whatever happened, no wrong frame, no pass without its own PASS, one outcome
     # per trigger, the journal agrees with the gate and is sound, every fail-safe has its reason.
+    shadowed = [d for d in decisions if d["shadow"]]
+    if shadowed:
+        summary["shadow"] = shadow_agreement(shadowed)
     summary["nothing_lost"] = (
-        misassociated == 0 and without_own_pass == 0 and summary["triggers_without_outcome"] == 0
+        misassociated == 0 and without_own_pass == 0 and without_reference_pass == 0
+        and summary["triggers_without_outcome"] == 0
         and summary["outcomes_without_trigger"] == 0 and disagree == 0 and integrity == "ok"
         and len(decisions) == len(report["parts"])
         and sum(failsafe_reasons.values()) == summary["gate"]["reject_failsafe"]
@@ -116,3 +125,13 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
     # With no fault injected, also no fail-safe reject at all.
     summary["ok"] = summary["nothing_lost"] and summary["gate"]["reject_failsafe"] == 0
     return summary
+
+
+def shadow_agreement(decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Vision vs the existing inspection vs the truth over the parts decided in shadow mode, from
+    the simulator's own gate log: what `lineinspect report shadow` must find in the journal."""
+    reference = {PASS: False, REJECT: True}
+    table = agreement(Inspected(vision_reject=d["gate"] != "pass", vision_failsafe=d["gate"] == "reject_failsafe",
+                                reference_reject=reference.get(d["reference"]), truth=d["truth"])
+                      for d in decisions)  # fmt: skip
+    return {"overall": table["overall"], "by_class": table["by_class"], "readiness": table["readiness"]}

@@ -131,6 +131,7 @@ class MemoryJournal:
         self.t_written: dict[tuple[int, int], float] = {}
         self.alarms: list[tuple[str, bool]] = []
         self.audit: list[AuditEntry] = []
+        self.gate: dict[tuple[int, int], c.DecisionEntry] = {}
         self.points: dict[int, GateCounters] = {}
         self._gate: tuple[int, GateCounters] | None = None
         self.error: str | None = None
@@ -186,6 +187,10 @@ class MemoryJournal:
 
     async def note_audit(self, entry: AuditEntry) -> None:
         self.audit.append(entry)
+
+    def note_gate(self, epoch: int, seq: int, decision: c.DecisionEntry) -> asyncio.Future[None]:
+        self.gate[epoch, seq] = decision
+        return asyncio.ensure_future(asyncio.sleep(0))
 
     def note_written(self, epoch: int, seq: int, t_written: float) -> asyncio.Future[None]:
         self.t_written[epoch, seq] = t_written

@@ -36,6 +36,13 @@ class PlantConfig:
     """Encoder count at travel 0; None: random (a real encoder starts anywhere)."""
     bursts: tuple[int, int] = (0, 0)
     """(every N parts, L parts): every N-th part starts a burst of L parts at the smallest pitch."""
+    reference_escape_rate: float = 0.08
+    """The existing inspection (an older AOI or people at a station) passes this share of defective
+    parts at the start of the run ..."""
+    reference_false_reject_rate: float = 0.03
+    """... and rejects this share of good ones ..."""
+    reference_fatigue: float = 0.5
+    """... and both grow by this fraction over the run (a shift: people tire, an AOI's lamp ages)."""
 
     @property
     def decision_counts(self) -> int:
@@ -53,6 +60,8 @@ class SimPart:
     """0 = good, else the defect class."""
     eye_mm: float
     """Conveyor travel at which the part's leading edge reaches the photo-eye."""
+    reference_reject: bool = False
+    """The existing inspection's verdict for this part (what the gate follows in shadow mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +96,16 @@ class Plant:
         self._encoder0 = int(rng.integers(0, U32))
         if self.cfg.encoder_start is not None:
             self._encoder0 = self.cfg.encoder_start % U32
+        # Its own stream, so the parts of a seed stay the same whatever the reference's rates.
+        reference_rng = np.random.default_rng((self.cfg.seed, 7919))
         every, length = self.cfg.bursts
         eye, in_burst = 100.0, 0
         for i in range(self.cfg.parts):
             truth = 0
             if rng.random() < self.cfg.defect_rate:
                 truth = int(rng.integers(1, self.cfg.defect_classes + 1))
-            self.parts.append(SimPart(part_id=i + 1, truth=truth, eye_mm=eye))
+            self.parts.append(SimPart(part_id=i + 1, truth=truth, eye_mm=eye,
+                                      reference_reject=self._reference_rejects(reference_rng, truth, i)))
             if every and i % every == 0:
                 in_burst = length
             pitch = float(rng.uniform(*self.cfg.pitch_mm))
@@ -101,6 +113,13 @@ class Plant:
                 in_burst -= 1
                 pitch = self.cfg.pitch_mm[0]
             eye += pitch
+
+    def _reference_rejects(self, rng: np.random.Generator, truth: int, index: int) -> bool:
+        tired = 1.0 + self.cfg.reference_fatigue * index / max(1, self.cfg.parts - 1)
+        draw = float(rng.random())
+        if truth:
+            return draw >= self.cfg.reference_escape_rate * tired
+        return draw < self.cfg.reference_false_reject_rate * tired
 
     def encoder_at(self, travel_mm: float) -> int:
         return (self._encoder0 + int(travel_mm * self.cfg.counts_per_mm)) % U32

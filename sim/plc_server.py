@@ -39,8 +39,10 @@ class SimPlc:
         self.db_in, self.db_out = db_in, db_out
         self.plc_db = bytearray(c.PLC_TO_VISION_SIZE)
         self.vision_db = bytearray(c.VISION_TO_PLC_SIZE)
+        reference = {part.part_id: part.reference_reject for part in plant.parts}
         self.program = PlcProgram(
-            self.plc_db, self.vision_db, decision_offset=plant.cfg.decision_counts, watchdog_s=watchdog_s
+            self.plc_db, self.vision_db, decision_offset=plant.cfg.decision_counts, watchdog_s=watchdog_s,
+            reference_of=reference.get,
         )
         self.on_trigger = on_trigger or (lambda seq, part_id, at: None)
         """Camera trigger output: (seq, part_id, time) at each photo-eye edge."""

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,8 +25,10 @@ from typing import Any
 
 import structlog
 
+from controller.adapters.journal import add_labels
 from controller.config import LineConfig
 from controller.errors import ControllerError
+from controller.shadow_report import shadow_report
 from hmi.settings import hmi_settings
 from sim.controllers import ControllerProcess, InProcessController, Progress
 from sim.hmi_demo import provision_demo
@@ -186,7 +189,7 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
         "match": {"tolerance_ms": 2.0, "same_part_ms": 0.5 * mean_pitch * 0.7 / run.speed_mm_s * 1000,
                   "frame_delay_ms": 10.0},  # the simulated camera renders and sends a frame in a few ms
         **run.extra,
-    }, scenario.controller))  # fmt: skip
+    }, {**scenario.controller, **({"plc": {"request_shadow": True}} if scenario.shadow else {})}))  # fmt: skip
 
 
 def _panel_vs_journal(log: PanelLog, journal: Path) -> dict[str, Any]:
@@ -212,6 +215,29 @@ def _panel_vs_journal(log: PanelLog, journal: Path) -> dict[str, Any]:
             "outcome_differs": len(differs), "differs_first": differs[:5],
             "unknown": len(set(log.results) - set(parts)), "actions": log.actions, "audit": audit,
             "error": log.error}  # fmt: skip
+
+
+def label_ground_truth(journal: Path, report: dict[str, Any]) -> int:
+    """The simulator knows every part's truth: into the journal's labels, as a plant's inspectors'
+    labels would be, so `lineinspect report shadow` and the review tools see it (0 where the
+    journal cannot take it: a scenario that broke its file)."""
+    truth = [(d["epoch"], d["seq"], d["truth"]) for d in report["decisions"]]
+    try:
+        db = sqlite3.connect(journal)
+        try:
+            return add_labels(db, truth, source="simulator", labeled_by="simulator ground truth")
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError):
+        return 0
+
+
+def _shadow_report_vs_judge(journal: Path, workdir: Path, judged: dict[str, Any]) -> dict[str, Any]:
+    """The report from the journal against the judge's count from the simulator's gate log."""
+    result = shadow_report(journal, workdir / "shadow-report")
+    differs = [key for key in ("overall", "by_class") if result[key] != judged[key]]
+    return {"html": str(workdir / "shadow-report" / "shadow.html"), "verdict": result["readiness"]["verdict"],
+            "matches_judge": not differs, "differs_in": differs}
 
 
 def _metrics_url(cfg: LineConfig) -> str:
@@ -374,6 +400,9 @@ async def run_simulated_line(
             raise ControllerError(f"line simulator: {end.get('error')}")
         report = json.loads(report_path.read_text())
         summary = judge(report, journal_path)
+        summary["truth_labels"] = label_ground_truth(journal_path, report)
+        if "shadow" in summary:
+            summary["shadow_report"] = _shadow_report_vs_judge(journal_path, run.workdir, summary["shadow"])
         summary["controller"] = {**stats, "wall_s": time.monotonic() - started}
         summary["load"] = load.summary()
         if scenario.hmi_flood:
@@ -473,9 +502,13 @@ def _criterion(
     metrics_disagree = scenario.process is None and not summary.get("metrics", {}).get("agrees_with_judge", True)
     if "metrics" in summary and scenario.process is None:
         summary["criterion"] += "; the metrics' outcome counters equal the judge's"
+    shadow_failed = scenario.shadow and not summary.get("shadow_report", {}).get("matches_judge", False)
+    if scenario.shadow:
+        summary["criterion"] += ("; the gate follows the existing inspection, never vision; the shadow report "
+                                 "from the journal equals the judge's count from the ground truth")
     summary["ok"] = (summary["nothing_lost"] and not unexplained and not summary["alarms_unexpected"]
-                     and summary["fault_struck"] and not summary["hmi_breached"] and not metrics_disagree
-                     and not summary["panel_failed"])  # fmt: skip
+                     and not shadow_failed and summary["fault_struck"] and not summary["hmi_breached"]
+                     and not metrics_disagree and not summary["panel_failed"])  # fmt: skip
     summary["journal"] = str(workdir / "journal.db")
     summary["plot"] = str(plot_run(report, workdir / "timing.png"))
     return summary

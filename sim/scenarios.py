@@ -65,6 +65,10 @@ class Scenario:
     """A hostile panel network floods the controller's OPC UA server while the line runs (sim/hmi_flood.py)."""
     journal: JournalFault | None = None
     """A fault on the controller's journal: its disk, its file, a second controller (sim/journal_faults.py)."""
+    shadow: bool = False
+    """The controller asks the PLC for shadow mode from the start: the gate follows the existing
+    inspection (sim/plant.py's reference), vision is recorded beside it; the run ends with the
+    shadow report, which must agree exactly with the judge's count from the ground truth."""
 
     def plant_config(self, base: PlantConfig) -> PlantConfig:
         return replace(base, **self.plant)  # type: ignore[arg-type]
@@ -73,6 +77,9 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("steady", "constant 1 m/s, random pitch"),
+    Scenario("shadow", "a shift in shadow mode: the gate follows the existing inspection (8 % escapes, 3 % false "
+             "rejects at the start, half as many again by the end), vision is recorded beside it",
+             shadow=True),
     Scenario("speed-ramps", "speed ramps between 40 % and 150 % of nominal",
              plant={"speed_profile": ((1.0, 1.5), (3.0, 0.4), (5.0, 1.2), (7.0, 0.6), (9.0, 1.0))}),
     Scenario("stop-and-go", "the conveyor stops twice for 2 s with parts in flight",

@@ -49,6 +49,7 @@ import numpy as np
 import structlog
 
 from controller.adapters.exclusive_lock import hold_exclusive_lock
+from controller.core.plc_codec import DecisionEntry as GateDecision
 from controller.core.resume import Recorded
 from controller.core.tracking import GateCounters, Outcome
 from controller.errors import InUseError, JournalError
@@ -58,6 +59,14 @@ T = TypeVar("T")
 log = structlog.get_logger("lineinspect.journal")
 
 _COLUMNS = [f.name for f in fields(PartRecord) if f.name != "image"]
+
+LABELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (epoch INTEGER, seq INTEGER, true_class INTEGER, source TEXT, labeled_by TEXT,
+                                   wall_utc TEXT, note TEXT);
+CREATE INDEX IF NOT EXISTS labels_part ON labels (epoch, seq);
+"""
+"""A part's true class as someone established it (`source`: 'operator', 'review', 'simulator'); a
+part may be labelled more than once, the latest row counts."""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS parts (
@@ -77,6 +86,10 @@ CREATE TABLE IF NOT EXISTS audit (wall_utc TEXT, user TEXT, role TEXT, peer TEXT
                                   result TEXT, detail TEXT);
 CREATE TABLE IF NOT EXISTS opened (wall_utc TEXT, pid INTEGER, moved_aside TEXT);
 CREATE TABLE IF NOT EXISTS parts_superseded ({", ".join(_COLUMNS)}, t_written REAL, superseded_utc TEXT);
+CREATE TABLE IF NOT EXISTS gate_decisions (epoch INTEGER, seq INTEGER, gate INTEGER, vision INTEGER,
+                                           reference INTEGER, flags INTEGER, wall_utc TEXT,
+                                           PRIMARY KEY (epoch, seq));
+{LABELS_SCHEMA}
 """
 
 _DISK_ERRORS = (sqlite3.OperationalError, OSError)
@@ -260,6 +273,11 @@ class SqliteJournal:
         """When the PLC acknowledged the verdict's write. Queued at the call; never raises (a
         restarted controller uses it to tell acknowledged writes from the others)."""
         return self._submit(None, self._update_written, epoch, seq, t_written, lazy=True)
+
+    def note_gate(self, epoch: int, seq: int, decision: GateDecision) -> Awaitable[None]:
+        """What the PLC's gate did with a part (the decision ring). In the lazy lane: it reaches the
+        disk with the next record; never raises."""
+        return self._submit(None, self._insert_gate, epoch, seq, decision, _utc(), lazy=True)
 
     def _submit(self, error: str | None, fn: Callable[..., None], *args: object, lazy: bool = False,
                 batch: str | None = None, meta: object = None) -> Awaitable[None]:  # fmt: skip
@@ -563,6 +581,11 @@ class SqliteJournal:
         if done.rowcount == 0:
             self.lost += 1
 
+    def _insert_gate(self, epoch: int, seq: int, d: GateDecision, wall_utc: str) -> None:
+        if self._db is not None:
+            self._db.execute("INSERT OR REPLACE INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (epoch, seq, d.gate, d.vision, d.reference, d.flags, wall_utc))  # fmt: skip
+
     def _update_written(self, epoch: int, seq: int, t: float) -> None:
         if self._db is not None:
             self._db.execute("UPDATE parts SET t_written = ? WHERE epoch = ? AND seq = ?", (t, epoch, seq))
@@ -632,6 +655,18 @@ def alarm_counts(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
     """How often each alarm was raised and cleared, over every controller that used this journal."""
     rows = db.execute("SELECT name, sum(raised), sum(1 - raised) FROM alarms GROUP BY name ORDER BY name")
     return {name: {"raised": raised, "cleared": cleared} for name, raised, cleared in rows}
+
+
+def add_labels(db: sqlite3.Connection, labels: list[tuple[int, int, int]], *, source: str, labeled_by: str,
+               note: str = "") -> int:  # fmt: skip
+    """Store true classes, (epoch, seq, class) each, for a journal file (in one transaction); returns
+    how many."""
+    db.executescript(LABELS_SCHEMA)
+    wall = _utc()
+    with db:
+        db.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [(e, s, c, source, labeled_by, wall, note) for e, s, c in labels])  # fmt: skip
+    return len(labels)
 
 
 def read_image(db: sqlite3.Connection, epoch: int, seq: int) -> np.ndarray | None:

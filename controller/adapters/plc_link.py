@@ -60,7 +60,7 @@ class Snap7PlcLink:
         await self._drop()
 
     async def verify_contract(self) -> None:
-        """The DBs exist with exactly the contract's sizes and the PLC speaks version 1."""
+        """The DBs exist with exactly the contract's sizes and the PLC speaks this interface version."""
         for db, size, name in ((self.db_in, PLC_TO_VISION_SIZE, "PlcToVision"),
                                (self.db_out, VISION_TO_PLC_SIZE, "VisionToPlc")):  # fmt: skip
             try:
@@ -69,7 +69,9 @@ class Snap7PlcLink:
             except PlcError as exc:
                 raise PlcContractError(
                     f"{self.name}: DB {db} ({name}) cannot be read as {size} bytes "
-                    f"(missing, smaller, optimized access, or PUT/GET not permitted)"
+                    f"(missing, smaller, optimized access, or PUT/GET not permitted"
+                    + ("; version 1's DB was 172 bytes: load this release's PLC program, docs/plc-interface.md)"
+                       if name == "PlcToVision" else ")")
                 ) from exc
             if await self._readable(db, size):
                 raise PlcContractError(f"{self.name}: DB {db} ({name}) is larger than {size} bytes")

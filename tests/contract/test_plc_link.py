@@ -30,7 +30,7 @@ def plc() -> Iterator[SimPlc]:
 async def test_reads_the_whole_block_and_writes_verdicts(plc: SimPlc) -> None:
     async with Snap7PlcLink("127.0.0.1", plc.port) as link:
         first = c.decode_plc_to_vision(await link.read_plc_to_vision())
-        assert first.version == 1 and first.epoch == plc.program.epoch
+        assert first.version == c.INTERFACE_VERSION and first.epoch == plc.program.epoch
         await asyncio.sleep(0.01)
         assert c.decode_plc_to_vision(await link.read_plc_to_vision()).life != first.life  # the scan runs
         entry = c.VerdictEntry(5, c.PASS, 0, 42)
@@ -59,10 +59,12 @@ def _server_with(plc_db: bytearray, vision_db: bytearray) -> tuple[snap7.server.
 @pytest.mark.parametrize(
     ("plc_size", "vision_size", "version", "message"),
     [
-        (170, 520, 1, r"DB 100 \(PlcToVision\) cannot be read as 172 bytes"),
-        (200, 520, 1, r"DB 100 \(PlcToVision\) is larger than 172 bytes"),
-        (172, 512, 1, r"DB 101 \(VisionToPlc\) cannot be read as 520 bytes"),
-        (172, 520, 2, r"PLC interface version is 2, this controller speaks 1"),
+        (172, 520, 1, r"DB 100 \(PlcToVision\) cannot be read as 304 bytes .*version 1's DB was 172 bytes"),
+        (300, 520, 2, r"DB 100 \(PlcToVision\) cannot be read as 304 bytes"),
+        (320, 520, 2, r"DB 100 \(PlcToVision\) is larger than 304 bytes"),
+        (304, 512, 2, r"DB 101 \(VisionToPlc\) cannot be read as 520 bytes"),
+        (304, 520, 1, r"PLC interface version is 1, this controller speaks 2 \(load the PLC program"),
+        (304, 520, 3, r"PLC interface version is 3, this controller speaks 2$"),
     ],
 )
 async def test_contract_mismatch_is_refused_at_connect(plc_size: int, vision_size: int, version: int,
@@ -94,7 +96,7 @@ async def test_timeout_poisons_the_connection_until_reconnect(plc: SimPlc) -> No
         link.timeout_s = 0.5
         await link.reconnect()
         data = c.decode_plc_to_vision(await link.read_plc_to_vision())
-        assert data.version == 1 and data.epoch == plc.program.epoch
+        assert data.version == c.INTERFACE_VERSION and data.epoch == plc.program.epoch
 
 
 async def test_cancellation_mid_request_drops_the_connection(plc: SimPlc) -> None:
@@ -135,7 +137,7 @@ async def test_checking_the_contract_takes_one_connection() -> None:
     """The size probe reads one byte past each DB's end; the PLC's refusal is a complete answer, so
     the probe must not cost a reconnect (it cost two at every start)."""
     plc_db = bytearray(c.PLC_TO_VISION_SIZE)
-    plc_db[3] = 1  # interface version
+    plc_db[3] = c.INTERFACE_VERSION
     server, port = _server_with(plc_db, bytearray(c.VISION_TO_PLC_SIZE))
     connects: list[int] = []
     server.set_events_callback(lambda e: connects.append(1) if e.EvtCode == EVC_CLIENT_ADDED else None)

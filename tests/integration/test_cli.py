@@ -80,7 +80,7 @@ def test_db_of_the_wrong_size(tmp_path: Path, tiny_model: Path, wrong_plc: int) 
     cfg = write_config(tmp_path, f"[plc]\nport = {wrong_plc}\n"
                        f"[inference]\ntype = 'local'\nmodel = '{tiny_model}'\n[hmi]\nenabled = false\n")  # fmt: skip
     proc = lineinspect("run", "--config", str(cfg), cwd=tmp_path)
-    assert_one_line_error(proc, "DB 100 (PlcToVision) cannot be read as 172 bytes")
+    assert_one_line_error(proc, "DB 100 (PlcToVision) cannot be read as 304 bytes")
 
 
 @pytest.mark.slow

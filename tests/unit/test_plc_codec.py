@@ -18,7 +18,8 @@ f32 = st.floats(0, 1e7, width=32)
 plc_messages = st.builds(
     c.PlcToVision, life=u16, status=u8, version=u8, epoch=u32, encoder_pos=u32, speed=f32,
     decision_offset=u32, trigger_seq=u32, decided_seq=u32, rejects_vision=u32, rejects_failsafe=u32,
-    verdicts_late=u32, watchdog_trips=u32, triggers=st.tuples(*[st.tuples(u32, u32)] * 16),
+    verdicts_late=u32, watchdog_trips=u32, triggers=st.tuples(*[st.tuples(u32, u32)] * 16), product_id=u16,
+    decisions=st.tuples(*[st.builds(c.DecisionEntry, seq=u32, gate=u8, vision=u8, reference=u8, flags=u8)] * 16),
 )  # fmt: skip
 
 
@@ -46,6 +47,8 @@ def test_ring_offsets_follow_the_contract(seq: int) -> None:
     assert c.trigger_offset(seq) == 44 + (seq % 16) * 8
     assert c.verdict_offset(seq) + 8 <= c.VISION_TO_PLC_SIZE
     assert c.trigger_offset(seq) + 8 <= c.PLC_TO_VISION_SIZE
+    assert c.decision_offset_of(seq) == 176 + (seq % 16) * 8
+    assert c.decision_offset_of(seq) + 8 == 184 + (seq % 16) * 8 <= c.PLC_TO_VISION_SIZE == 304
 
 
 def test_fields_sit_at_the_contract_offsets_big_endian() -> None:
@@ -56,7 +59,13 @@ def test_fields_sit_at_the_contract_offsets_big_endian() -> None:
     struct.pack_into(">f", data, 12, 2.5)
     struct.pack_into(">I", data, 20, 9)
     struct.pack_into(">II", data, 44 + 9 % 16 * 8, 9, 4242)
+    struct.pack_into(">H", data, 172, 3)  # product_id
+    struct.pack_into(">IBBBB", data, 176 + 7 % 16 * 8, 7, c.REJECT, c.PASS, c.REJECT, c.DECIDED_SHADOW)
     msg = c.decode_plc_to_vision(bytes(data))
+    assert msg.product_id == 3
+    decided = msg.decision(7)
+    assert decided is not None and not decided.passed and decided.shadow and decided.reference == c.REJECT
+    assert msg.decision(23) is None  # same slot, another sequence number
     assert (msg.life, msg.epoch, msg.speed, msg.trigger_seq) == (0x1234, 77, 2.5, 9)
     assert msg.line_running and msg.vision_enabled and not msg.shadow_mode and msg.watchdog_tripped
     assert msg.trigger_pos(9) == 4242
@@ -79,4 +88,8 @@ def test_contract_check_names_size_and_version() -> None:
     with pytest.raises(ValueError, match="171 bytes"):
         c.check_plc_contract(bytes(171))
     with pytest.raises(ValueError, match="version is 0"):
-        c.check_plc_contract(bytes(172))
+        c.check_plc_contract(bytes(304))
+    v1 = bytearray(304)
+    v1[3] = 1
+    with pytest.raises(ValueError, match=r"version is 1, this controller speaks 2 \(load the PLC program"):
+        c.check_plc_contract(bytes(v1))

@@ -86,4 +86,47 @@ def test_restart_gives_a_new_epoch_and_clears_tracking() -> None:
     prog.start()
     snap = c.decode_plc_to_vision(bytes(prog.plc_db))
     assert snap.epoch not in (0, old) and snap.trigger_seq == 0 and not prog.fifo
-    assert snap.version == 1 and snap.decision_offset == OFFSET
+    assert snap.version == c.INTERFACE_VERSION and snap.decision_offset == OFFSET
+
+
+def test_shadow_mode_gate_follows_the_reference_and_reports_both() -> None:
+    """Rule 6: requested by the controller for this epoch, the gate follows the existing inspection's
+    verdict per part (no reference: reject) while vision is counted as ever; the decision ring says
+    what the gate did, the vision verdict it read and the reference, fields before seq."""
+    references = {11: False, 12: True, 13: False, 14: None}  # part_id -> reference rejects
+    vision = bytearray(c.VISION_TO_PLC_SIZE)
+    prog = PlcProgram(bytearray(c.PLC_TO_VISION_SIZE), vision, decision_offset=OFFSET, rng=random.Random(1),
+                      reference_of=references.get, product_id=7)  # fmt: skip
+    prog.start()
+    vision[:8] = c.encode_vision_header(c.VisionHeader(1, c.READY | c.REQUEST_SHADOW, 1, prog.epoch))
+    prog.scan(0.0, 0, 1e4, True, [(11, 1, 0), (12, 0, 10), (13, 0, 20), (14, 0, 30)])
+    verdict(vision, 1, c.REJECT)  # vision catches part 11, the reference passes it
+    verdict(vision, 2, c.PASS)  # vision passes part 12, the reference rejects it
+    verdict(vision, 3, c.PASS)
+    verdict(vision, 4, c.PASS)
+    vision[:8] = c.encode_vision_header(c.VisionHeader(2, c.READY | c.REQUEST_SHADOW, 1, prog.epoch))
+    prog.scan(0.5, OFFSET + 100, 1e4, True, [])
+    snap = c.decode_plc_to_vision(bytes(prog.plc_db))
+    assert snap.shadow_mode and snap.product_id == 7
+    assert [(d.gate, d.actuated, d.shadow) for d in prog.log] == [
+        ("reject_vision", "pass", True), ("pass", "reject", True), ("pass", "pass", True), ("pass", "reject", True)]
+    assert snap.rejects_vision == 1 and snap.rejects_failsafe == 0  # vision counted as without shadow
+    entries = [snap.decision(seq) for seq in (1, 2, 3, 4)]
+    assert [(e.gate, e.vision, e.reference, e.flags) for e in entries if e] == [
+        (c.PASS, c.REJECT, c.PASS, c.DECIDED_SHADOW | c.DECIDED_VISION_VALID),
+        (c.REJECT, c.PASS, c.REJECT, c.DECIDED_SHADOW | c.DECIDED_VISION_VALID),
+        (c.PASS, c.PASS, c.PASS, c.DECIDED_SHADOW | c.DECIDED_VISION_VALID),
+        (c.REJECT, c.PASS, c.NO_REFERENCE, c.DECIDED_SHADOW | c.DECIDED_VISION_VALID),
+    ]  # fmt: skip
+
+
+def test_shadow_request_of_another_epoch_is_ignored_and_vision_decides() -> None:
+    prog, vision = make()
+    vision[:8] = c.encode_vision_header(c.VisionHeader(1, c.READY | c.REQUEST_SHADOW, 1, prog.epoch + 1))
+    prog.scan(0.0, 0, 1e4, True, [(1, 0, 0)])
+    assert not c.decode_plc_to_vision(bytes(prog.plc_db)).shadow_mode
+    ack(prog, vision, 2)
+    verdict(vision, 1, c.PASS)
+    prog.scan(0.5, OFFSET, 1e4, True, [])
+    entry = c.decode_plc_to_vision(bytes(prog.plc_db)).decision(1)
+    assert prog.log[0].actuated == "pass" and entry is not None and entry.passed and not entry.shadow

@@ -116,22 +116,32 @@ def test_data_blocks_are_standard_access(name: str) -> None:
 
 def test_plc_to_vision_layout() -> None:
     size, off, members = _db("PlcToVision")
-    assert size == c.PLC_TO_VISION_SIZE == 172
+    assert size == c.PLC_TO_VISION_SIZE == 304
     expected = {
         "life": 0, "status": 2, "version": 3, "epoch": 4, "encoder_pos": 8, "speed": 12,
         "decision_offset": 16, "trigger_seq": 20, "decided_seq": 24, "rejects_vision": 28,
         "rejects_failsafe": 32, "verdicts_late": 36, "watchdog_trips": 40,
         "triggers": c.TRIGGER_RING_OFFSET, "triggers.seq": c.TRIGGER_RING_OFFSET,
         "triggers.encoder_pos": c.TRIGGER_RING_OFFSET + 4,
+        "product_id": c.PRODUCT_OFFSET, "reserved": 174,
+        "decisions": c.DECISION_RING_OFFSET, "decisions.seq": 176, "decisions.gate": 180,
+        "decisions.vision": 181, "decisions.reference": 182, "decisions.flags": 183,
     }  # fmt: skip
     assert {k: v[0] for k, v in off.items()} == expected
     assert off["triggers"][1] == c.TRIGGER_ENTRY_SIZE == 8
-    assert members[-1].count == c.TRIGGER_RING == 16
-    # same names, order and types as the codec's decoder
-    assert [m.name for m in members] == [f.name for f in dataclasses.fields(c.PlcToVision)]
-    head = "".join(_STRUCT_CHAR[m.type] for m in members[:-1])
-    assert ">" + head == c._HEADER.format
-    assert ">" + "".join(_STRUCT_CHAR[m.type] for m in members[-1].children) == c._ENTRY.format
+    assert off["decisions"][1] == c.DECISION_ENTRY_SIZE == 8
+    by_name = {m.name: m for m in members}
+    assert by_name["triggers"].count == c.TRIGGER_RING == 16
+    assert by_name["decisions"].count == c.DECISION_RING == 16
+    # same names, order and types as the codec's decoder ('reserved' is padding the codec skips)
+    assert [m.name for m in members if m.name != "reserved"] == [f.name for f in dataclasses.fields(c.PlcToVision)]
+    header = members[: [m.name for m in members].index("triggers")]
+    assert ">" + "".join(_STRUCT_CHAR[m.type] for m in header) == c._HEADER.format
+    assert ">" + "".join(_STRUCT_CHAR[m.type] for m in by_name["triggers"].children) == c._ENTRY.format
+    assert ">" + _STRUCT_CHAR[by_name["product_id"].type] + _STRUCT_CHAR[by_name["reserved"].type] == c._PRODUCT.format
+    decision = by_name["decisions"].children
+    assert [m.name for m in decision] == [f.name for f in dataclasses.fields(c.DecisionEntry)]
+    assert ">" + "".join(_STRUCT_CHAR[m.type] for m in decision) == c._DECISION.format
 
 
 def test_vision_to_plc_layout() -> None:
@@ -174,6 +184,7 @@ def test_fb_constants_match_the_codec() -> None:
     assert _scl_int(_const(fb, "REJECT")) == c.REJECT == 0x5A
     assert _scl_int(_const(fb, "INTERFACE_VERSION")) == c.INTERFACE_VERSION
     assert _scl_int(_const(fb, "TRIGGER_RING")) == c.TRIGGER_RING
+    assert _scl_int(_const(fb, "DECISION_RING")) == c.DECISION_RING
     assert _scl_int(_const(fb, "VERDICT_RING")) == c.VERDICT_RING
     assert _scl_int(_const(fb, "FIFO_SIZE")) == c.VERDICT_RING  # one FIFO slot per verdict slot
     assert re.search(r"fifo\s*:\s*Array\s*\[\s*0\s*\.\.\s*63\s*\]", fb, re.I)
@@ -193,7 +204,16 @@ def test_fb_constants_match_the_codec() -> None:
         ("2 pass code", r"#verdict\s*=\s*#PASS"),
         ("2 counts", r"rejects_vision\s*:=.*?rejects_failsafe\s*:="),
         ("2 decided_seq", r"\.decided_seq\s*:=\s*#seq"),
-        ("2 shadow follows existing inspection", r"#q_reject\s*:=\s*#i_existing_reject"),
+        ("2 vision off: the existing inspection's coil", r"#q_reject\s*:=\s*#i_existing_reject"),
+        ("6 shadow: the gate follows the part's reference",
+         r"#follow_reference\s*:=\s*#shadow\s+OR.*?IF\s+#follow_reference\s+THEN\s+#reject_part\s*:=\s*#reference\s*<>\s*#PASS"),
+        ("6 shadow requested for this epoch only",
+         r"#shadow\s*:=\s*#i_shadow\s+OR\s+\(\s*\"VisionToPlc\"\.command\.%X1\s+AND\s+\"VisionToPlc\"\.epoch_ack\s*=\s*\"PlcToVision\"\.epoch\s*\)"),
+        ("6 reference latched to the oldest part without one",
+         r"#reference_edge\.Q\s+THEN\s+FOR.*?IF\s+#fifo\[#slot\]\.reference\s*=\s*0\s+THEN"),
+        ("2 decision entry fields before seq before decided_seq",
+         r"decisions\[#slot\]\.gate\s*:=.*?decisions\[#slot\]\.flags\s*:=\s*#flags;\s*\"PlcToVision\"\.decisions\[#slot\]\.seq\s*:=\s*#seq.*?\.decided_seq\s*:=\s*#seq"),
+        ("5 decision ring zeroed", r"\.decisions\[#i\]\.seq\s*:=\s*0"),
         ("3 watchdog TON", r"wd_timer\s*:\s*TON"),
         ("3 watchdog trips", r"watchdog_trips\s*:=\s*\"PlcToVision\"\.watchdog_trips\s*\+\s*1"),
         ("4 late once", r"verdicts_late\s*:=\s*\"PlcToVision\"\.verdicts_late\s*\+\s*1"),

@@ -19,7 +19,8 @@ def snap(*, epoch: int = 7, pos: int = 0, speed: float = 10_000.0, trigger_seq: 
     for seq, tpos in (triggers or {}).items():
         ring[seq % 16] = (seq, tpos)
     return c.PlcToVision(
-        life=1, status=3, version=1, epoch=epoch, encoder_pos=pos, speed=speed, decision_offset=offset,
+        life=1, status=3, version=c.INTERFACE_VERSION, epoch=epoch, encoder_pos=pos, speed=speed,
+        decision_offset=offset,
         trigger_seq=trigger_seq, decided_seq=decided, rejects_vision=0, rejects_failsafe=0,
         verdicts_late=0, watchdog_trips=0, triggers=tuple(ring),
     )  # fmt: skip
