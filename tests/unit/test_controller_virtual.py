@@ -142,3 +142,45 @@ def test_an_operator_halt_makes_the_plc_reject_every_part_until_reset_and_is_aud
         ("eve", "engineer", "10.0.0.8:5001", "request_shadow", "on", "done"),
         ("ann", "operator", "10.0.0.7:5000", "reset", "", "done"),
     ]
+
+
+def test_in_shadow_mode_every_gate_decision_is_recorded_once_beside_the_reference() -> None:
+    """Shadow mode asked for from the start: the gate follows the existing inspection, the
+    controller still inspects every part, and records what the gate did with each exactly once
+    (the PLC's decision ring), with running figures that equal the PLC's own log."""
+    from controller.core import plc_codec as codec
+
+    line = SimMemoryLine(seed=5, parts=300)
+    line.program.reference_of = lambda part_id: part_id % 7 == 0  # the existing inspection rejects every 7th
+    counts: dict[str, int] = {}
+
+    async def main() -> None:
+        controller = controller_for(line)
+        controller.operator.shadow_requested = True
+        task = asyncio.create_task(controller.run(), name="controller")
+        await asyncio.sleep(0.05)
+        try:
+            await line.run()
+            await asyncio.sleep(0.1)
+            counts.update(controller.decisions.counts)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run_virtual(main())
+    result = line.judge()
+    assert_safe(result)
+    log = line.program.log
+    assert all(d.shadow and d.actuated == ("reject" if d.part_id % 7 == 0 else "pass") for d in log)
+    assert sum(d.gate == "pass" for d in log) > 0.8 * len(log)  # vision still inspects every part
+    assert set(line.journal.gate) == {(d.epoch, d.seq) for d in log}
+    for d in log:
+        entry = line.journal.gate[d.epoch, d.seq]
+        assert entry.passed == (d.actuated == "pass") and entry.shadow
+        assert entry.reference == (codec.REJECT if d.part_id % 7 == 0 else codec.PASS)
+    vision_rejects = {(d.epoch, d.seq) for d in log if d.gate != "pass"}
+    reference_rejects = {(d.epoch, d.seq) for d in log if d.part_id % 7 == 0}
+    assert counts["decided"] == counts["shadow"] == len(log)
+    assert counts.get("both_reject", 0) == len(vision_rejects & reference_rejects)
+    assert counts.get("vision_only_reject", 0) == len(vision_rejects - reference_rejects)
