@@ -103,6 +103,10 @@ class Metrics:
         metric("lineinspect_vision_state", "gauge", "The Machine Vision state (1 for the current one).",
                [(f'state="{state.value}"', state.value == s.vision_state) for state in VisionState])  # fmt: skip
         metric("lineinspect_shadow_mode", "gauge", "1 while the PLC is in shadow mode.", [("", s.shadow_mode)])
+        metric("lineinspect_gate_decisions_total", "counter", "Parts decided at the gate by vision's verdict against "
+               "the existing inspection's (both_pass, both_reject, vision_only_reject, reference_only_reject, "
+               "no_reference).", [(f'agreement="{_escape(k)}"', v) for k, v in sorted(s.shadow_counts.items())
+                                  if k not in ("decided", "shadow")])  # fmt: skip
         metric("lineinspect_alarm_active", "gauge", "1 while an alarm is active, 0 while latched after it cleared.",
                [(f'alarm="{_escape(c.name)}",severity="{c.severity.value}"', c.active)
                 for c in s.conditions])  # fmt: skip

@@ -142,7 +142,7 @@ UPDATED_AT = StatusVariable("", "UpdatedAt", ua.VariantType.DateTime, "When this
 @dataclasses.dataclass(frozen=True, slots=True)
 class HmiLimits:
     """What one panel network may ask of the server. A panel needs one or two sessions and requests
-    of a few dozen nodes (the `Line` object has 22 variables): every limit is far above that."""
+    of a few dozen nodes (the `Line` object has 26 variables): every limit is far above that."""
 
     max_sessions: int = 20
     """Activated sessions; one more is refused with BadMaxConnectionsReached."""
