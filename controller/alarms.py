@@ -36,6 +36,7 @@ SEVERITY: dict[str, Severity] = {
     "journal_stalled": Severity.WARNING,
     "plc_epoch_reused": Severity.WARNING,
     "trigger_ring_overrun": Severity.WARNING,
+    "drift": Severity.WARNING,
     "inference": Severity.ERROR,
     "plc_link": Severity.ERROR,
     "camera": Severity.ERROR,

@@ -34,6 +34,7 @@ import structlog
 from controller.alarms import Alarms
 from controller.core import plc_codec as codec
 from controller.core.budget import VerdictBudget
+from controller.core.drift import DriftMonitor, DriftReference
 from controller.core.frame_matching import FrameMatcher, Match, MatchWindow
 from controller.core.gate_decisions import DecisionFollower
 from controller.core.plc_clock import SnapshotClock
@@ -119,6 +120,7 @@ class LineController:
         margins: Margins, window: MatchWindow, timing: Timing,
         on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[PartResult], None] | None = None, recipes: Sequence[Recipe] = (),
+        drift_references: Sequence[DriftReference] = (),
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self._now = clock
@@ -141,6 +143,8 @@ class LineController:
         self.gate_corrections: Counter[str] = Counter()
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
+        self.drift = DriftMonitor({r.model_version: r for r in drift_references})
+        """Is the line still showing each model what it was validated on (the `drift` alarm)?"""
         self.decisions = DecisionFollower()
         """What the gate did with each part (the PLC's decision ring), with the running shadow figures."""
         self.matcher = FrameMatcher(window)
@@ -677,6 +681,8 @@ class LineController:
         part.writing = True  # the exchange loop owns its outcome from here
         self._outbox[part.epoch, part.seq] = Queued(done, entry, frame, result, t_start, t_end, self._now())
         self._verdict_queued.set()
+        if self.drift.observe(result.model_version, result.brightness, result.focus, result.score, not result.reject):
+            self.alarms.set("drift", self.drift.alarm, self.drift.detail)
 
     def _learn_write_time(self, seconds: float) -> None:
         self.budget.learn_write(seconds)
@@ -756,6 +762,7 @@ class LineController:
             line_running=bool(snap and snap.line_running), vision_enabled=bool(snap and snap.vision_enabled),
             shadow_mode=bool(snap and snap.shadow_mode), watchdog_tripped=bool(snap and snap.watchdog_tripped),
             product_id=snap.product_id if snap else 0, shadow_counts=dict(self.decisions.counts),
+            drift=dict(self.drift.figures),
             speed_counts_per_s=snap.speed if snap else 0.0,
             triggers=sum(self.outcomes.values()) + len(self.tracker.parts),
             passes=self.outcomes["pass"], rejects=self.outcomes["reject"], failsafe=self.outcomes["failsafe"],

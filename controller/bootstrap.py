@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -27,6 +29,7 @@ from controller.adapters.plc_link import Snap7PlcLink
 from controller.adapters.systemd import SystemdNotifier
 from controller.app import LineController, Timing
 from controller.config import LineConfig, StreamCameraConfig
+from controller.core.drift import DriftReference
 from controller.core.frame_matching import MatchWindow
 from controller.core.tracking import Margins
 from controller.errors import ConfigError, ControllerError
@@ -170,6 +173,7 @@ async def _run_locked(
             ),
             on_status=lambda status: _publish_all(publishers, status),
             on_result=lambda result: _publish_all(result_sinks, result), recipes=recipes,
+            drift_references=_drift_references([inf.model, *(Path(r.model) for r in recipes)]),
         )  # fmt: skip
         controller.operator.shadow_requested = cfg.plc.request_shadow
         operated.append(controller)
@@ -223,6 +227,22 @@ class _GcPauses:
 GC_THRESHOLDS = (10_000, 10, 10)
 """Young collections every 10,000 net allocations, not Python's 700: each scans only objects born
 since the last one (about a millisecond), and a full one comes 14 times less often."""
+
+
+def _drift_references(models: Sequence[Path]) -> list[DriftReference]:
+    """The validation statistics written beside each model (`<model>.drift.json`, by training or
+    `python -m models.drift_reference`); a model without them is not watched for drift."""
+    found = []
+    for model in dict.fromkeys(m.resolve() for m in models):
+        path = model.with_suffix(".drift.json")
+        if not path.is_file():
+            log.info("no_drift_reference", model=str(model))
+            continue
+        try:
+            found.append(DriftReference.from_json(json.loads(path.read_text())))
+        except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+            raise ConfigError(f"{path}: {exc}") from exc
+    return found
 
 
 def _settle_gc() -> _GcPauses:

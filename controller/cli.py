@@ -182,6 +182,7 @@ def run_stats(c: LineController) -> dict[str, Any]:
         "frames_dropped": c.frames_dropped, "spurious_frames": c.matcher.spurious_frames,
         "gate_corrections": dict(c.gate_corrections), "gate_inferred_by_order": c.gate_ambiguous,
         "write_margin_ms": c.tracker.margins.write_s * 1000, "verdict_queue_p50_ms": c.budget.queue_s * 1000,
+        "drift": dict(c.drift.figures), "gate_decisions_missed": c.decisions.missed,
     }  # fmt: skip
 
 

@@ -56,6 +56,10 @@ class InferenceResult:
     """The model's per-pixel defect probability over the ROI (the whole frame without one), shape
     (h, w) at the model's map resolution; float16 to keep it small on the wire. None where the
     engine gives none. Excluded from comparison (arrays have no single truth value) and repr."""
+    brightness: float | None = None
+    """Mean grey level (0..255) of the inspected region, for drift; None where the engine gives none."""
+    focus: float | None = None
+    """Mean squared Laplacian of the inspected region (sharpness and contrast), for drift."""
 
 
 class PlcLink(Protocol):

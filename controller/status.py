@@ -33,6 +33,9 @@ class LineStatus:
     shadow_counts: dict[str, int] = field(default_factory=dict)
     """Vision against the existing inspection over the parts decided since start: both_pass,
     both_reject, vision_only_reject, reference_only_reject, no_reference; decided, shadow."""
+    drift: dict[str, float] = field(default_factory=dict)
+    """The serving model's drift figures (controller/core/drift.py): brightness_change,
+    focus_log_ratio, high_score_share; empty until its windows are full or without a reference."""
     speed_counts_per_s: float = 0.0
     triggers: int = 0
     passes: int = 0

@@ -76,6 +76,10 @@ class StatusVariable:
     array: bool = False
 
 
+def _json_float_object(value: dict[str, float]) -> str:
+    return json.dumps({k: round(v, 4) for k, v in sorted(value.items())}, separators=(",", ":"))
+
+
 def _json_object(value: dict[str, int]) -> str:
     # Sorted keys: the same counts always give the same string, so an HMI sees no spurious changes.
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -102,6 +106,13 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
         "Vision against the existing inspection since start, as a JSON object: both_pass, both_reject, "
         "vision_only_reject, reference_only_reject, no_reference, decided, shadow (parts decided in shadow mode).",
         _json_object,
+    ),
+    StatusVariable(
+        "drift", "DriftJson", _STR,
+        "The serving model's drift figures as a JSON object: brightness_change (relative), focus_log_ratio, "
+        "high_score_share (passed parts above the validation good parts' 95th percentile); the drift alarm says "
+        "when one is beyond its limit.",
+        _json_float_object,
     ),
     StatusVariable("speed_counts_per_s", "LineSpeed", _F64, "Conveyor speed in encoder counts per second."),
     StatusVariable("triggers", "TriggerCount", _I64, "Part triggers seen by the controller."),

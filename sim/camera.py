@@ -52,6 +52,8 @@ class SimCamera:
         self.counter = 0
         self.truth: dict[int, int] = {}
         """part_id → defect class, filled by the line before the run."""
+        self.light: dict[int, float] = {}
+        """part_id → the light's strength when it is exposed (1.0 where missing)."""
         self.frames_sent = 0
         self._jobs: queue.Queue[tuple[int, float] | None] = queue.Queue()
         self._clients: list[socket.socket] = []
@@ -87,6 +89,9 @@ class SimCamera:
     def render(self, part_id: int) -> np.ndarray:
         rng = np.random.default_rng((self.seed, part_id))
         frame, _ = synthetic.render_frame(rng, self.truth.get(part_id, 0))
+        light = self.light.get(part_id, 1.0)
+        if light != 1.0:
+            frame = np.clip(np.rint(frame * np.float32(light)), 0, 255).astype(np.uint8)
         identity.stamp(frame, part_id)
         return frame
 

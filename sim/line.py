@@ -33,6 +33,7 @@ class SimLine:
         self.plant = Plant(cfg)
         self.camera = SimCamera(seed=cfg.seed, port=camera_port, faults=camera_faults)
         self.camera.truth = {p.part_id: p.truth for p in self.plant.parts}
+        self.camera.light = {p.part_id: p.light for p in self.plant.parts if p.light != 1.0}
         self.plc = SimPlc(self.plant, port=0 if link_faults else plc_port,
                           on_trigger=lambda seq, pid, at: self.camera.trigger(pid, at))  # fmt: skip
         self.proxy = S7Proxy(0, link_faults, port=plc_port, seed=cfg.seed) if link_faults else None

@@ -43,6 +43,12 @@ class PlantConfig:
     """... and rejects this share of good ones ..."""
     reference_fatigue: float = 0.5
     """... and both grow by this fraction over the run (a shift: people tire, an AOI's lamp ages)."""
+    lighting: tuple[float, float] = (1.0, 1.0)
+    """The camera's light at the first and at the last part (linear in between): (1.0, 0.8) dims
+    it by 20 % over the run."""
+    new_defect: tuple[int, float, float] | None = None
+    """(class, from, share): from this fraction of the run on, this share of defective parts has this
+    defect class (an index into models.synthetic.ALL_CLASSES: 4 = dent, 5 = chip, never trained)."""
 
     @property
     def decision_counts(self) -> int:
@@ -62,6 +68,8 @@ class SimPart:
     """Conveyor travel at which the part's leading edge reaches the photo-eye."""
     reference_reject: bool = False
     """The existing inspection's verdict for this part (what the gate follows in shadow mode)."""
+    light: float = 1.0
+    """The camera's light when it sees this part (1.0: as at commissioning)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +106,22 @@ class Plant:
             self._encoder0 = self.cfg.encoder_start % U32
         # Its own stream, so the parts of a seed stay the same whatever the reference's rates.
         reference_rng = np.random.default_rng((self.cfg.seed, 7919))
+        new_rng = np.random.default_rng((self.cfg.seed, 104729))
+        first, last = self.cfg.lighting
         every, length = self.cfg.bursts
         eye, in_burst = 100.0, 0
         for i in range(self.cfg.parts):
             truth = 0
             if rng.random() < self.cfg.defect_rate:
                 truth = int(rng.integers(1, self.cfg.defect_classes + 1))
+            progress = i / max(1, self.cfg.parts - 1)
+            if self.cfg.new_defect is not None and truth:
+                cls, start, share = self.cfg.new_defect
+                if progress >= start and new_rng.random() < share:
+                    truth = cls
             self.parts.append(SimPart(part_id=i + 1, truth=truth, eye_mm=eye,
-                                      reference_reject=self._reference_rejects(reference_rng, truth, i)))
+                                      reference_reject=self._reference_rejects(reference_rng, truth, i),
+                                      light=first + (last - first) * progress))  # fmt: skip
             if every and i % every == 0:
                 in_burst = length
             pitch = float(rng.uniform(*self.cfg.pitch_mm))

@@ -139,13 +139,15 @@ def _fresh_workdir(workdir: Path) -> Path:
     return journal_path
 
 
-def _alarms_unexpected(seen: dict[str, dict[str, int]], expected: frozenset[str], strikes: int = 1) -> dict[str, str]:
-    """Each expected alarm raised exactly once and cleared exactly once; no other alarm at all.
-    With a fault that strikes several times: once per strike at most, and cleared as often."""
+def _alarms_unexpected(seen: dict[str, dict[str, int]], expected: frozenset[str], strikes: int = 1,
+                       stay: frozenset[str] = frozenset()) -> dict[str, str]:  # fmt: skip
+    """Each expected alarm raised exactly once and cleared exactly once, each of `stay` raised once
+    and never cleared; no other alarm at all. With a fault that strikes several times: once per
+    strike at most, and cleared as often."""
     out = {}
-    for name in sorted(expected | set(seen)):
+    for name in sorted(expected | stay | set(seen)):
         got = seen.get(name, {"raised": 0, "cleared": 0})
-        want = (1, 1) if name in expected else (0, 0)
+        want = (1, 0) if name in stay else (1, 1) if name in expected else (0, 0)
         if strikes > 1 and name in expected and 1 <= got["raised"] <= strikes and got["cleared"] == got["raised"]:
             continue
         if (got["raised"], got["cleared"]) != want:
@@ -476,11 +478,12 @@ def _criterion(
     unexplained = {r: n for r, n in summary["failsafe_by_reason"].items() if r not in allowed}
     summary["failsafe_unexplained"] = unexplained
     strikes = len(getattr(faults.main, "strikes", [])) or 1
-    summary["alarms_unexpected"] = _alarms_unexpected(summary["alarms"], scenario.alarms, strikes)
+    summary["alarms_unexpected"] = _alarms_unexpected(summary["alarms"], scenario.alarms, strikes, scenario.alarms_stay)
     summary["criterion"] = (
         "nothing lost (0 misassociations, 0 passes without own in-time PASS, one outcome per trigger, "
         "journal = gate); fail-safe only for " + (", ".join(sorted(allowed)) or "nothing") + "; alarms "
-        + (", ".join(f"{a} raised and cleared once" for a in sorted(scenario.alarms)) or "none") + ", no other"
+        + (", ".join([f"{a} raised and cleared once" for a in sorted(scenario.alarms)]
+                     + [f"{a} raised once and kept" for a in sorted(scenario.alarms_stay)]) or "none") + ", no other"
     )  # fmt: skip
     # A fault scenario proves nothing if its fault never struck (the run was too short for it).
     summary["fault_struck"] = faults.fault_struck and summary.get("hmi_flood", {}).get("struck", True)

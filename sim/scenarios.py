@@ -53,6 +53,9 @@ class Scenario:
     alarms: frozenset[str] = frozenset()
     """The controller alarms this scenario's fault must raise exactly once and clear exactly once;
     any other alarm fails it (one fault, one alarm: no flapping)."""
+    alarms_stay: frozenset[str] = frozenset()
+    """Alarms this scenario's condition must raise exactly once and that stay raised to the end
+    (the condition lasts: a dimmed light does not brighten by itself)."""
     controller: dict[str, dict[str, object]] = field(default_factory=dict)
     """Overrides of the controller's line config, by section: what commissioning such a line
     would set (each with its reason where the scenario is declared)."""
@@ -80,6 +83,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("shadow", "a shift in shadow mode: the gate follows the existing inspection (8 % escapes, 3 % false "
              "rejects at the start, half as many again by the end), vision is recorded beside it",
              shadow=True),
+    Scenario("drift", "the light dims by 20 % over the run and, from mid-run, half the defective parts have a "
+             "defect type the model was never trained on (dent): the drift alarm must rise and stay up",
+             plant={"lighting": (1.0, 0.8), "new_defect": (4, 0.5, 0.5)}, alarms_stay=frozenset({"drift"}),
+             min_parts=1200),
     Scenario("speed-ramps", "speed ramps between 40 % and 150 % of nominal",
              plant={"speed_profile": ((1.0, 1.5), (3.0, 0.4), (5.0, 1.2), (7.0, 0.6), (9.0, 1.0))}),
     Scenario("stop-and-go", "the conveyor stops twice for 2 s with parts in flight",

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from controller.errors import InferenceError
 from controller.ports import Image, InferenceResult
+from workers.image_stats import image_stats
 from workers.model_meta import (
     DEFECT_MAP_NAME,
     INPUT_NAME,
@@ -115,7 +116,8 @@ class OnnxRuntimeEngine(CanaryWarmup):
         except Exception as exc:  # ORT raises its own private exception types
             raise InferenceError(f"{self.name}: ONNX Runtime failed: {exc}") from exc
         per_frame_s = (time.perf_counter() - t0) / len(frames)
-        return score(probs, maps, self.meta, per_frame_s, self.name, own_scores[0] if own_scores else None)
+        return score(probs, maps, self.meta, per_frame_s, self.name, own_scores[0] if own_scores else None,
+                     image_stats(frames, self.meta))  # fmt: skip
 
 
 def score(
@@ -125,10 +127,12 @@ def score(
     per_frame_s: float,
     worker: str,
     model_scores: np.ndarray | None = None,
+    stats: Sequence[tuple[float, float]] | None = None,
 ) -> list[InferenceResult]:
     """Results from a batch's class_probs (N, classes), defect_map (N, 1, h, w) and, where the model
     has one, its own score output (N,); shared with TensorRTEngine, because the two engines must
-    give the same verdicts. Without a score output, score = 1 - P(good)."""
+    give the same verdicts. Without a score output, score = 1 - P(good). `stats`: each frame's
+    (brightness, focus) for drift (workers/image_stats.py)."""
     raw = 1.0 - probs[:, 0] if model_scores is None else model_scores
     # A NaN score (a broken model or input) must reject, never pass: it compares False with anything.
     scores = np.where(np.isnan(raw), 1.0, np.maximum(0.0, raw))
@@ -143,6 +147,8 @@ def score(
             infer_s=per_frame_s,
             worker=worker,
             defect_map=m,
+            brightness=st[0] if st else None,
+            focus=st[1] if st else None,
         )
-        for c, s, m in zip(classes, scores, small, strict=True)
+        for c, s, m, st in zip(classes, scores, small, stats or [None] * len(scores), strict=True)
     ]

@@ -31,6 +31,7 @@ import numpy as np
 
 from controller.errors import ConfigError, InferenceError
 from controller.ports import Image, InferenceResult
+from workers.image_stats import image_stats
 from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, SCORE_NAME, ModelMeta, load_model_meta
 from workers.onnx_engine import CanaryWarmup, score
 from workers.preprocess import preprocess
@@ -204,7 +205,8 @@ class TensorRTEngine(CanaryWarmup):
             raise InferenceError(f"{self.name}: {exc}") from exc
         except Exception as exc:  # CuPy and TensorRT raise their own exception types
             raise InferenceError(f"{self.name}: TensorRT failed: {exc}") from exc
-        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name, own_scores)
+        return score(probs, maps, self.meta, (time.perf_counter() - t0) / len(frames), self.name, own_scores,
+                     image_stats(frames, self.meta))  # fmt: skip
 
     def _run(self, frames: Sequence[Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         cp = self._cp
