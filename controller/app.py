@@ -36,7 +36,7 @@ from controller.core import plc_codec as codec
 from controller.core.budget import VerdictBudget
 from controller.core.drift import DriftMonitor, DriftReference
 from controller.core.frame_matching import FrameMatcher, Match, MatchWindow
-from controller.core.gate_decisions import DecisionFollower
+from controller.core.gate_decisions import DecisionFollower, vision_rejects
 from controller.core.plc_clock import SnapshotClock
 from controller.core.resume import another_plc_run, resume
 from controller.core.tracking import (
@@ -60,6 +60,7 @@ from controller.errors import (
     PlcError,
     PlcStalledError,
 )
+from controller.labels import add_labels, parse_flag
 from controller.operator import Action, OperatorControl, Refused, VisionState
 from controller.ports import (
     AuditEntry,
@@ -72,6 +73,9 @@ from controller.ports import (
     PlcLink,
 )  # fmt: skip
 from controller.status import Health, LineStatus, PartResult, Recipe
+
+REVIEW_BAND = 0.1
+"""A part whose score came this close to its model's threshold is queued for a person's review."""
 
 log = structlog.get_logger("lineinspect.controller")
 
@@ -120,7 +124,7 @@ class LineController:
         margins: Margins, window: MatchWindow, timing: Timing,
         on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[PartResult], None] | None = None, recipes: Sequence[Recipe] = (),
-        drift_references: Sequence[DriftReference] = (),
+        drift_references: Sequence[DriftReference] = (), label_store: Path | None = None,
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self._now = clock
@@ -143,6 +147,8 @@ class LineController:
         self.gate_corrections: Counter[str] = Counter()
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
+        self.label_store = label_store
+        """The journal whose label store (controller/labels.py) takes operators' flags; None: no flags."""
         self.drift = DriftMonitor({r.model_version: r for r in drift_references})
         """Is the line still showing each model what it was validated on (the `drift` alarm)?"""
         self.decisions = DecisionFollower()
@@ -229,6 +235,8 @@ class LineController:
         try:
             if action is Action.PREPARE_RECIPE:
                 detail = await self._prepare_recipe(argument)
+            elif action is Action.FLAG_RESULT:
+                detail = await self._flag_result(argument, user)
             else:
                 detail = self.operator.apply(action, argument, state=self.vision_state, alarms=self.alarms, by=user)
             ok = True
@@ -241,6 +249,23 @@ class LineController:
         self._update_health()
         self.on_status(self.status())  # the panel sees the new state at once
         return ok, detail
+
+    async def _flag_result(self, argument: str, user: str) -> str:
+        """An operator says a verdict was wrong: the true class into the label store (off the loop,
+        never the journal's writer), the part queued for review with its frame kept."""
+        try:
+            epoch, seq, true_class, note = parse_flag(argument)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        if self.label_store is None:
+            raise Refused("this controller keeps no labels (no journal file)")
+        recorded = await self.journal.recorded(epoch, seq - 1, seq)
+        if not recorded:
+            raise Refused(f"no part {epoch}/{seq} in the journal")
+        await asyncio.to_thread(add_labels, self.label_store, [(epoch, seq, true_class)], source="operator",
+                                labeled_by=user, note=note)  # fmt: skip
+        self._spawn(_settled(self.journal.note_review(epoch, seq, "flagged")), name="review")
+        return f"{epoch}/{seq} ({recorded[0].outcome}) labelled {true_class}: queued for review, its frame kept"
 
     async def _prepare_recipe(self, recipe_id: str) -> str:
         """Load the recipe's model beside the serving one, check it answers, switch between parts."""
@@ -481,6 +506,8 @@ class LineController:
                         missed=self.decisions.missed - missed)  # fmt: skip
         if decided:
             jobs = [self.journal.note_gate(snap.epoch, d.seq, d) for d in decided]
+            jobs += [self.journal.note_review(snap.epoch, d.seq, "disagrees_with_reference") for d in decided
+                     if d.reference != codec.NO_REFERENCE and vision_rejects(d) != (d.reference != codec.PASS)]
             self._spawn(_settled_all(jobs), name=f"gate-{decided[-1].seq}")
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
@@ -683,6 +710,8 @@ class LineController:
         self._verdict_queued.set()
         if self.drift.observe(result.model_version, result.brightness, result.focus, result.score, not result.reject):
             self.alarms.set("drift", self.drift.alarm, self.drift.detail)
+        if result.threshold is not None and abs(result.score - result.threshold) <= REVIEW_BAND:
+            self._spawn(_settled(self.journal.note_review(part.epoch, part.seq, "near_threshold")), name="review")
 
     def _learn_write_time(self, seconds: float) -> None:
         self.budget.learn_write(seconds)

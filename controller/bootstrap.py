@@ -174,6 +174,7 @@ async def _run_locked(
             on_status=lambda status: _publish_all(publishers, status),
             on_result=lambda result: _publish_all(result_sinks, result), recipes=recipes,
             drift_references=_drift_references([inf.model, *(Path(r.model) for r in recipes)]),
+            label_store=cfg.journal.path,
         )  # fmt: skip
         controller.operator.shadow_requested = cfg.plc.request_shadow
         operated.append(controller)

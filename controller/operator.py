@@ -46,6 +46,8 @@ class Action(StrEnum):
     """argument: the alarm's name."""
     CONFIRM = "confirm"
     """argument: the alarm's name."""
+    FLAG_RESULT = "flag_result"
+    """argument: "epoch/seq true_class[ note]": this part's verdict was wrong, it was `true_class`."""
     PREPARE_RECIPE = "prepare_recipe"
     """argument: the recipe's id. Loads its model beside the serving one, checks it answers, then
     switches between two parts (the inference service's hot swap)."""
@@ -102,8 +104,8 @@ class OperatorControl:
                     raise Refused(f"shadow mode is 'on' or 'off', not {argument!r}")
                 self.shadow_requested = argument == "on"
                 return f"shadow mode requested {argument} (the PLC decides and reports it)"
-            case Action.PREPARE_RECIPE:
-                raise Refused("a recipe is prepared by the controller, not by the operator rules")
+            case Action.PREPARE_RECIPE | Action.FLAG_RESULT:
+                raise Refused(f"{action.value} is done by the controller, not by the operator rules")
             case Action.ACKNOWLEDGE | Action.CONFIRM:
                 try:
                     if action is Action.ACKNOWLEDGE:
@@ -113,3 +115,4 @@ class OperatorControl:
                 except AlarmError as exc:
                     raise Refused(str(exc)) from None
                 return f"alarm {argument} {'acknowledged' if action is Action.ACKNOWLEDGE else 'confirmed'}"
+

@@ -60,6 +60,8 @@ class InferenceResult:
     """Mean grey level (0..255) of the inspected region, for drift; None where the engine gives none."""
     focus: float | None = None
     """Mean squared Laplacian of the inspected region (sharpness and contrast), for drift."""
+    threshold: float | None = None
+    """The model's reject threshold on `score` (parts near it are queued for review)."""
 
 
 class PlcLink(Protocol):
@@ -192,6 +194,10 @@ class Journal(Protocol):
 
     async def note_alarm(self, name: str, raised: bool, detail: str) -> None:
         """The alarm history (diagnostic, never raises)."""
+        ...
+
+    def note_review(self, epoch: int, seq: int, why: str) -> Awaitable[None]:
+        """Queue the part for a person's review and keep its frame (queued at the call, never raises)."""
         ...
 
     def note_gate(self, epoch: int, seq: int, decision: DecisionEntry) -> Awaitable[None]:

@@ -2,7 +2,7 @@
 
 Reads the gate's decisions the controller recorded (the PLC's decision ring: what the gate did, the
 vision verdict it read, the existing inspection's verdict) and the latest label of each part where
-someone established its truth (an operator, a review, the simulator), and writes `shadow.json`,
+someone established its truth (an operator, a review, the simulator: controller/labels.py), and writes `shadow.json`,
 plots and `shadow.html` with the agreement tables (controller/core/agreement.py), per shift, per
 defect class and over the run, and the readiness verdict with its criteria.
 Not here: the statistics themselves (controller/core/agreement.py).
@@ -22,6 +22,7 @@ from controller.core import plc_codec as c
 from controller.core.agreement import Inspected, agreement
 from controller.core.gate_decisions import vision_rejects
 from controller.errors import ConfigError
+from controller.labels import latest_labels
 
 BLOCK_PARTS = 200
 """Parts per point of the over-the-run plot."""
@@ -52,14 +53,11 @@ def read_shadow_parts(journal: Path, shifts: Shifts = Shifts()) -> tuple[list[In
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "gate_decisions" not in tables:
             raise ConfigError(f"{journal} has no gate decisions (a journal of interface version 1?)")
-        labels: dict[tuple[int, int], int] = {}
-        if "labels" in tables:
-            for epoch, seq, cls in db.execute("SELECT epoch, seq, true_class FROM labels ORDER BY rowid"):
-                labels[epoch, seq] = cls  # the latest label of a part counts
         rows = db.execute("SELECT epoch, seq, gate, vision, reference, flags, wall_utc FROM gate_decisions "
                           "ORDER BY wall_utc, epoch, seq").fetchall()  # fmt: skip
     finally:
         db.close()
+    labels = latest_labels(journal)
     parts, production = [], 0
     for epoch, seq, gate, vision, reference, flags, wall_utc in rows:
         entry = c.DecisionEntry(seq, gate, vision, reference, flags)
@@ -70,7 +68,8 @@ def read_shadow_parts(journal: Path, shifts: Shifts = Shifts()) -> tuple[list[In
             vision_reject=vision_rejects(entry),
             vision_failsafe=not (entry.vision_valid and vision in (c.PASS, c.REJECT)),
             reference_reject=None if reference == c.NO_REFERENCE else reference != c.PASS,
-            truth=labels.get((epoch, seq)), shift=shifts.name(wall_utc),
+            truth=label.true_class if (label := labels.get((epoch, seq))) else None,
+            shift=shifts.name(wall_utc),
         ))  # fmt: skip
     return parts, {"decided_in_production": production, "decided_in_shadow": len(parts)}
 
@@ -130,13 +129,13 @@ def _plots(result: dict[str, Any], out: Path) -> list[str]:
             ax2.plot(*zip(*pts, strict=True), style, color=color, marker="o", ms=3, label=key.replace("_", " "))
     ax2.set(title=f"over the run, per {BLOCK_PARTS} parts", xlabel="part", ylabel="%")
     ax2.legend(fontsize=7)
-    classes = sorted(result["by_class"], key=int)
+    classes = sorted(result["by_class"])
     for i, who in enumerate(["vision", "reference"]):
         caught = [result["by_class"][k][f"{who}_caught"] / max(1, result["by_class"][k]["parts"]) * 100
                   for k in classes]  # fmt: skip
         ax3.bar([j + (i - 0.5) * 0.36 for j in range(len(classes))], caught, 0.34, label=who,
                 color=("#3b6ea8", "#b0b0b0")[i])  # fmt: skip
-    ax3.set_xticks(range(len(classes)), [f"class {k}" for k in classes])
+    ax3.set_xticks(range(len(classes)), classes)
     ax3.set(title="defective parts caught, by class", ylabel="%", ylim=(0, 105))
     ax3.legend()
     fig.tight_layout()
@@ -172,7 +171,7 @@ def render_html(result: dict[str, Any]) -> str:
     criteria = "".join(f"<tr><td>{'✔' if c['holds'] else '✘'}</td><td>{esc(c['criterion'])}</td>"
                        f"<td>{esc(str(c['value']))}</td></tr>" for c in ready["criteria"])  # fmt: skip
     classes = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td>{v}</td>" for v in row.values()) + "</tr>"
-                      for k, row in sorted(result["by_class"].items(), key=lambda kv: int(kv[0])))  # fmt: skip
+                      for k, row in sorted(result["by_class"].items()))  # fmt: skip
     plots = "".join(f'<img src="{esc(p)}" style="max-width:100%">' for p in result["plots"])
     color = "#2a9d4b" if ready["ready"] else "#c0392b"
     counted = result["counted"]

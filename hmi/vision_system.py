@@ -63,6 +63,7 @@ STATE_NUMBERS = {"Preoperational": 1, "Halted": 2, "Error": 3, "Operational": 4,
 ROLE_OF: dict[Action, Role] = {
     Action.HALT: Role.OPERATOR, Action.RESET: Role.OPERATOR, Action.START_CONTINUOUS: Role.OPERATOR,
     Action.STOP: Role.OPERATOR, Action.ACKNOWLEDGE: Role.OPERATOR, Action.CONFIRM: Role.OPERATOR,
+    Action.FLAG_RESULT: Role.OPERATOR,
     Action.REQUEST_SHADOW: Role.ENGINEER, Action.PREPARE_RECIPE: Role.ENGINEER,
 }  # fmt: skip
 """The least role for each command: registered with the access rules, and checked again by the
@@ -153,6 +154,11 @@ class VisionSystem:
                            [_arg("ResultId", ua.ObjectIds.String, "epoch/seq")],
                            [_arg("Found", ua.ObjectIds.Boolean, "the part's frame is still in the journal"),
                             _arg("Image", ua.ObjectIds.ByteString, "the frame as PNG")], per_request=4)  # fmt: skip
+        await self._method(rm, "FlagResult", own, ROLE_OF[Action.FLAG_RESULT], self._flag_result,
+                           [_arg("ResultId", ua.ObjectIds.String, "epoch/seq"),
+                            _arg("TrueClass", ua.ObjectIds.String, "what the part really is: good, scratch, ... or a "
+                                 "new defect type's name (lowercase)"),
+                            _arg("Note", ua.ObjectIds.String, "optional: what the operator saw")], _DONE)  # fmt: skip
         fields = [(name, vtype) for name, vtype in RESULT_FIELDS]
         # Our namespace, not the companion spec's: its ResultReadyEventType carries a ResultDataType
         # structure, this one flat fields (docs/hmi.md).
@@ -239,6 +245,11 @@ class VisionSystem:
     async def _prepare_recipe(self, _parent: ua.NodeId, recipe: ua.Variant | str) -> list[ua.Variant]:
         rid = str(recipe.Value if isinstance(recipe, ua.Variant) else recipe)
         return _done(*await self._command(Action.PREPARE_RECIPE, rid[:128]))
+
+    async def _flag_result(self, _parent: ua.NodeId, result_id: ua.Variant | str, true_class: ua.Variant | str,
+                           note: ua.Variant | str) -> list[ua.Variant]:  # fmt: skip
+        rid, cls, text = (str(v.Value if isinstance(v, ua.Variant) else v) for v in (result_id, true_class, note))
+        return _done(*await self._command(Action.FLAG_RESULT, f"{rid.strip()} {cls.strip()} {' '.join(text.split())}"))
 
     async def _request_shadow(self, _parent: ua.NodeId, on: ua.Variant | bool) -> list[ua.Variant]:
         value = on.Value if isinstance(on, ua.Variant) else on

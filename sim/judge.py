@@ -18,6 +18,7 @@ import numpy as np
 from controller.adapters.journal import alarm_counts, read_image
 from controller.core.agreement import Inspected, agreement
 from controller.core.plc_codec import PASS, REJECT
+from models.synthetic import ALL_CLASSES
 from sim.identity import read_stamp
 
 GATE_OF_OUTCOME = {"pass": "pass", "reject": "reject_vision", "failsafe": "reject_failsafe"}
@@ -132,6 +133,6 @@ def shadow_agreement(decisions: list[dict[str, Any]]) -> dict[str, Any]:
     the simulator's own gate log: what `lineinspect report shadow` must find in the journal."""
     reference = {PASS: False, REJECT: True}
     table = agreement(Inspected(vision_reject=d["gate"] != "pass", vision_failsafe=d["gate"] == "reject_failsafe",
-                                reference_reject=reference.get(d["reference"]), truth=d["truth"])
+                                reference_reject=reference.get(d["reference"]), truth=ALL_CLASSES[d["truth"]])
                       for d in decisions)  # fmt: skip
     return {"overall": table["overall"], "by_class": table["by_class"], "readiness": table["readiness"]}

@@ -132,6 +132,7 @@ class MemoryJournal:
         self.alarms: list[tuple[str, bool]] = []
         self.audit: list[AuditEntry] = []
         self.gate: dict[tuple[int, int], c.DecisionEntry] = {}
+        self.review: dict[tuple[int, int], str] = {}
         self.points: dict[int, GateCounters] = {}
         self._gate: tuple[int, GateCounters] | None = None
         self.error: str | None = None
@@ -187,6 +188,10 @@ class MemoryJournal:
 
     async def note_audit(self, entry: AuditEntry) -> None:
         self.audit.append(entry)
+
+    def note_review(self, epoch: int, seq: int, why: str) -> asyncio.Future[None]:
+        self.review.setdefault((epoch, seq), why)
+        return asyncio.ensure_future(asyncio.sleep(0))
 
     def note_gate(self, epoch: int, seq: int, decision: c.DecisionEntry) -> asyncio.Future[None]:
         self.gate[epoch, seq] = decision

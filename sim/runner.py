@@ -25,11 +25,12 @@ from typing import Any
 
 import structlog
 
-from controller.adapters.journal import add_labels
 from controller.config import LineConfig
 from controller.errors import ControllerError
+from controller.labels import add_labels
 from controller.shadow_report import shadow_report
 from hmi.settings import hmi_settings
+from models.synthetic import ALL_CLASSES
 from sim.controllers import ControllerProcess, InProcessController, Progress
 from sim.hmi_demo import provision_demo
 from sim.hmi_flood import SimHmiFlood
@@ -220,16 +221,12 @@ def _panel_vs_journal(log: PanelLog, journal: Path) -> dict[str, Any]:
 
 
 def label_ground_truth(journal: Path, report: dict[str, Any]) -> int:
-    """The simulator knows every part's truth: into the journal's labels, as a plant's inspectors'
-    labels would be, so `lineinspect report shadow` and the review tools see it (0 where the
-    journal cannot take it: a scenario that broke its file)."""
-    truth = [(d["epoch"], d["seq"], d["truth"]) for d in report["decisions"]]
+    """The simulator knows every part's truth: into the journal's label store, as a plant's
+    inspectors' labels would be, so `lineinspect report shadow` and the review tools see it (0
+    where the disk cannot take it: a scenario that broke its filesystem)."""
+    truth = [(d["epoch"], d["seq"], ALL_CLASSES[d["truth"]]) for d in report["decisions"]]
     try:
-        db = sqlite3.connect(journal)
-        try:
-            return add_labels(db, truth, source="simulator", labeled_by="simulator ground truth")
-        finally:
-            db.close()
+        return add_labels(journal, truth, source="simulator", labeled_by="simulator ground truth")
     except (sqlite3.Error, OSError):
         return 0
 

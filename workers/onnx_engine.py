@@ -147,6 +147,7 @@ def score(
             infer_s=per_frame_s,
             worker=worker,
             defect_map=m,
+            threshold=meta.threshold,
             brightness=st[0] if st else None,
             focus=st[1] if st else None,
         )

@@ -60,14 +60,6 @@ log = structlog.get_logger("lineinspect.journal")
 
 _COLUMNS = [f.name for f in fields(PartRecord) if f.name != "image"]
 
-LABELS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (epoch INTEGER, seq INTEGER, true_class INTEGER, source TEXT, labeled_by TEXT,
-                                   wall_utc TEXT, note TEXT);
-CREATE INDEX IF NOT EXISTS labels_part ON labels (epoch, seq);
-"""
-"""A part's true class as someone established it (`source`: 'operator', 'review', 'simulator'); a
-part may be labelled more than once, the latest row counts."""
-
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS parts (
     {", ".join(_COLUMNS)}, t_written REAL,
@@ -89,8 +81,11 @@ CREATE TABLE IF NOT EXISTS parts_superseded ({", ".join(_COLUMNS)}, t_written RE
 CREATE TABLE IF NOT EXISTS gate_decisions (epoch INTEGER, seq INTEGER, gate INTEGER, vision INTEGER,
                                            reference INTEGER, flags INTEGER, wall_utc TEXT,
                                            PRIMARY KEY (epoch, seq));
-{LABELS_SCHEMA}
+CREATE TABLE IF NOT EXISTS review_queue (epoch INTEGER, seq INTEGER, why TEXT, wall_utc TEXT, PRIMARY KEY (epoch, seq));
 """
+
+_NOT_PINNED = ("NOT EXISTS (SELECT 1 FROM review_queue q WHERE q.epoch = images.epoch AND q.seq = images.seq)")
+"""A frame waiting for a person's review is kept by count and age limits (the size limit still wins)."""
 
 _DISK_ERRORS = (sqlite3.OperationalError, OSError)
 """What a failing disk raises (full, read-only, I/O error, busy): the same write can succeed later.
@@ -273,6 +268,11 @@ class SqliteJournal:
         """When the PLC acknowledged the verdict's write. Queued at the call; never raises (a
         restarted controller uses it to tell acknowledged writes from the others)."""
         return self._submit(None, self._update_written, epoch, seq, t_written, lazy=True)
+
+    def note_review(self, epoch: int, seq: int, why: str) -> Awaitable[None]:
+        """Queue the part for a person's review and pin its frame against retention (the newest
+        `max_images // 4` queued parts are pinned). Lazy lane; never raises."""
+        return self._submit(None, self._insert_review, epoch, seq, why, _utc(), lazy=True)
 
     def note_gate(self, epoch: int, seq: int, decision: GateDecision) -> Awaitable[None]:
         """What the PLC's gate did with a part (the decision ring). In the lazy lane: it reaches the
@@ -460,7 +460,8 @@ class SqliteJournal:
     def _insert_images(self, rows: list[tuple[object, ...]]) -> None:
         db = self._connection()
         db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
-        db.execute("DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ?", (self.max_images,))
+        db.execute(f"DELETE FROM images WHERE rowid <= (SELECT max(rowid) FROM images) - ? AND {_NOT_PINNED}",
+                   (self.max_images,))  # fmt: skip
 
     async def apply_retention(self) -> dict[str, int]:
         """One retention pass now (the checkpointer runs one every `retention.every_s`)."""
@@ -486,7 +487,8 @@ class SqliteJournal:
             """Of the `batch` oldest frames, delete those whose record is older (or gone)."""
             n = db.execute("DELETE FROM images WHERE rowid IN (SELECT i.rowid FROM (SELECT rowid, epoch, seq FROM "
                            "images ORDER BY rowid LIMIT ?) i LEFT JOIN parts p USING (epoch, seq) "
-                           "WHERE p.wall_utc IS NULL OR p.wall_utc < ?)", (r.batch, cutoff)).rowcount  # fmt: skip
+                           f"WHERE p.wall_utc IS NULL OR p.wall_utc < ?) AND {_NOT_PINNED}",
+                           (r.batch, cutoff)).rowcount  # fmt: skip
             deleted["images"] = deleted.get("images", 0) + n
             return n
 
@@ -497,7 +499,7 @@ class SqliteJournal:
                 pass
         if r.records_days is not None and not more:
             cutoff = (now - timedelta(days=r.records_days)).isoformat(timespec="milliseconds")
-            for table in ("parts", "alarms", "audit", "parts_superseded", "opened"):
+            for table in ("parts", "alarms", "audit", "parts_superseded", "opened", "gate_decisions", "review_queue"):
                 while oldest(table, "wall_utc < ?", cutoff, limit=r.batch):
                     if more := time.monotonic() - started > RETAIN_SLICE_S:
                         break
@@ -581,6 +583,12 @@ class SqliteJournal:
         if done.rowcount == 0:
             self.lost += 1
 
+    def _insert_review(self, epoch: int, seq: int, why: str, wall_utc: str) -> None:
+        if self._db is not None:
+            self._db.execute("INSERT OR IGNORE INTO review_queue VALUES (?, ?, ?, ?)", (epoch, seq, why, wall_utc))
+            self._db.execute("DELETE FROM review_queue WHERE rowid <= (SELECT max(rowid) FROM review_queue) - ?",
+                             (max(1, self.max_images // 4),))  # fmt: skip
+
     def _insert_gate(self, epoch: int, seq: int, d: GateDecision, wall_utc: str) -> None:
         if self._db is not None:
             self._db.execute("INSERT OR REPLACE INTO gate_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -655,18 +663,6 @@ def alarm_counts(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
     """How often each alarm was raised and cleared, over every controller that used this journal."""
     rows = db.execute("SELECT name, sum(raised), sum(1 - raised) FROM alarms GROUP BY name ORDER BY name")
     return {name: {"raised": raised, "cleared": cleared} for name, raised, cleared in rows}
-
-
-def add_labels(db: sqlite3.Connection, labels: list[tuple[int, int, int]], *, source: str, labeled_by: str,
-               note: str = "") -> int:  # fmt: skip
-    """Store true classes, (epoch, seq, class) each, for a journal file (in one transaction); returns
-    how many."""
-    db.executescript(LABELS_SCHEMA)
-    wall = _utc()
-    with db:
-        db.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [(e, s, c, source, labeled_by, wall, note) for e, s, c in labels])  # fmt: skip
-    return len(labels)
 
 
 def read_image(db: sqlite3.Connection, epoch: int, seq: int) -> np.ndarray | None:

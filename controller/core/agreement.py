@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Z95 = 1.959963984540054
+GOOD = "good"
 
 MIN_DEFECTIVE = 30
 """Go-live needs at least this many parts of known defective truth: fewer cannot bound an escape rate."""
@@ -36,8 +37,8 @@ class Inspected:
     """No valid vision verdict reached the PLC in time (part of `vision_reject`)."""
     reference_reject: bool | None
     """The existing inspection's verdict; None where it gave none."""
-    truth: int | None
-    """The true class (0 good, else the defect class) where known: the simulator, or an operator's label."""
+    truth: str | None
+    """The true class ("good" or a defect's name) where known: the simulator, or a person's label."""
     shift: str = ""
 
 
@@ -64,8 +65,8 @@ def _table(parts: list[Inspected]) -> dict[str, Any]:
     vision_only = sum(1 for p in with_ref if p.vision_reject and not p.reference_reject)
     reference_only = sum(1 for p in with_ref if not p.vision_reject and p.reference_reject)
     known = [p for p in parts if p.truth is not None]
-    defective = [p for p in known if p.truth]
-    good = [p for p in known if p.truth == 0]
+    defective = [p for p in known if p.truth != GOOD]
+    good = [p for p in known if p.truth == GOOD]
     defective_ref = [p for p in defective if p.reference_reject is not None]
     good_ref = [p for p in good if p.reference_reject is not None]
     return {
@@ -90,9 +91,9 @@ def _table(parts: list[Inspected]) -> dict[str, Any]:
 
 def _by_class(parts: list[Inspected]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for cls in sorted({p.truth for p in parts if p.truth}):
+    for cls in sorted({p.truth for p in parts if p.truth is not None and p.truth != GOOD}):
         of = [p for p in parts if p.truth == cls]
-        out[str(cls)] = {
+        out[cls] = {
             "parts": len(of),
             "vision_caught": sum(p.vision_reject for p in of),
             "reference_caught": sum(bool(p.reference_reject) for p in of),

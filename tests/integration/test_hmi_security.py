@@ -168,6 +168,8 @@ MATRIX: dict[str, tuple[str, str, Callable[[str], list[ua.Variant]]]] = {
     "Stop": ("operator", "VisionSystem.VisionStateMachine", lambda r: []),
     "GetResultById": ("viewer", "VisionSystem.ResultManagement", lambda r: [ua.Variant("1/1")]),
     "GetResultImage": ("viewer", "VisionSystem.ResultManagement", lambda r: [ua.Variant("1/1")]),
+    "FlagResult": ("operator", "VisionSystem.ResultManagement",
+                   lambda r: [ua.Variant("1/1"), ua.Variant("scratch"), ua.Variant("seen at the gate")]),
     "RequestShadowMode": ("engineer", "VisionSystem.ShadowMode", lambda r: [ua.Variant(False)]),
     "PrepareRecipe": ("engineer", "VisionSystem.RecipeManagement", lambda r: [ua.Variant("no-such-recipe")]),
     "Acknowledge": ("operator", "VisionSystem.Alarms.matrix",

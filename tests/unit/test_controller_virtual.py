@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,3 +185,49 @@ def test_in_shadow_mode_every_gate_decision_is_recorded_once_beside_the_referenc
     assert counts["decided"] == counts["shadow"] == len(log)
     assert counts.get("both_reject", 0) == len(vision_rejects & reference_rejects)
     assert counts.get("vision_only_reject", 0) == len(vision_rejects - reference_rejects)
+
+
+def test_an_operator_flags_a_wrong_verdict_into_the_label_store_and_the_review_queue(tmp_path: Path) -> None:
+    """FlagResult: the true class lands in the label store beside the journal (never the journal's
+    writer), the part is queued for review with its frame kept, and the flag is audited; bad input
+    is refused naming the problem and stores nothing."""
+    from controller.labels import latest_labels
+    from controller.operator import Action
+
+    line = SimMemoryLine(seed=7, parts=60)
+    journal_path = tmp_path / "journal.db"
+    answers: list[tuple[bool, str]] = []
+
+    async def main() -> None:
+        controller = controller_for(line)
+        controller.label_store = journal_path
+        task = asyncio.create_task(controller.run(), name="controller")
+        await asyncio.sleep(0.05)
+        try:
+            await line.run()
+            epoch, seq = next(iter(line.journal.parts))
+            ann = {"user": "ann", "role": "operator", "peer": "10.0.0.7:5000"}
+            arguments = (f"{epoch}/{seq} dent a shallow dent on the left", f"{epoch}/x dent",
+                         f"{epoch}/999999 dent", f"{epoch}/{seq} Dent!", f"{epoch}/{seq}")  # fmt: skip
+            for argument in arguments:
+                answers.append(await controller.operate(Action.FLAG_RESULT, argument, **ann))
+            await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run_virtual(main())
+    epoch, seq = next(iter(line.journal.parts))
+    ok, detail = answers[0]
+    assert ok and f"{epoch}/{seq}" in detail and "labelled dent" in detail, answers[0]
+    assert [a[0] for a in answers[1:]] == [False] * 4
+    assert "epoch/seq" in answers[1][1] and "no part" in answers[2][1] and "class name" in answers[3][1]
+    labels = latest_labels(journal_path)
+    assert list(labels) == [(epoch, seq)]
+    label = labels[epoch, seq]
+    assert (label.true_class, label.source, label.labeled_by, label.note) == (
+        "dent", "operator", "ann", "a shallow dent on the left")
+    assert line.journal.review[epoch, seq] == "flagged"
+    audited = [(a.action, a.result) for a in line.journal.audit]
+    assert audited == [("flag_result", "done")] + [("flag_result", "refused")] * 4

@@ -68,11 +68,11 @@ def test_wilson_interval_is_honest_at_zero_and_contains_the_rate() -> None:
 
 def test_agreement_tables_and_readiness() -> None:
     parts = (
-        [Inspected(True, False, True, 1, "A")] * 60  # both catch
-        + [Inspected(True, False, False, 2, "A")] * 6  # reference escapes, vision catches
-        + [Inspected(False, False, False, 0, "B")] * 900
-        + [Inspected(True, False, True, 0, "B")] * 4  # reference false rejects
-        + [Inspected(True, False, False, 0, "B")] * 2  # vision false rejects
+        [Inspected(True, False, True, "scratch", "A")] * 60  # both catch
+        + [Inspected(True, False, False, "spot", "A")] * 6  # reference escapes, vision catches
+        + [Inspected(False, False, False, "good", "B")] * 900
+        + [Inspected(True, False, True, "good", "B")] * 4  # reference false rejects
+        + [Inspected(True, False, False, "good", "B")] * 2  # vision false rejects
     )
     report = agreement(parts)
     overall = report["overall"]
@@ -80,13 +80,13 @@ def test_agreement_tables_and_readiness() -> None:
     assert overall["vision_false_rejects"]["k"] == 6 and overall["reference_false_rejects"]["k"] == 4
     assert (overall["both_reject"], overall["vision_only_reject"], overall["reference_only_reject"]) == (64, 8, 0)
     assert set(report["shifts"]) == {"A", "B"} and report["shifts"]["A"]["parts"] == 66
-    assert report["by_class"]["2"]["vision_only_caught"] == 6
+    assert report["by_class"]["spot"]["vision_only_caught"] == 6
     assert report["readiness"]["ready"], report["readiness"]
-    worse = parts + [Inspected(False, False, True, 1, "A")] * 10  # vision now misses 10 the reference caught
+    worse = parts + [Inspected(False, False, True, "scratch", "A")] * 10  # vision now misses 10 the reference caught
     assert not agreement(worse)["readiness"]["ready"]
 
 
 @pytest.mark.parametrize("defective", [0, 29])
 def test_too_little_evidence_is_not_ready(defective: int) -> None:
-    parts = [Inspected(True, False, False, 1)] * defective + [Inspected(False, False, False, 0)] * 500
+    parts = [Inspected(True, False, False, "scratch")] * defective + [Inspected(False, False, False, "good")] * 500
     assert not agreement(parts)["readiness"]["ready"]
