@@ -207,3 +207,33 @@ async def test_retention_deletes_old_frames_first_then_old_records_and_bounds_th
             assert db.execute("SELECT count(*) FROM parts").fetchone()[0] == 60
             kept = [s for (s,) in db.execute("SELECT seq FROM images ORDER BY seq")]
         assert deleted["images"] > 0 and kept and kept == list(range(61 - len(kept), 61))
+
+
+async def test_frames_queued_for_review_are_kept_past_the_count_and_age_limits(tmp_path: Path) -> None:
+    """A frame waiting for a person (flagged, disagreeing with the reference, near the threshold)
+    outlives the image count limit and the frame age limit; the gate's decisions are stored too."""
+    from datetime import UTC, datetime, timedelta
+
+    from controller.adapters.journal import Retention
+    from controller.core import plc_codec as c
+
+    old = (datetime.now(UTC) - timedelta(days=30)).isoformat(timespec="milliseconds")
+    frame = np.full((8, 8), 9, np.uint8)
+    async with SqliteJournal(tmp_path / "j.db", max_images=8, retention=Retention(images_days=7, every_s=3600)) as j:
+        await j.record(PartRecord(epoch=1, seq=1, outcome="pass", reason="model_pass", trigger_pos=0, wall_utc=old,
+                                  image=frame))  # fmt: skip
+        await j.record(PartRecord(epoch=1, seq=2, outcome="pass", reason="model_pass", trigger_pos=0, wall_utc=old,
+                                  image=frame))  # fmt: skip
+        await j.note_review(1, 1, "flagged")
+        await j.note_gate(1, 1, c.DecisionEntry(1, c.REJECT, c.PASS, c.REJECT, c.DECIDED_SHADOW))
+        for seq in range(3, 30):
+            await j.record(PartRecord(epoch=1, seq=seq, outcome="pass", reason="model_pass", trigger_pos=0,
+                                      wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"), image=frame))
+        await asyncio.sleep(0.3)
+        await j.apply_retention()
+    with sqlite3.connect(tmp_path / "j.db") as db:
+        kept = [s for (s,) in db.execute("SELECT seq FROM images ORDER BY seq")]
+        assert kept[0] == 1 and 2 not in kept and len(kept) == 9  # 8 newest + the pinned one
+        assert db.execute("SELECT why FROM review_queue").fetchall() == [("flagged",)]
+        assert db.execute("SELECT gate, vision, reference, flags FROM gate_decisions").fetchall() == [
+            (c.REJECT, c.PASS, c.REJECT, c.DECIDED_SHADOW)]
