@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from controller.errors import ControllerError
+from controller.errors import ConfigError, ControllerError
 
 if TYPE_CHECKING:
     from controller.app import LineController
@@ -321,6 +322,43 @@ def _report_shadow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_serve(args: argparse.Namespace) -> int:
+    """The review page on this machine until Ctrl-C."""
+    from models.review import Review, serve
+
+    model = Path(args.model) if args.model else None
+    server = serve(Review(Path(args.journal), args.user, model), port=args.port)
+    print(f"review: http://127.0.0.1:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _review_list(args: argparse.Namespace) -> int:
+    from models.review import Review
+
+    print(json.dumps(Review(Path(args.journal), args.user).queue(), indent=2))
+    return 0
+
+
+def _review_flag(args: argparse.Namespace) -> int:
+    """An operator's flag from a terminal: the label only (the HMI's FlagResult also keeps the frame)."""
+    from controller.labels import add_labels, parse_flag
+
+    try:
+        epoch, seq, true_class, note = parse_flag(f"{args.result} {args.true_class} {args.note}")
+        add_labels(Path(args.journal), [(epoch, seq, true_class)], source="operator", labeled_by=args.user,
+                   note=note)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps({"result_id": f"{epoch}/{seq}", "label": true_class, "labeled_by": args.user}))
+    return 0
+
+
 def _dataset_check(args: argparse.Namespace) -> int:
     from models.dataset_check import check_dataset
 
@@ -447,6 +485,22 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--shift-hours", type=float, default=8.0, help="length of a shift")
     rs.add_argument("--shift-start", type=float, default=6.0, help="hour of the day (UTC) a shift starts at")
     rs.set_defaults(fn=_report_shadow)
+    rv = sub.add_parser("review", help="label the parts the line queued for review").add_subparsers(
+        dest="review_command", required=True)
+    for name, fn, helptext in (("serve", _review_serve, "a keyboard-driven review page on 127.0.0.1"),
+                               ("list", _review_list, "the review queue and its labels as JSON"),
+                               ("flag", _review_flag, "label one part: an operator flag from a terminal")):  # fmt: skip
+        sp = rv.add_parser(name, help=helptext)
+        sp.add_argument("--journal", required=True, help="the controller's journal (only read)")
+        sp.add_argument("--user", default=os.environ.get("USER", "unknown"), help="who labels (default: $USER)")
+        sp.set_defaults(fn=fn)
+        if name == "serve":
+            sp.add_argument("--model", help="show this model's defect map beside each frame")
+            sp.add_argument("--port", type=int, default=8765)
+        if name == "flag":
+            sp.add_argument("result", help="epoch/seq, as the HMI's ResultId")
+            sp.add_argument("true_class", help="good, a defect class, or a new type's name (lowercase)")
+            sp.add_argument("--note", default="")
     ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
     dc.add_argument("path")
