@@ -359,6 +359,19 @@ def _review_flag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_add_from_journal(args: argparse.Namespace) -> int:
+    from models.from_journal import add_from_journal
+
+    roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None
+    if roi is not None and len(roi) != 4:
+        raise ConfigError(f"--roi is x,y,w,h, got {args.roi!r}")
+    result = add_from_journal(Path(args.journal), Path(args.dataset), sources=tuple(args.sources.split(",")),
+                              line=args.line, roi=roi)  # type: ignore[arg-type]  # fmt: skip
+    print(result.pop("check"), file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0 if result["check_ok"] else 1
+
+
 def _dataset_check(args: argparse.Namespace) -> int:
     from models.dataset_check import check_dataset
 
@@ -505,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
     dc.add_argument("path")
     dc.set_defaults(fn=_dataset_check)
+    da = ds.add_parser("add-from-journal", help="labelled production frames into a dataset folder, never twice")
+    da.add_argument("--journal", required=True, help="the controller's journal (only read) and its label store")
+    da.add_argument("--dataset", required=True, help="the dataset folder (created if missing)")
+    da.add_argument("--sources", default="operator,review", help="whose labels: operator, review, simulator")
+    da.add_argument("--line", help="the line's name in each image's provenance (default: this host's name)")
+    da.add_argument("--roi", help="x,y,w,h for a new dataset folder")
+    da.set_defaults(fn=_dataset_add_from_journal)
 
     h = sub.add_parser("hmi", help="secure the HMI: trust panels' certificates, manage users")
     hs = h.add_subparsers(dest="hmi_command", required=True)
