@@ -229,8 +229,14 @@ def _train(args: argparse.Namespace) -> int:
     from models.train import train
 
     try:
+        parent = Path(args.from_) if args.from_ else None
+        if parent is not None and parent.is_dir():
+            parent = parent / "model.pt"
+        if parent is not None and not parent.is_file():
+            raise ConfigError(f"--from {args.from_}: no checkpoint there (a training run's model.pt, or its folder)")
         result = train(Path(args.dataset), Path(args.out), epochs=args.epochs, seed=args.seed,
-                       target_frr=args.target_frr, roi=_roi(args.roi), pretrained=not args.no_pretrained)  # fmt: skip
+                       target_frr=args.target_frr, roi=_roi(args.roi), pretrained=not args.no_pretrained,
+                       init_from=parent, min_steps=args.min_steps)  # fmt: skip
     except DatasetError as exc:
         raise ControllerError(str(exc)) from None
     if args.export:
@@ -239,6 +245,11 @@ def _train(args: argparse.Namespace) -> int:
         name = args.name or Path(args.dataset).resolve().name
         onnx_path = export_onnx(result.checkpoint, Path(args.out) / "model.onnx", name=name)
         write_card(args.out, onnx_path, result.report)
+        validation = result.report["validation_good_files"]
+        if len(validation) >= 100:  # the drift watch needs a reference worth the name
+            from models.drift_reference import good_frames_of, write_drift_reference
+
+            write_drift_reference(onnx_path, good_frames_of(Path(args.dataset), files=validation))
         print(onnx_path)
     return 0
 
@@ -366,7 +377,7 @@ def _dataset_add_from_journal(args: argparse.Namespace) -> int:
     if roi is not None and len(roi) != 4:
         raise ConfigError(f"--roi is x,y,w,h, got {args.roi!r}")
     result = add_from_journal(Path(args.journal), Path(args.dataset), sources=tuple(args.sources.split(",")),
-                              line=args.line, roi=roi)  # type: ignore[arg-type]  # fmt: skip
+                              line=args.line, roi=roi)  # fmt: skip
     print(result.pop("check"), file=sys.stderr)
     print(json.dumps(result, indent=2))
     return 0 if result["check_ok"] else 1
@@ -463,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-pretrained", action="store_true", help="start from random weights, not ImageNet")
     t.add_argument("--no-export", dest="export", action="store_false", help="keep only the checkpoint")
     t.add_argument("--name", help="model name, the version's prefix (default: the dataset folder's name)")
+    t.add_argument("--from", dest="from_", help="fine-tune a sibling model (its model.pt or folder) instead of "
+                   "starting from ImageNet: shared layers and shared classes' rows are kept")
+    t.add_argument("--min-steps", type=int, default=300, help="at least this many updates in all")
     t.set_defaults(fn=_train)
 
     v = sub.add_parser("evaluate", help="detection and false rejects of an ONNX model on a dataset; HTML report")

@@ -50,10 +50,12 @@ def write_drift_reference(model: Path, frames: list[np.ndarray]) -> Path:
     return path
 
 
-def good_frames_of(dataset: Path, limit: int = 1000) -> list[np.ndarray]:
+def good_frames_of(dataset: Path, limit: int = 1000, files: list[str] | None = None) -> list[np.ndarray]:
+    """The dataset's good images (or only `files`, relative to it: a training run's validation set)."""
     layout = list_dataset(dataset)
     mode = "L" if layout.color == "gray" else "RGB"
-    return [np.asarray(Image.open(p).convert(mode)) for p in layout.images["good"][:limit]]
+    paths = [layout.root / f for f in files] if files is not None else layout.images["good"]
+    return [np.asarray(Image.open(p).convert(mode)) for p in paths[:limit]]
 
 
 def rendered_good_frames(seed: int, count: int) -> list[np.ndarray]:

@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -267,6 +268,7 @@ def train(
     threads: int = 2,
     device: str | None = None,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train on `dataset_dir`, write `out_dir/model.pt` and `out_dir/train_report.json`.
 
@@ -278,7 +280,9 @@ def train(
     `pretrained=False` starts from random weights and trains every layer (the learning curve's
     baseline). Trains on `device`, by default a CUDA GPU where there is one, else the CPU. Sets
     torch's process-wide thread count to `threads` (on the CPU, results are reproducible per
-    thread count)."""
+    thread count). `init_from`: a sibling model's checkpoint (its `model.pt`) to fine-tune from
+    instead of ImageNet: every layer it shares, and the classifier rows of the classes it shares by
+    name; a class new to this dataset starts from scratch (`init_classes`)."""
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
@@ -296,7 +300,9 @@ def train(
     data = load_data(layout, roi)
     train_idx, val_idx = stratified_split(data.labels, val_fraction, rng)
     tensors = [torch.from_numpy(a) for a in (data.images, data.labels, data.maps, data.has_map)]
-    inspector = Inspector(len(classes), pretrained=pretrained).to(device)
+    inspector = Inspector(len(classes), pretrained=pretrained)
+    inherited = init_classes(inspector, Path(init_from), classes) if init_from is not None else None
+    inspector = inspector.to(device)
     model = inspector.net.to(memory_format=torch.channels_last)
     frozen = model.frozen_modules() if pretrained else []
     for module in frozen:
@@ -374,6 +380,9 @@ def train(
         "val": detection_metrics(val.scores, val.probs, val_labels, threshold),
         "history": history,
         "train_data_hash": dataset_hash(dataset_dir),
+        "init_from": inherited,
+        "validation_good_files": [str(f.relative_to(layout.root)) for f in
+                                  (layout.images["good"][i] for i in val_idx[val_labels == 0])],
         "train_seconds": time.perf_counter() - started,
     }
     out = Path(out_dir)
@@ -399,6 +408,30 @@ def train(
         console.log(f"[bold red]warning:[/] {calibration['n_good']} validation good images are too few to hold "
                     f"a {target_frr:.1%} false-reject rate (need {need}); add good images")  # fmt: skip
     return TrainResult(checkpoint, threshold, report)
+
+
+def init_classes(inspector: Inspector, checkpoint: Path, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Start `inspector` from a sibling model's weights: every tensor of the same name and shape,
+    and for the classifier's last layer the rows of the classes both know (by name). Returns what
+    was taken, for the training report (the sibling's data hash is the new model's lineage)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    theirs, old = ckpt["state_dict"], list(ckpt["classes"])
+    own = inspector.state_dict()
+    taken, rows = 0, [c for c in classes if c in old]
+    for key, value in theirs.items():
+        if key not in own:
+            continue
+        if own[key].shape == value.shape and ((len(old) == len(classes) and old == list(classes))
+                                              or not key.startswith("net.classifier")):  # fmt: skip
+            own[key] = value
+            taken += 1
+        elif key.startswith("net.classifier") and value.shape[0] == len(old):
+            for name in rows:  # shared classes keep their learnt row; new classes start fresh
+                own[key][classes.index(name)] = value[old.index(name)]
+            taken += 1
+    inspector.load_state_dict(own)
+    return {"checkpoint": str(checkpoint), "classes": old, "shared_classes": rows, "tensors": taken,
+            "parent_data_hash": ckpt.get("train_data_hash")}  # fmt: skip
 
 
 def golden_frames(layout: Layout, val_idx: np.ndarray, labels: np.ndarray) -> list[torch.Tensor]:

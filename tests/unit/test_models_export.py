@@ -196,3 +196,24 @@ def test_colour_dataset_gives_an_rgb_model_the_line_feeds_rgb_frames(tmp_path) -
     assert frame.shape == (*synthetic.FRAME_SHAPE, 3) and len(engine.infer_batch([frame])) == 1
     with pytest.raises(InferenceError, match="expects RGB8"):
         engine.infer_batch([frame[..., 0]])
+
+
+def test_fine_tuning_from_a_sibling_keeps_shared_layers_and_classes_and_adds_a_new_one(tiny_run, tmp_path) -> None:
+    """`train --from`: a dataset with one more class (dent) starts from the sibling's weights: every
+    shared tensor, the classifier rows of the shared classes by name; the new class's row is new."""
+    from models.net import Inspector
+    from models.train import init_classes
+
+    _, parent, _ = tiny_run
+    classes = ("good", "scratch", "dent", "spot", "crack")  # another order, one more class
+    child = Inspector(len(classes), pretrained=False)
+    taken = init_classes(child, parent.checkpoint, classes)
+    sibling, ckpt = load_checkpoint(parent.checkpoint)
+    assert taken["shared_classes"] == ["good", "scratch", "spot", "crack"] and taken["tensors"] > 100
+    mine, theirs = child.state_dict(), sibling.state_dict()
+    head = "net.classifier.1.weight"
+    for name in taken["shared_classes"]:
+        assert torch.equal(mine[head][classes.index(name)], theirs[head][ckpt["classes"].index(name)])
+    assert not any(torch.equal(mine[head][2], row) for row in theirs[head])  # dent: not a sibling's row
+    shared = [k for k in theirs if not k.startswith("net.classifier")]
+    assert all(torch.equal(mine[k], theirs[k]) for k in shared)
