@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections import Counter, deque
@@ -72,8 +73,11 @@ from controller.ports import (
     PartRecord,
     PlcLink,
 )  # fmt: skip
+from controller.registry import Active, read_active
 from controller.status import Health, LineStatus, PartResult, Recipe
 
+REGISTRY_POLL_S = 2.0
+"""How often the registry's ACTIVE.json is read (a promotion reaches the line within this)."""
 REVIEW_BAND = 0.1
 """A part whose score came this close to its model's threshold is queued for a person's review."""
 
@@ -125,6 +129,7 @@ class LineController:
         on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[PartResult], None] | None = None, recipes: Sequence[Recipe] = (),
         drift_references: Sequence[DriftReference] = (), label_store: Path | None = None,
+        registry: tuple[Path, str] | None = None,
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self._now = clock
@@ -147,6 +152,11 @@ class LineController:
         self.gate_corrections: Counter[str] = Counter()
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
+        self.registry = registry
+        """(registry folder, product): the active version is followed (controller/registry.py)."""
+        self.registry_seen: tuple[str, str] | None = None
+        """(version, utc) of the last ACTIVE.json acted on, swapped to or refused (at start: the one
+        the line started on)."""
         self.label_store = label_store
         """The journal whose label store (controller/labels.py) takes operators' flags; None: no flags."""
         self.drift = DriftMonitor({r.model_version: r for r in drift_references})
@@ -189,6 +199,8 @@ class LineController:
                 tg.create_task(self._exchange_loop(), name="plc-exchange")
                 tg.create_task(self._frame_loop(), name="camera-intake")
                 tg.create_task(self._status_loop(), name="status")
+                if self.registry is not None:
+                    tg.create_task(self._registry_loop(), name="registry")
         except ExceptionGroup as group:
             refused = group.subgroup(ConfigError)
             if refused is None:
@@ -266,6 +278,41 @@ class LineController:
                                 labeled_by=user, note=note)  # fmt: skip
         self._spawn(_settled(self.journal.note_review(epoch, seq, "flagged")), name="review")
         return f"{epoch}/{seq} ({recorded[0].outcome}) labelled {true_class}: queued for review, its frame kept"
+
+    async def _registry_loop(self) -> None:
+        """Follow the registry's active version: a promotion or rollback is a hot swap between two
+        parts (the inference service's), audited with who did it; a model that does not load is
+        refused, audited, and the serving one stays. Reads ACTIVE.json off the loop every 2 s."""
+        assert self.registry is not None
+        folder, product = self.registry
+        while True:
+            try:
+                active = await asyncio.to_thread(read_active, folder, product)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("registry_unreadable", registry=str(folder), product=product, error=str(exc))
+                active = None
+            if active is not None and (active.version, active.utc) != self.registry_seen:
+                self.registry_seen = (active.version, active.utc)
+                if active.version != self._model_version:
+                    await self._follow(active)
+            await asyncio.sleep(REGISTRY_POLL_S)
+
+    async def _follow(self, active: Active) -> None:
+        try:
+            version = await self.inference.swap_model(active.model)
+            ok, detail = True, f"{active.version} serving from the next part (was {self._model_version or 'none'})"
+            self._model_version = version
+            reference = await asyncio.to_thread(_drift_reference_of, active.model)
+            if reference is not None:
+                self.drift.references[reference.model_version] = reference
+        except (InferenceError, ConfigError, OSError) as exc:
+            why = str(exc).splitlines()[0]
+            ok, detail = False, f"{active.version} not loaded, {self._model_version} still serving: {why}"
+        log.info("registry_followed", product=self.registry[1] if self.registry else "", version=active.version,
+                 action=active.action, by=active.by, ok=ok, detail=detail)  # fmt: skip
+        entry = self._noted(active.by, "registry", "registry", active.action, active.version,
+                            "done" if ok else "refused", detail)  # fmt: skip
+        self._spawn(self.journal.note_audit(entry), name="audit")
 
     async def _prepare_recipe(self, recipe_id: str) -> str:
         """Load the recipe's model beside the serving one, check it answers, switch between parts."""
@@ -819,6 +866,11 @@ class LineController:
 
 async def _settled(job: Awaitable[None]) -> None:
     await job
+
+
+def _drift_reference_of(model: Path) -> DriftReference | None:
+    path = model.with_suffix(".drift.json")
+    return DriftReference.from_json(json.loads(path.read_text())) if path.is_file() else None
 
 
 async def _settled_all(jobs: list[Awaitable[None]]) -> None:

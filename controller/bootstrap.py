@@ -34,6 +34,7 @@ from controller.core.frame_matching import MatchWindow
 from controller.core.tracking import Margins
 from controller.errors import ConfigError, ControllerError
 from controller.ports import FrameSource
+from controller.registry import Active, read_active
 from controller.status import LineStatus, PartResult
 
 _T = TypeVar("_T")
@@ -124,6 +125,7 @@ async def _run_locked(
     cfg: LineConfig, stop: asyncio.Event | None, on_status: Callable[[LineStatus], None] | None,
     started: asyncio.Future[tuple[LineController, Any]] | None, wrap_inference: Callable[[Any], Any] | None,
 ) -> LineController:  # fmt: skip
+    cfg, started_on = _from_registry(cfg)
     inference = _build_inference(cfg)
     if wrap_inference is not None:
         inference = wrap_inference(inference)
@@ -175,8 +177,11 @@ async def _run_locked(
             on_result=lambda result: _publish_all(result_sinks, result), recipes=recipes,
             drift_references=_drift_references([inf.model, *(Path(r.model) for r in recipes)]),
             label_store=cfg.journal.path,
+            registry=(inf.registry, inf.product) if inf.registry is not None else None,
         )  # fmt: skip
         controller.operator.shadow_requested = cfg.plc.request_shadow
+        if started_on is not None:
+            controller.registry_seen = (started_on.version, started_on.utc)
         operated.append(controller)
         log.info("controller_started", plc=plc.name, camera=type(camera).__name__, hmi=cfg.hmi.enabled)
         systemd = SystemdNotifier()
@@ -228,6 +233,23 @@ class _GcPauses:
 GC_THRESHOLDS = (10_000, 10, 10)
 """Young collections every 10,000 net allocations, not Python's 700: each scans only objects born
 since the last one (about a millisecond), and a full one comes 14 times less often."""
+
+
+def _from_registry(cfg: LineConfig) -> tuple[LineConfig, Active | None]:
+    """With a registry, the line starts on its product's active version."""
+    inf = cfg.inference
+    if inf.registry is None:
+        return cfg, None
+    try:
+        active = read_active(inf.registry, inf.product)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"inference.registry {inf.registry}: {inf.product}'s ACTIVE.json is unreadable: "
+                          f"{exc}") from exc
+    if active is None:
+        raise ConfigError(f"inference.registry {inf.registry} has no active version of product {inf.product!r}: "
+                          "`lineinspect registry add` one first")  # fmt: skip
+    log.info("model_from_registry", product=inf.product, version=active.version, since=active.utc, by=active.by)
+    return cfg.model_copy(update={"inference": inf.model_copy(update={"model": active.model})}), active
 
 
 def _drift_references(models: Sequence[Path]) -> list[DriftReference]:

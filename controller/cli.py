@@ -383,6 +383,88 @@ def _dataset_add_from_journal(args: argparse.Namespace) -> int:
     return 0 if result["check_ok"] else 1
 
 
+def _registry_add(args: argparse.Namespace) -> int:
+    """A training run's model into the registry, with its lineage and export parity."""
+    from controller import registry
+    from workers.model_meta import load_model_meta
+
+    run = Path(args.run)
+    meta = load_model_meta(run / "model.onnx")
+    report = json.loads((run / "train_report.json").read_text()) if (run / "train_report.json").is_file() else {}
+    parity = None
+    if (run / "model.pt").is_file():
+        from models.export import golden_frames
+        from models.export import parity as export_parity
+        from models.train import load_checkpoint
+
+        golden = golden_frames(load_checkpoint(run / "model.pt")[1])
+        parity = export_parity(run / "model.pt", run / "model.onnx", golden)
+    entry = {"classes": list(meta.classes), "train_data_hash": report.get("train_data_hash"), "parity": parity,
+             "init_from": report.get("init_from"), "validation": report.get("val")}  # fmt: skip
+    try:
+        path = registry.register(Path(args.registry), args.product, run, meta.version, entry, by=args.user)
+    except registry.RegistryError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps({"version": meta.version, "model": str(path), "parity": parity}, indent=2))
+    return 0
+
+
+def _registry_list(args: argparse.Namespace) -> int:
+    from controller import registry
+
+    reg = Path(args.registry)
+    active = registry.read_active(reg, args.product)
+    print(json.dumps({"product": args.product, "active": active.version if active else None,
+                      "previous": list(active.previous) if active else [],
+                      "versions": {v: {k: e.get(k) for k in ("registered_utc", "registered_by", "train_data_hash")}
+                                   | {"promotable": e.get("candidate", {}).get("promotable")}
+                                   for v in registry.versions(reg, args.product)
+                                   for e in [registry.read_entry(reg, args.product, v)]},
+                      "history": registry.history(reg, args.product)[-10:]}, indent=2))  # fmt: skip
+    return 0
+
+
+def _candidate(args: argparse.Namespace) -> int:
+    """Compare a registered version with the active one; the verdict goes into its entry."""
+    from controller import registry
+    from models.candidate import compare
+
+    reg = Path(args.registry)
+    try:
+        entry = registry.read_entry(reg, args.product, args.version)
+        active = registry.read_active(reg, args.product)
+        if active is None:
+            raise registry.RegistryError(f"{args.product} has no active version to compare with")
+    except registry.RegistryError as exc:
+        raise ConfigError(str(exc)) from exc
+    result = compare(reg / args.product / args.version / registry.MODEL, active.model,
+                     dataset=Path(args.held_out) if args.held_out else None,
+                     journal=Path(args.journal) if args.journal else None, replay_last=args.replay,
+                     frr=args.frr, parity=entry.get("parity"))  # fmt: skip
+    result["by"] = args.user
+    registry.write_entry(reg, args.product, args.version, {**entry, "candidate": result})
+    registry.note(reg, args.product, {"event": "candidate", "version": args.version, "against": active.version,
+                                      "by": args.user, "promotable": result["promotable"],
+                                      "reasons": result["reasons"]})  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0 if result["promotable"] else 1
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from controller import registry
+
+    try:
+        if args.command == "rollback":
+            active = registry.rollback(Path(args.registry), args.product, by=args.user)
+        else:
+            active = registry.promote(Path(args.registry), args.product, args.version, by=args.user)
+    except registry.RegistryError as exc:
+        raise ConfigError(str(exc)) from exc
+    print(json.dumps({"product": args.product, "active": active.version, "by": active.by, "action": active.action,
+                      "previous": list(active.previous)}))  # fmt: skip
+    return 0
+
+
 def _dataset_check(args: argparse.Namespace) -> int:
     from models.dataset_check import check_dataset
 
@@ -512,6 +594,34 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--shift-hours", type=float, default=8.0, help="length of a shift")
     rs.add_argument("--shift-start", type=float, default=6.0, help="hour of the day (UTC) a shift starts at")
     rs.set_defaults(fn=_report_shadow)
+    def registry_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--registry", required=True, help="the model registry folder")
+        sp.add_argument("--product", required=True, help="the product (recipe) whose models these are")
+        sp.add_argument("--user", default=os.environ.get("USER", "unknown"), help="who does it (default: $USER)")
+
+    rg = sub.add_parser("registry", help="the model registry").add_subparsers(dest="registry_command", required=True)
+    ra = rg.add_parser("add", help="a training run's model into the registry (with its export parity)")
+    ra.add_argument("run", help="the training run's folder (model.onnx, model.pt, train_report.json)")
+    registry_args(ra)
+    ra.set_defaults(fn=_registry_add)
+    rl = rg.add_parser("list", help="versions, the active one, the last events")
+    registry_args(rl)
+    rl.set_defaults(fn=_registry_list)
+    cd = sub.add_parser("candidate", help="compare a registered version with the active one: held-out and replay")
+    cd.add_argument("version")
+    registry_args(cd)
+    cd.add_argument("--held-out", help="a fixed held-out dataset folder")
+    cd.add_argument("--journal", help="replay the journal's last frames (with people's labels)")
+    cd.add_argument("--replay", type=int, default=500, help="how many of the journal's last frames")
+    cd.add_argument("--frr", type=float, default=0.01, help="the false-reject rate both are compared at")
+    cd.set_defaults(fn=_candidate)
+    pm = sub.add_parser("promote", help="make a compared, promotable version the line's model (hot swap)")
+    pm.add_argument("version")
+    registry_args(pm)
+    pm.set_defaults(fn=_promote)
+    rb = sub.add_parser("rollback", help="back to the version active before this one")
+    registry_args(rb)
+    rb.set_defaults(fn=_promote)
     rv = sub.add_parser("review", help="label the parts the line queued for review").add_subparsers(
         dest="review_command", required=True)
     for name, fn, helptext in (("serve", _review_serve, "a keyboard-driven review page on 127.0.0.1"),

@@ -76,6 +76,9 @@ class RayInferenceConfig(_Strict):
     """None: start a local Ray; otherwise join that cluster."""
     recipes_dir: Path | None = None
     """Installed models, one folder each (default: the folder above the model's own)."""
+    registry: Path | None = Field(None, description="a model registry: the line runs its product's active "
+                                  "version (not `model`) and follows promotions and rollbacks between parts")
+    product: str = Field("default", description="the product whose registry versions this line runs")
 
 
 class LocalInferenceConfig(_Strict):
@@ -83,6 +86,9 @@ class LocalInferenceConfig(_Strict):
     model: Path = SHIPPED_MODEL
     threads: int = Field(1, ge=1)
     recipes_dir: Path | None = None
+    registry: Path | None = Field(None, description="a model registry: the line runs its product's active "
+                                  "version (not `model`) and follows promotions and rollbacks between parts")
+    product: str = Field("default", description="the product whose registry versions this line runs")
 
 
 class JournalConfig(_Strict):

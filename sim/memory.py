@@ -101,6 +101,7 @@ class SimMemoryCamera:
 class SimMemoryInference:
     def __init__(self, rng: random.Random, faults: MemoryFaults, latency_s: float = 0.008) -> None:
         self.rng, self.faults, self.latency_s = rng, faults, latency_s
+        self.version = "memory-1"
 
     @property
     def expected_latency_s(self) -> float:
@@ -119,10 +120,14 @@ class SimMemoryInference:
             raise InferenceError("inference past its deadline")
         await asyncio.sleep(took)
         defect = int(image[0, 1])
-        return InferenceResult(defect, 0.9 if defect else 0.1, defect != 0, "memory-1", took)
+        return InferenceResult(defect, 0.9 if defect else 0.1, defect != 0, self.version, took)
 
     async def swap_model(self, model_path: Path) -> str:
-        raise InferenceError("the in-memory service has one model")
+        """The in-memory "model" is named by its folder (a registry version's); the file must exist."""
+        if not await asyncio.to_thread(model_path.is_file):
+            raise InferenceError(f"no model at {model_path}")
+        self.version = model_path.parent.name
+        return self.version
 
 
 class MemoryJournal:

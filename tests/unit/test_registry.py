@@ -1,0 +1,117 @@
+"""The model registry: registration, the promotion gate, rollback, the history — and a controller
+following it between parts, audited."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from controller import registry as r
+
+
+def run_dir(tmp_path: Path, name: str) -> Path:
+    run = tmp_path / "runs" / name
+    run.mkdir(parents=True)
+    (run / "model.onnx").write_bytes(b"onnx " + name.encode())
+    (run / "MODEL_CARD.md").write_text(f"# {name}\n")
+    return run
+
+
+def compared(reg: Path, version: str, against: str, promotable: bool, reasons: tuple[str, ...] = ()) -> None:
+    entry = r.read_entry(reg, "p", version)
+    r.write_entry(reg, "p", version, {**entry, "candidate": {"against": against, "promotable": promotable,
+                                                              "reasons": list(reasons)}})  # fmt: skip
+
+
+def test_promotion_needs_a_passing_comparison_with_the_active_version_and_rollback_goes_back(tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    r.register(reg, "p", run_dir(tmp_path, "v1"), "v1", {"train_data_hash": "h1"}, by="ann")
+    assert r.read_active(reg, "p").version == "v1"  # type: ignore[union-attr]  # the first one runs
+    r.register(reg, "p", run_dir(tmp_path, "v2"), "v2", {"train_data_hash": "h2"}, by="ann")
+    assert (reg / "p" / "v2" / "model.onnx").read_bytes() == b"onnx v2"
+    with pytest.raises(r.RegistryError, match="already in the registry"):
+        r.register(reg, "p", run_dir(tmp_path, "v2b"), "v2", {}, by="ann")
+    with pytest.raises(r.RegistryError, match="never compared"):
+        r.promote(reg, "p", "v2", by="bob")
+    compared(reg, "v2", "v1", False, ("held-out detection 90.0% < the active model's 95.0%",))
+    with pytest.raises(r.RegistryError, match="may not be promoted: held-out detection"):
+        r.promote(reg, "p", "v2", by="bob")
+    compared(reg, "v2", "v0", True)
+    with pytest.raises(r.RegistryError, match="compared with v0, but v1 is active"):
+        r.promote(reg, "p", "v2", by="bob")
+    compared(reg, "v2", "v1", True)
+    active = r.promote(reg, "p", "v2", by="bob")
+    assert (active.version, active.by, active.action, active.previous) == ("v2", "bob", "promote", ("v1",))
+    assert active.model == reg / "p" / "v2" / "model.onnx"
+    back = r.rollback(reg, "p", by="carl")
+    assert (back.version, back.action, back.previous) == ("v1", "rollback", ())
+    with pytest.raises(r.RegistryError, match="nothing to roll back to"):
+        r.rollback(reg, "p", by="carl")
+    events = [(e["event"], e["version"], e["by"]) for e in r.history(reg, "p")]
+    assert events == [("register", "v1", "ann"), ("first", "v1", "ann"), ("register", "v2", "ann"),
+                      ("promote_refused", "v2", "bob"), ("promote_refused", "v2", "bob"),
+                      ("promote_refused", "v2", "bob"), ("promote", "v2", "bob"),
+                      ("rollback", "v1", "carl")]  # fmt: skip
+    assert not list((reg / "p").glob("*.tmp"))  # ACTIVE.json replaced atomically
+    assert json.loads((reg / "p" / "ACTIVE.json").read_text())["version"] == "v1"
+
+
+def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_them(tmp_path: Path) -> None:
+    """The line keeps running while the registry's active version changes: each change is a hot
+    swap (the next parts carry the new version), audited with who made it; a version whose model
+    is missing is refused and the serving one stays."""
+    from controller import app
+    from sim.memory import SimMemoryLine
+    from sim.virtual_time import run_virtual
+    from tests.unit.test_controller_virtual import assert_safe, controller_for
+
+    reg = tmp_path / "registry"
+    for v in ("v1", "v2", "v3"):
+        r.register(reg, "p", run_dir(tmp_path, v), v, {}, by="ann")
+    (reg / "p" / "v3" / "model.onnx").unlink()  # broken install
+    for v in ("v2", "v3"):
+        compared(reg, v, "v1", True)
+    line = SimMemoryLine(seed=11, parts=500)
+
+    async def main() -> None:
+        controller = controller_for(line)
+        controller.registry = (reg, "p")
+        started = r.read_active(reg, "p")
+        assert started is not None
+        controller.registry_seen = (started.version, started.utc)
+        task = asyncio.create_task(controller.run(), name="controller")
+        await asyncio.sleep(0.05)
+        run = asyncio.create_task(line.run())
+        try:
+            await asyncio.sleep(5.0)
+            r.promote(reg, "p", "v2", by="bob")
+            await asyncio.sleep(5.0)
+            compared(reg, "v3", "v2", True)
+            r.promote(reg, "p", "v3", by="bob")  # its model file is gone: refused by the line
+            await asyncio.sleep(5.0)
+            r.rollback(reg, "p", by="carl")  # v3 -> v2 in the registry; the line was on v2 already
+            r.rollback(reg, "p", by="carl")  # -> v1
+            await asyncio.sleep(5.0)
+            await run
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.REGISTRY_POLL_S = 0.5
+    try:
+        run_virtual(main())
+    finally:
+        app.REGISTRY_POLL_S = 2.0
+    assert_safe(line.judge())
+    versions = [rec.model_version for rec in sorted(line.journal.parts.values(), key=lambda x: x.seq)
+                if rec.model_version]  # fmt: skip
+    runs = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
+    assert runs == ["memory-1", "v2", "v1"], runs  # swapped between parts, never back and forth
+    audit = [(a.user, a.action, a.argument, a.result) for a in line.journal.audit]
+    assert audit == [("bob", "promote", "v2", "done"), ("bob", "promote", "v3", "refused"),
+                     ("carl", "rollback", "v1", "done")], audit  # fmt: skip
