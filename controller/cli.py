@@ -54,7 +54,8 @@ def _sim(args: argparse.Namespace) -> int:
             inference=args.inference, actors=args.actors, hmi=not args.no_hmi, scenario=name,
             ray_address=args.ray_address, kill_actor_after=args.kill_actor_after,
             swap_model=Path(args.swap_model) if args.swap_model else None, swap_model_after=args.swap_model_after,
-            load=args.load,
+            load=args.load, model=Path(args.model) if args.model else None,
+            registry=Path(args.registry) if args.registry else None, product=args.product,
         )  # fmt: skip
         summaries.append(_run_with_progress(run, console))
         if len(names) == 1:
@@ -361,12 +362,13 @@ def _review_flag(args: argparse.Namespace) -> int:
     from controller.labels import add_labels, parse_flag
 
     try:
-        epoch, seq, true_class, note = parse_flag(f"{args.result} {args.true_class} {args.note}")
-        add_labels(Path(args.journal), [(epoch, seq, true_class)], source="operator", labeled_by=args.user,
-                   note=note)  # fmt: skip
+        flags = [parse_flag(f"{result} {args.true_class}") for result in args.results]
+        add_labels(Path(args.journal), [(e, s, c) for e, s, c, _ in flags], source="operator", labeled_by=args.user,
+                   note=args.note)  # fmt: skip
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    print(json.dumps({"result_id": f"{epoch}/{seq}", "label": true_class, "labeled_by": args.user}))
+    print(json.dumps({"labelled": [f"{e}/{s}" for e, s, _, _ in flags], "label": args.true_class,
+                      "labeled_by": args.user}))  # fmt: skip
     return 0
 
 
@@ -515,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--actors", type=int, default=1, help="inference actors (Ray)")
     s.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     s.add_argument("--kill-actor-after", type=int, metavar="N", help="fault: kill an inference actor after N parts")
+    s.add_argument("--model", metavar="PATH", help="the model to run (default: the shipped one)")
+    s.add_argument("--registry", metavar="DIR", help="run the product's active version of this model registry "
+                   "and follow its promotions and rollbacks")
+    s.add_argument("--product", default="default", help="with --registry: the product")
     s.add_argument("--swap-model", metavar="PATH", help="hot-swap to this model mid-run")
     s.add_argument("--swap-model-after", type=int, default=0, metavar="N", help="… after N parts")
     s.add_argument("--no-hmi", action="store_true")
@@ -635,8 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--model", help="show this model's defect map beside each frame")
             sp.add_argument("--port", type=int, default=8765)
         if name == "flag":
-            sp.add_argument("result", help="epoch/seq, as the HMI's ResultId")
-            sp.add_argument("true_class", help="good, a defect class, or a new type's name (lowercase)")
+            sp.add_argument("results", nargs="+", metavar="RESULT", help="epoch/seq, as the HMI's ResultId")
+            sp.add_argument("--class", dest="true_class", required=True,
+                            help="what they really are: good, a defect class, or a new type's name (lowercase)")
             sp.add_argument("--note", default="")
     ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")

@@ -88,6 +88,10 @@ def judge(report: dict[str, Any], journal_path: Path) -> dict[str, Any]:
         "correct_rejects": sum(1 for d in decisions if d["gate"] != "pass" and truth[d["part_id"]] != 0),
         "escapes": {"total": len(escapes), "model_miss": escapes_model, "other": len(escapes) - escapes_model},
         "false_rejects": sum(1 for d in decisions if d["gate"] == "reject_vision" and d["truth"] == 0),
+        "vision_by_class": {ALL_CLASSES[c]: {"parts": sum(1 for d in decisions if d["truth"] == c),
+                                             "rejected": sum(1 for d in decisions if d["truth"] == c
+                                                             and d["gate"] == "reject_vision")}
+                            for c in sorted({d["truth"] for d in decisions})},
         "failsafe_by_reason": dict(failsafe_reasons),
         "misassociations": misassociated,
         "frames_without_identity": unreadable,

@@ -57,6 +57,9 @@ class SimRun:
     actors: int = 1
     model: Path | None = None
     """None: the shipped model."""
+    registry: Path | None = None
+    """A model registry: the controller runs `product`'s active version and follows it."""
+    product: str = "default"
     hmi: bool = True
     scenario: str = "steady"
     """A named line condition or fault (sim/scenarios.py)."""
@@ -176,6 +179,7 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
             "type": run.inference,
             **({"actors": run.actors, "ray_address": run.ray_address} if run.inference == "ray" else {}),
             **({"model": str(run.model)} if run.model else {}),
+            **({"registry": str(run.registry), "product": run.product} if run.registry else {}),
         },
         "journal": {"path": str(journal_path)},
         # The HMI's certificates and users in the workdir, never on a journal filesystem a fault fills.

@@ -83,6 +83,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("shadow", "a shift in shadow mode: the gate follows the existing inspection (8 % escapes, 3 % false "
              "rejects at the start, half as many again by the end), vision is recorded beside it",
              shadow=True),
+    Scenario("new-defect", "a defect type the model was never trained on (dent) is most of the defects, and there "
+             "are more of them: what the feedback loop starts from (python -m sim.feedback_loop)",
+             plant={"new_defect": (4, 0.0, 0.7), "defect_rate": 0.25}),
     Scenario("drift", "the light dims by 20 % over the run and, from mid-run, half the defective parts have a "
              "defect type the model was never trained on (dent): the drift alarm must rise and stay up",
              plant={"lighting": (1.0, 0.8), "new_defect": (4, 0.5, 0.5)}, alarms_stay=frozenset({"drift"}),
