@@ -6,10 +6,12 @@ Two views, both through the line's own engine (ONNX Runtime):
   rejecting more), per class, and at each model's own threshold;
 - a replay of the last N frames in the journal: how often the two decide alike, and, where a
   person labelled the part, what the candidate newly catches and newly misses.
-The candidate may be promoted only if, at the same false-reject rate, it detects no less overall,
-it newly misses no labelled defect on replay, its own threshold keeps the false-reject rate within
-1.5× the target on the held-out good images, and its export passed the parity gate (ONNX equals
-the trained network, models/export.py). The verdict and numbers go into its registry entry.
+The candidate may be promoted only if, at the same false-reject rate, it detects no less overall on
+the held-out set, on replay it catches at least as many of the labelled defective parts as the
+active model (a retrained model always swaps a few borderline parts: what it newly misses is
+listed, and must be outweighed by what it newly catches), its own threshold keeps the false-reject
+rate within 1.5× the target on the held-out good images, and its export passed the parity gate
+(ONNX equals the trained network, models/export.py). The verdict and numbers go into its registry entry.
 Not here: the registry's files (controller/registry.py).
 """
 
@@ -112,9 +114,10 @@ def compare(candidate_path: Path, active_path: Path, *, dataset: Path | None, jo
                            f"images (target {frr:.1%}, limit {frr * FRR_SLACK:.2%})")  # fmt: skip
     if journal is not None:
         r = result["replay"] = replay(candidate, active, journal, replay_last)
-        if r["newly_missed"]:
-            reasons.append(f"on replay it misses {len(r['newly_missed'])} labelled defective part(s) the active "
-                           f"model caught, e.g. {r['newly_missed'][0]}")  # fmt: skip
+        if len(r["newly_missed"]) > len(r["newly_caught"]):
+            reasons.append(f"on replay it newly misses {len(r['newly_missed'])} labelled defective part(s) the active "
+                           f"model caught (e.g. {r['newly_missed'][0]}) and newly catches only "
+                           f"{len(r['newly_caught'])}")  # fmt: skip
     result["parity"] = parity
     if parity is None:
         reasons.append("no export parity result (no checkpoint to compare the ONNX export with)")
