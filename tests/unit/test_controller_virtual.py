@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -33,17 +34,23 @@ def controller_for(line: SimMemoryLine) -> LineController:
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def running(controller: LineController) -> AsyncIterator[LineController]:
+    """The controller's run as a task, connected before the first part; cancelled at the end."""
+    task = asyncio.create_task(controller.run(), name="controller")
+    await asyncio.sleep(0.05)
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def run_line(line: SimMemoryLine) -> dict[str, int]:
     async def main() -> None:
-        controller = controller_for(line)
-        task = asyncio.create_task(controller.run(), name="controller")
-        await asyncio.sleep(0.05)  # connected before the first part
-        try:
+        async with running(controller_for(line)):
             await line.run()
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     run_virtual(main())
     return line.judge()
@@ -97,10 +104,8 @@ def test_an_operator_halt_makes_the_plc_reject_every_part_until_reset_and_is_aud
     async def main() -> None:
         loop = asyncio.get_running_loop()
         controller = controller_for(line)
-        task = asyncio.create_task(controller.run(), name="controller")
-        await asyncio.sleep(0.05)
-        run = asyncio.create_task(line.run())
-        try:
+        async with running(controller):
+            run = asyncio.create_task(line.run())
             await asyncio.sleep(2.0)
             assert controller.vision_state is VisionState.CONTINUOUS
             ann = {"user": "ann", "role": "operator", "peer": "10.0.0.7:5000"}
@@ -115,10 +120,6 @@ def test_an_operator_halt_makes_the_plc_reject_every_part_until_reset_and_is_aud
             seen["reset"] = await controller.operate(Action.RESET, "", **ann)
             seen["reset_at"] = loop.time()
             await run
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     run_virtual(main())
     result = line.judge()
@@ -158,16 +159,10 @@ def test_in_shadow_mode_every_gate_decision_is_recorded_once_beside_the_referenc
     async def main() -> None:
         controller = controller_for(line)
         controller.operator.shadow_requested = True
-        task = asyncio.create_task(controller.run(), name="controller")
-        await asyncio.sleep(0.05)
-        try:
+        async with running(controller):
             await line.run()
             await asyncio.sleep(0.1)
             counts.update(controller.decisions.counts)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     run_virtual(main())
     result = line.judge()
@@ -201,9 +196,7 @@ def test_an_operator_flags_a_wrong_verdict_into_the_label_store_and_the_review_q
     async def main() -> None:
         controller = controller_for(line)
         controller.label_store = journal_path
-        task = asyncio.create_task(controller.run(), name="controller")
-        await asyncio.sleep(0.05)
-        try:
+        async with running(controller):
             await line.run()
             epoch, seq = next(iter(line.journal.parts))
             ann = {"user": "ann", "role": "operator", "peer": "10.0.0.7:5000"}
@@ -212,10 +205,6 @@ def test_an_operator_flags_a_wrong_verdict_into_the_label_store_and_the_review_q
             for argument in arguments:
                 answers.append(await controller.operate(Action.FLAG_RESULT, argument, **ann))
             await asyncio.sleep(0.01)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     run_virtual(main())
     epoch, seq = next(iter(line.journal.parts))

@@ -4,7 +4,6 @@ following it between parts, audited."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
     from controller import app
     from sim.memory import SimMemoryLine
     from sim.virtual_time import run_virtual
-    from tests.unit.test_controller_virtual import assert_safe, controller_for
+    from tests.unit.test_controller_virtual import assert_safe, controller_for, running
 
     reg = tmp_path / "registry"
     for v in ("v1", "v2", "v3"):
@@ -83,10 +82,8 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
         started = r.read_active(reg, "p")
         assert started is not None
         controller.registry_seen = (started.version, started.utc)
-        task = asyncio.create_task(controller.run(), name="controller")
-        await asyncio.sleep(0.05)
-        run = asyncio.create_task(line.run())
-        try:
+        async with running(controller):
+            run = asyncio.create_task(line.run())
             await asyncio.sleep(5.0)
             r.promote(reg, "p", "v2", by="bob")
             await asyncio.sleep(5.0)
@@ -97,10 +94,6 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
             r.rollback(reg, "p", by="carl")  # -> v1
             await asyncio.sleep(5.0)
             await run
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     app.REGISTRY_POLL_S = 0.5
     try:
