@@ -54,10 +54,20 @@ def _textures() -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _surface(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A lit, textured part surface (float32 grey levels)."""
+SURFACES = ("brick", "grass", "gravel")
+"""The surface finishes (scikit-image textures, three scales each); a product variant may have some only."""
+
+
+def _surface(rng: np.random.Generator, h: int, w: int, surfaces: tuple[str, ...] | None = None) -> np.ndarray:
+    """A lit, textured part surface (float32 grey levels), of one of `surfaces` (default: any)."""
     textures = _textures()
-    tex = textures[rng.integers(len(textures))]
+    if surfaces is None:
+        tex = textures[rng.integers(len(textures))]
+    else:
+        allowed = [i for i in range(len(textures)) if SURFACES[i // 3] in surfaces]
+        if not allowed:
+            raise ValueError(f"surfaces must name some of {SURFACES}, got {surfaces!r}")
+        tex = textures[allowed[rng.integers(len(allowed))]]
     y0 = rng.integers(tex.shape[0] - h + 1)
     x0 = rng.integers(tex.shape[1] - w + 1)
     crop = np.rot90(tex[y0 : y0 + h, x0 : x0 + w], k=int(rng.integers(4)))
@@ -177,7 +187,7 @@ _CONTRAST = {"scratch": (70.0, 18.0), "spot": (70.0, 25.0), "crack": (80.0, 25.0
 
 
 def render_frame(
-    rng: np.random.Generator, defect_class: int | str, difficulty: float = 0.5
+    rng: np.random.Generator, defect_class: int | str, difficulty: float = 0.5, surfaces: tuple[str, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one camera frame of class `defect_class` (a name in ALL_CLASSES or an index into it;
     the first indices are those of CLASSES).
@@ -195,7 +205,7 @@ def render_frame(
     # Every class-independent draw comes first, so for one seed the frames of all classes share the
     # same surface and background and differ only where the defect is.
     frame = np.full(FRAME_SHAPE, _BACKGROUND, np.float32)
-    frame[y : y + h, x : x + w] = _surface(rng, h, w)
+    frame[y : y + h, x : x + w] = _surface(rng, h, w, surfaces)
     noise = rng.uniform(1.5, 4.0) * rng.standard_normal(FRAME_SHAPE, dtype=np.float32)
     mask = np.zeros(FRAME_SHAPE, np.uint8)
     if defect_class != "good":
@@ -220,7 +230,8 @@ def render_frame(
 
 
 def render_set(
-    seed: int, counts: dict[str, int], difficulty: tuple[float, float] = (0.1, 0.9)
+    seed: int, counts: dict[str, int], difficulty: tuple[float, float] = (0.1, 0.9),
+    surfaces: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(frames (N, H, W), class names, difficulties) rendered in memory, classes interleaved as in
     make_dataset; for test sets that never touch the disk."""
@@ -230,7 +241,7 @@ def render_set(
         for name, n in counts.items():
             if i < n:
                 d = rng.uniform(*difficulty)
-                frames.append(render_frame(rng, name, d)[0])
+                frames.append(render_frame(rng, name, d, surfaces)[0])
                 names.append(name)
                 difficulties.append(d if name != "good" else 0.0)
     return np.stack(frames), names, np.array(difficulties)
@@ -244,12 +255,13 @@ def make_dataset(
     *,
     classes: tuple[str, ...] = CLASSES,
     good: int | None = None,
+    surfaces: tuple[str, ...] | None = None,
 ) -> Path:
     """Write `per_class` frames of every class in `classes` (`good` frames of "good", default
     `per_class`) to `path/<class>/<i:04d>.png`, and each defect's mask to
     `path/ground_truth/<class>/<i:04d>_mask.png` (none for "good", as in MVTec AD). Difficulty is
     drawn uniformly from the `difficulty` range per frame and recorded in dataset.json with the ROI.
-    Same arguments, same bytes."""
+    `surfaces`: a product variant's finishes only (default: all of SURFACES). Same arguments, same bytes."""
     root = Path(path)
     rng = np.random.default_rng(seed)
     count = {name: (good if good is not None and name == "good" else per_class) for name in classes}
@@ -264,7 +276,7 @@ def make_dataset(
             if i >= count[name]:
                 continue
             d = rng.uniform(*difficulty)
-            frame, mask = render_frame(rng, name, d)
+            frame, mask = render_frame(rng, name, d, surfaces)
             Image.fromarray(frame).save(root / name / f"{i:04d}.png")
             if name != "good":
                 difficulties[f"{name}/{i:04d}.png"] = round(d, 4)
