@@ -129,7 +129,7 @@ class LineController:
         on_status: Callable[[LineStatus], None] | None = None, clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[PartResult], None] | None = None, recipes: Sequence[Recipe] = (),
         drift_references: Sequence[DriftReference] = (), label_store: Path | None = None,
-        registry: tuple[Path, str] | None = None,
+        registry: tuple[Path, str] | None = None, products: dict[int, str] | None = None,
     ) -> None:  # fmt: skip
         self.plc, self.camera, self.inference, self.journal = plc, camera, inference, journal
         self._now = clock
@@ -153,6 +153,12 @@ class LineController:
         """Recorded outcomes replaced by what the gate did ('pass->failsafe', ...)."""
         self.gate_ambiguous = 0
         self.registry = registry
+        self.products = products or {}
+        """The PLC's product id → the registry product whose active version inspects it."""
+        self.changeover: str | None = None
+        """The product the PLC switched to while its model is not serving yet: not ready meanwhile
+        (the PLC rejects what it decides), never a part judged by another product's model."""
+        self._registry_wake = asyncio.Event()
         """(registry folder, product): the active version is followed (controller/registry.py)."""
         self.registry_seen: tuple[str, str] | None = None
         """(version, utc) of the last ACTIVE.json acted on, swapped to or refused (at start: the one
@@ -230,7 +236,8 @@ class LineController:
     @property
     def healthy(self) -> bool:
         """Every dependency on the verdict path is healthy."""
-        return self._plc_ok and self._camera_ok and self.inference.healthy and self.journal.healthy
+        return (self._plc_ok and self._camera_ok and self.inference.healthy and self.journal.healthy
+                and self.changeover is None)  # fmt: skip
 
     @property
     def ready(self) -> bool:
@@ -295,13 +302,20 @@ class LineController:
                 self.registry_seen = (active.version, active.utc)
                 if active.version != self._model_version:
                     await self._follow(active)
-            await asyncio.sleep(REGISTRY_POLL_S)
+                elif self.changeover == product:
+                    self.changeover = None  # the serving model is already this product's
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._registry_wake.wait(), REGISTRY_POLL_S)
+            self._registry_wake.clear()
+            folder, product = self.registry
 
     async def _follow(self, active: Active) -> None:
         try:
             version = await self.inference.swap_model(active.model)
             ok, detail = True, f"{active.version} serving from the next part (was {self._model_version or 'none'})"
             self._model_version = version
+            if self.registry is not None and self.changeover == self.registry[1]:
+                self.changeover = None
             reference = await asyncio.to_thread(_drift_reference_of, active.model)
             if reference is not None:
                 self.drift.references[reference.model_version] = reference
@@ -534,6 +548,7 @@ class LineController:
         revoked = [(written, written.revoked()) for written in upd.revoked]
         self._apply_gate(revoked + upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
         self._note_decisions(snap)
+        self._follow_product(snap)
         clock = self._snapshot_clock
         clock.observe(started, finished, snap.encoder_pos, snap.speed, snap.life)
         triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None),
@@ -556,6 +571,19 @@ class LineController:
             jobs += [self.journal.note_review(snap.epoch, d.seq, "disagrees_with_reference") for d in decided
                      if d.reference != codec.NO_REFERENCE and vision_rejects(d) != (d.reference != codec.PASS)]
             self._spawn(_settled_all(jobs), name=f"gate-{decided[-1].seq}")
+
+    def _follow_product(self, snap: codec.PlcToVision) -> None:
+        """The PLC says another product is coming: its model from the registry, not ready until it serves."""
+        wanted = self.products.get(snap.product_id)
+        if wanted is None or self.registry is None or wanted == self.registry[1]:
+            return
+        log.info("product_changeover", product_id=snap.product_id, product=wanted, was=self.registry[1])
+        self.registry, self.registry_seen, self.changeover = (self.registry[0], wanted), None, wanted
+        entry = self._noted("plc", "plc", "plc", "product", wanted, "done",
+                            f"PLC product {snap.product_id}: {wanted}'s model, not ready until it serves")  # fmt: skip
+        self._spawn(self.journal.note_audit(entry), name="audit")
+        self._registry_wake.set()
+        self._update_health()
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:
         """The PLC lost our heartbeat (we stalled, or the link did) and rejects every part until it

@@ -177,7 +177,7 @@ async def _run_locked(
             on_result=lambda result: _publish_all(result_sinks, result), recipes=recipes,
             drift_references=_drift_references([inf.model, *(Path(r.model) for r in recipes)]),
             label_store=cfg.journal.path,
-            registry=(inf.registry, inf.product) if inf.registry is not None else None,
+            registry=(inf.registry, inf.product) if inf.registry is not None else None, products=inf.products,
         )  # fmt: skip
         controller.operator.shadow_requested = cfg.plc.request_shadow
         if started_on is not None:
@@ -239,6 +239,9 @@ def _from_registry(cfg: LineConfig) -> tuple[LineConfig, Active | None]:
     """With a registry, the line starts on its product's active version."""
     inf = cfg.inference
     if inf.registry is None:
+        if inf.products:
+            raise ConfigError("inference.products maps the PLC's product ids to registry products: "
+                              "it needs inference.registry")  # fmt: skip
         return cfg, None
     try:
         active = read_active(inf.registry, inf.product)

@@ -79,6 +79,8 @@ class RayInferenceConfig(_Strict):
     registry: Path | None = Field(None, description="a model registry: the line runs its product's active "
                                   "version (not `model`) and follows promotions and rollbacks between parts")
     product: str = Field("default", description="the product whose registry versions this line runs")
+    products: dict[int, str] = Field(default_factory=dict, description="the PLC's product id -> the registry "
+                                     "product it selects: a changeover swaps to that product's active version")
 
 
 class LocalInferenceConfig(_Strict):
@@ -89,6 +91,8 @@ class LocalInferenceConfig(_Strict):
     registry: Path | None = Field(None, description="a model registry: the line runs its product's active "
                                   "version (not `model`) and follows promotions and rollbacks between parts")
     product: str = Field("default", description="the product whose registry versions this line runs")
+    products: dict[int, str] = Field(default_factory=dict, description="the PLC's product id -> the registry "
+                                     "product it selects: a changeover swaps to that product's active version")
 
 
 class JournalConfig(_Strict):

@@ -123,6 +123,7 @@ class PlcProgram:
         self._put(">H", 0, (self._get(">H", 0) + 1) % 65536)
         self._put(">I", 8, encoder_pos)
         self._put(">f", 12, speed)
+        self._put(">H", c.PRODUCT_OFFSET, self.product_id)  # the recipe selection, as the FB's i_product_id
         self._set_status(c.LINE_RUNNING, running)
         vision = c.decode_vision_header(self.vision_db)
         shadow = self.shadow_switch or bool(vision.command & c.REQUEST_SHADOW and vision.epoch_ack == self.epoch)

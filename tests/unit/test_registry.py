@@ -108,3 +108,46 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
     audit = [(a.user, a.action, a.argument, a.result) for a in line.journal.audit]
     assert audit == [("bob", "promote", "v2", "done"), ("bob", "promote", "v3", "refused"),
                      ("carl", "rollback", "v1", "done")], audit  # fmt: skip
+
+
+def test_a_product_changeover_at_the_plc_swaps_to_that_products_model_and_no_part_meets_the_wrong_one(
+    tmp_path: Path,
+) -> None:
+    """The PLC's product id changes mid-run: the controller takes that product's active version from
+    the registry; until it serves, the controller is not ready (those parts fail safe), so no part
+    of the new product is judged by the old product's model. The changeover is audited."""
+    from sim.memory import SimMemoryLine
+    from sim.virtual_time import run_virtual
+    from tests.unit.test_controller_virtual import assert_safe, controller_for, running
+
+    reg = tmp_path / "registry"
+    r.register(reg, "housing-a", run_dir(tmp_path, "a1"), "a1", {}, by="ann")
+    r.register(reg, "housing-b", run_dir(tmp_path, "b1"), "b1", {}, by="ann")
+    line = SimMemoryLine(seed=12, parts=400)
+    line.program.product_id = 1
+    switched: list[float] = []
+
+    async def main() -> None:
+        controller = controller_for(line)
+        controller.registry, controller.products = (reg, "housing-a"), {1: "housing-a", 2: "housing-b"}
+        a = r.read_active(reg, "housing-a")
+        assert a is not None
+        controller.registry_seen = (a.version, a.utc)  # as bootstrap: the line started on housing-a's model
+        async with running(controller):
+            run = asyncio.create_task(line.run())
+            await asyncio.sleep(4.0)
+            line.program.product_id = 2
+            switched.append(asyncio.get_running_loop().time())
+            await run
+
+    run_virtual(main())
+    assert_safe(line.judge())
+    parts = sorted(line.journal.parts.values(), key=lambda x: x.seq)
+    versions = [p.model_version for p in parts if p.model_version]
+    assert versions[0] == "memory-1" and versions[-1] == "b1" and "a1" not in versions
+    after = [p for p in parts if p.t_trigger_seen is not None and p.t_trigger_seen > switched[0] + 0.01]
+    assert after and all(p.model_version in ("b1", None) for p in after)  # never the old product's model
+    assert [(a.user, a.action, a.argument, a.result) for a in line.journal.audit] == [
+        ("plc", "product", "housing-b", "done"), ("ann", "first", "b1", "done")]  # b1: housing-b's first version
+    reasons = {p.reason for p in after if p.model_version is None}
+    assert reasons <= {"not_ready", "plc_rejected"}, reasons  # the changeover's parts fail safe
