@@ -102,6 +102,8 @@ class SimMemoryInference:
     def __init__(self, rng: random.Random, faults: MemoryFaults, latency_s: float = 0.008) -> None:
         self.rng, self.faults, self.latency_s = rng, faults, latency_s
         self.version = "memory-1"
+        self.load_s = 0.3
+        """How long a model swap takes to load the new model."""
 
     @property
     def expected_latency_s(self) -> float:
@@ -126,6 +128,7 @@ class SimMemoryInference:
         """The in-memory "model" is named by its folder (a registry version's); the file must exist."""
         if not await asyncio.to_thread(model_path.is_file):
             raise InferenceError(f"no model at {model_path}")
+        await asyncio.sleep(self.load_s)  # loading and warming a model takes a while; the old one serves
         self.version = model_path.parent.name
         return self.version
 
