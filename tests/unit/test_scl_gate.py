@@ -68,7 +68,8 @@ _PARAMS = {  # FB input -> latched static the check reads
     "decision_offset": "p_decision_offset", "reject_length_counts": "p_reject_length",
     "max_part_length_counts": "p_max_part_length", "min_pitch_counts": "p_min_pitch",
     "gate_eye_fitted": "p_gate_eye", "gate_eye_offset_counts": "p_gate_eye_offset",
-    "gate_eye_tolerance_counts": "p_gate_eye_tol",
+    "gate_eye_tolerance_counts": "p_gate_eye_tol", "reference_offset_counts": "p_reference_offset",
+    "reference_tolerance_counts": "p_reference_tol",
 }  # fmt: skip
 
 
@@ -142,6 +143,8 @@ def test_each_fault_code_is_named_and_distinct() -> None:
          "PF_GATE_EYE_AFTER_DECISION"),
         ({"gate_eye_fitted": 1, "gate_eye_tolerance_counts": 150}, "PF_GATE_EYE_TOLERANCE_TOO_WIDE"),
         ({"gate_eye_fitted": 1}, "PF_NONE"),
+        ({"reference_offset_counts": 2950}, "PF_REFERENCE_AFTER_DECISION"),
+        ({"reference_tolerance_counts": 150}, "PF_REFERENCE_TOLERANCE_TOO_WIDE"),
         # the simulator's line: 10 counts/mm, 400 mm to the decision point, smallest pitch 35 mm
         ({"decision_offset": 4000, "min_pitch_counts": 350, "max_part_length_counts": 230,
           "reject_length_counts": 340}, "PF_NONE"),

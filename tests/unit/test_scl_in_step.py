@@ -209,8 +209,10 @@ def test_fb_constants_match_the_codec() -> None:
          r"#follow_reference\s*:=\s*#shadow\s+OR.*?IF\s+#follow_reference\s+THEN\s+#reject_part\s*:=\s*#reference\s*<>\s*#PASS"),
         ("6 shadow requested for this epoch only",
          r"#shadow\s*:=\s*#i_shadow\s+OR\s+\(\s*\"VisionToPlc\"\.command\.%X1\s+AND\s+\"VisionToPlc\"\.epoch_ack\s*=\s*\"PlcToVision\"\.epoch\s*\)"),
-        ("6 reference latched to the oldest part without one",
-         r"#reference_edge\.Q\s+THEN\s+FOR.*?IF\s+#fifo\[#slot\]\.reference\s*=\s*0\s+THEN"),
+        ("6 reference latched by position: the part at the existing inspection's station",
+         r"#reference_edge\.Q\s+THEN.*?#pos\s*:=\s*#fifo\[#slot\]\.decision_pos\s*-\s*#p_decision_offset\s*\+\s*"
+         r"#p_reference_offset.*?#fifo\[#slot\]\.reference\s*=\s*0\s+AND\s+\"LI_Diff\"\(a\s*:=\s*#i_encoder,\s*b\s*:=\s*#pos\)"
+         r"\s*>=\s*-UDINT_TO_DINT\(#p_reference_tol\)"),
         ("2 decision entry fields before seq before decided_seq",
          r"decisions\[#slot\]\.gate\s*:=.*?decisions\[#slot\]\.flags\s*:=\s*#flags;\s*\"PlcToVision\"\.decisions\[#slot\]\.seq\s*:=\s*#seq.*?\.decided_seq\s*:=\s*#seq"),
         ("5 decision ring zeroed", r"\.decisions\[#i\]\.seq\s*:=\s*0"),
