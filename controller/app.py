@@ -159,6 +159,10 @@ class LineController:
         """The product the PLC switched to while its model is not serving yet: not ready meanwhile
         (the PLC rejects what it decides), never a part judged by another product's model."""
         self._registry_wake = asyncio.Event()
+        self._product_id = 0
+        """The PLC's product id last acted on."""
+        self._serving_product = registry[1] if registry is not None else ""
+        """The registry product whose model serves now (a line starts on its configured product's)."""
         """(registry folder, product): the active version is followed (controller/registry.py)."""
         self.registry_seen: tuple[str, str] | None = None
         """(version, utc) of the last ACTIVE.json acted on, swapped to or refused (at start: the one
@@ -301,24 +305,27 @@ class LineController:
             if active is not None and (active.version, active.utc) != self.registry_seen:
                 self.registry_seen = (active.version, active.utc)
                 if active.version != self._model_version:
-                    await self._follow(active)
-                elif self.changeover == product:
-                    self.changeover = None  # the serving model is already this product's
+                    await self._follow(active, product)
+            if active is not None and active.version == self._model_version and self.registry[1] == product:
+                self._serving_product = product  # the serving model is this product's
+                if self.changeover == product:
+                    self.changeover = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._registry_wake.wait(), REGISTRY_POLL_S)
             self._registry_wake.clear()
             folder, product = self.registry
 
-    async def _follow(self, active: Active) -> None:
+    async def _follow(self, active: Active, product: str) -> None:
+        """Swap to `product`'s active version. A changeover ends only if the line still wants that
+        product (the PLC may have switched again while the model loaded)."""
         try:
             version = await self.inference.swap_model(active.model)
             ok, detail = True, f"{active.version} serving from the next part (was {self._model_version or 'none'})"
             self._model_version = version
-            if self.registry is not None and self.changeover == self.registry[1]:
+            self._serving_product = product
+            if self.changeover == product and self.registry is not None and self.registry[1] == product:
                 self.changeover = None
-            reference = await asyncio.to_thread(_drift_reference_of, active.model)
-            if reference is not None:
-                self.drift.references[reference.model_version] = reference
+            await self._load_drift_reference(active.model, version)
         except (InferenceError, ConfigError, OSError) as exc:
             why = str(exc).splitlines()[0]
             ok, detail = False, f"{active.version} not loaded, {self._model_version} still serving: {why}"
@@ -328,8 +335,25 @@ class LineController:
                             "done" if ok else "refused", detail)  # fmt: skip
         self._spawn(self.journal.note_audit(entry), name="audit")
 
+    async def _load_drift_reference(self, model: Path, version: str) -> None:
+        """The new model's drift reference; without a usable one its drift is not watched (and an
+        alarm about the old model's drift goes)."""
+        try:
+            reference = await asyncio.to_thread(_drift_reference_of, model)
+        except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+            log.warning("drift_reference_unusable", model=str(model), error=str(exc))
+            reference = None
+        if reference is not None:
+            self.drift.references[reference.model_version] = reference
+        elif self.drift.alarm:
+            self.drift.alarm, self.drift.detail = False, ""
+            self.alarms.set("drift", False)
+        log.info("drift_reference", version=version, watched=reference is not None)
+
     async def _prepare_recipe(self, recipe_id: str) -> str:
         """Load the recipe's model beside the serving one, check it answers, switch between parts."""
+        if self.registry is not None:
+            raise Refused("this line runs the model registry's active version: promote or roll back there")
         recipe = next((r for r in self.recipes if r.id == recipe_id), None)
         if recipe is None:
             raise Refused(f"no recipe {recipe_id!r} (installed: {', '.join(r.id for r in self.recipes) or 'none'})")
@@ -538,6 +562,7 @@ class LineController:
             self.matcher.reset()
             self._snapshot_clock.new_epoch()
         self._snapshot = snap
+        self._follow_product(snap)  # before new triggers are accepted: none may meet the old product's model
         upd = self.tracker.on_snapshot(snap, started, accept_parts=self.ready)
         self.alarms.set("trigger_ring_overrun", upd.overrun > 0, f"{upd.overrun} triggers lost")
         self._watch_plc_watchdog(snap)
@@ -548,7 +573,6 @@ class LineController:
         revoked = [(written, written.revoked()) for written in upd.revoked]
         self._apply_gate(revoked + upd.corrected, upd.gate_ambiguous, upd.gate_inconsistent)
         self._note_decisions(snap)
-        self._follow_product(snap)
         clock = self._snapshot_clock
         clock.observe(started, finished, snap.encoder_pos, snap.speed, snap.life)
         triggers = [(part.seq, clock.trigger_interval(part.trigger_pos if part.latched else None),
@@ -573,16 +597,27 @@ class LineController:
             self._spawn(_settled_all(jobs), name=f"gate-{decided[-1].seq}")
 
     def _follow_product(self, snap: codec.PlcToVision) -> None:
-        """The PLC says another product is coming: its model from the registry, not ready until it serves."""
-        wanted = self.products.get(snap.product_id)
-        if wanted is None or self.registry is None or wanted == self.registry[1]:
+        """The PLC says another product is coming: its model from the registry, not ready until it
+        serves. A product id the line has no model for: not ready (0: the PLC does not say)."""
+        if not self.products or self.registry is None or snap.product_id in (0, self._product_id):
             return
-        log.info("product_changeover", product_id=snap.product_id, product=wanted, was=self.registry[1])
-        self.registry, self.registry_seen, self.changeover = (self.registry[0], wanted), None, wanted
-        entry = self._noted("plc", "plc", "plc", "product", wanted, "done",
-                            f"PLC product {snap.product_id}: {wanted}'s model, not ready until it serves")  # fmt: skip
-        self._spawn(self.journal.note_audit(entry), name="audit")
-        self._registry_wake.set()
+        self._product_id = snap.product_id
+        wanted = self.products.get(snap.product_id)
+        if wanted is None:
+            self.changeover = f"product id {snap.product_id}"
+            result, detail = "refused", f"PLC product {snap.product_id} is not in inference.products: not ready"
+        elif wanted == self.registry[1]:
+            # back from an unknown id: ready again once this product's model serves (it may still load)
+            self.changeover = None if self._serving_product == wanted else wanted
+            self._registry_wake.set()
+            result, detail = "done", f"PLC product {snap.product_id}: {wanted}, as before"
+        else:
+            self.registry, self.registry_seen, self.changeover = (self.registry[0], wanted), None, wanted
+            result, detail = "done", f"PLC product {snap.product_id}: {wanted}'s model, not ready until it serves"
+            self._registry_wake.set()
+        log.info("product_changeover", product_id=snap.product_id, product=wanted, result=result)
+        self._spawn(self.journal.note_audit(self._noted("plc", "plc", "plc", "product", str(wanted or snap.product_id),
+                                                        result, detail)), name="audit")  # fmt: skip
         self._update_health()
 
     def _watch_plc_watchdog(self, snap: codec.PlcToVision) -> None:

@@ -35,7 +35,7 @@ from controller.core.tracking import Margins
 from controller.errors import ConfigError, ControllerError
 from controller.ports import FrameSource
 from controller.registry import Active, read_active
-from controller.status import LineStatus, PartResult
+from controller.status import LineStatus, PartResult, Recipe
 
 _T = TypeVar("_T")
 log = structlog.get_logger("lineinspect.bootstrap")
@@ -161,7 +161,11 @@ async def _run_locked(
         from workers.recipes import scan_recipes
 
         inf = cfg.inference
-        recipes = await asyncio.to_thread(scan_recipes, inf.recipes_dir or inf.model.resolve().parent.parent)
+        recipes: tuple[Recipe, ...] = ()  # with a registry its versions are not recipes: only a promotion runs one
+        if inf.recipes_dir is not None:
+            recipes = await asyncio.to_thread(scan_recipes, inf.recipes_dir)
+        elif inf.registry is None:
+            recipes = await asyncio.to_thread(scan_recipes, inf.model.resolve().parent.parent)
         d = cfg.deadline
         controller = LineController(
             plc, camera, inference, journal,
@@ -267,7 +271,7 @@ def _drift_references(models: Sequence[Path]) -> list[DriftReference]:
         try:
             found.append(DriftReference.from_json(json.loads(path.read_text())))
         except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
-            raise ConfigError(f"{path}: {exc}") from exc
+            log.warning("drift_reference_unusable", path=str(path), error=str(exc))  # drift is a warning, not a stop
     return found
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,13 +25,14 @@ WINDOW = MatchWindow(tolerance_s=0.002, same_part_s=0.015)
 """The in-memory camera stamps exposures with the PLC scan that pulsed it; 35 ms smallest pitch."""
 
 
-def controller_for(line: SimMemoryLine) -> LineController:
-    """The controller on the in-memory line, in the running loop's (virtual) time."""
+def controller_for(line: SimMemoryLine, **options: Any) -> LineController:
+    """The controller on the in-memory line, in the running loop's (virtual) time; `options` go to
+    its constructor (registry, products, label_store, ...)."""
     return LineController(
         line.plc, line.camera, line.inference, line.journal,
         margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
         timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002),
-        clock=asyncio.get_running_loop().time,
+        clock=asyncio.get_running_loop().time, **options,
     )  # fmt: skip
 
 
@@ -194,8 +196,7 @@ def test_an_operator_flags_a_wrong_verdict_into_the_label_store_and_the_review_q
     answers: list[tuple[bool, str]] = []
 
     async def main() -> None:
-        controller = controller_for(line)
-        controller.label_store = journal_path
+        controller = controller_for(line, label_store=journal_path)
         async with running(controller):
             await line.run()
             epoch, seq = next(iter(line.journal.parts))

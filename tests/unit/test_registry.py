@@ -77,8 +77,7 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
     line = SimMemoryLine(seed=11, parts=500)
 
     async def main() -> None:
-        controller = controller_for(line)
-        controller.registry = (reg, "p")
+        controller = controller_for(line, registry=(reg, "p"))
         started = r.read_active(reg, "p")
         assert started is not None
         controller.registry_seen = (started.version, started.utc)
@@ -128,8 +127,7 @@ def test_a_product_changeover_at_the_plc_swaps_to_that_products_model_and_no_par
     switched: list[float] = []
 
     async def main() -> None:
-        controller = controller_for(line)
-        controller.registry, controller.products = (reg, "housing-a"), {1: "housing-a", 2: "housing-b"}
+        controller = controller_for(line, registry=(reg, "housing-a"), products={1: "housing-a", 2: "housing-b"})
         a = r.read_active(reg, "housing-a")
         assert a is not None
         controller.registry_seen = (a.version, a.utc)  # as bootstrap: the line started on housing-a's model
@@ -148,6 +146,59 @@ def test_a_product_changeover_at_the_plc_swaps_to_that_products_model_and_no_par
     after = [p for p in parts if p.t_trigger_seen is not None and p.t_trigger_seen > switched[0] + 0.01]
     assert after and all(p.model_version in ("b1", None) for p in after)  # never the old product's model
     assert [(a.user, a.action, a.argument, a.result) for a in line.journal.audit] == [
+        ("plc", "product", "housing-a", "done"),  # the product the PLC names at start: the one configured
         ("plc", "product", "housing-b", "done"), ("ann", "first", "b1", "done")]  # b1: housing-b's first version
     reasons = {p.reason for p in after if p.model_version is None}
     assert reasons <= {"not_ready", "plc_rejected"}, reasons  # the changeover's parts fail safe
+
+
+def test_a_changeover_back_before_the_new_model_loaded_waits_for_the_right_model_and_an_unknown_product_is_not_ready(
+    tmp_path: Path,
+) -> None:
+    """A→B, and back to A while B's model still loads: the line is ready again only with A's model
+    serving, never with B's judging A's parts. A product id the line has no model for: not ready."""
+    from sim.memory import SimMemoryLine
+    from sim.virtual_time import run_virtual
+    from tests.unit.test_controller_virtual import assert_safe, controller_for, running
+
+    reg = tmp_path / "registry"
+    r.register(reg, "housing-a", run_dir(tmp_path, "a1"), "a1", {}, by="ann")
+    r.register(reg, "housing-b", run_dir(tmp_path, "b1"), "b1", {}, by="ann")
+    line = SimMemoryLine(seed=13, parts=600)
+    line.inference.load_s = 1.0
+    line.program.product_id = 1
+    marks: dict[str, float] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        controller = controller_for(line, registry=(reg, "housing-a"), products={1: "housing-a", 2: "housing-b"})
+        a = r.read_active(reg, "housing-a")
+        assert a is not None
+        controller.registry_seen = (a.version, a.utc)
+        async with running(controller):
+            run = asyncio.create_task(line.run())
+            await asyncio.sleep(3.0)
+            line.program.product_id = 2
+            marks["b"] = loop.time()
+            await asyncio.sleep(0.3)  # b1 still loading
+            line.program.product_id = 1
+            marks["a_again"] = loop.time()
+            await asyncio.sleep(4.0)
+            line.program.product_id = 9  # no model for it
+            marks["unknown"] = loop.time()
+            await asyncio.sleep(2.0)
+            marks["unknown_end"] = loop.time()
+            line.program.product_id = 1
+            await run
+
+    run_virtual(main())
+    assert_safe(line.judge())
+    parts = sorted(line.journal.parts.values(), key=lambda x: x.seq)
+
+    def seen(p: object) -> float:
+        return float(getattr(p, "t_trigger_seen", None) or 0.0)
+
+    after_back = [p for p in parts if seen(p) > marks["a_again"] + 0.01 and p.model_version]
+    assert after_back and all(p.model_version == "a1" for p in after_back), {p.model_version for p in after_back}
+    unknown = [p for p in parts if marks["unknown"] + 0.01 < seen(p) < marks["unknown_end"]]
+    assert unknown and all(p.outcome == "failsafe" for p in unknown)
