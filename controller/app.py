@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import random
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -285,8 +286,11 @@ class LineController:
         recorded = await self.journal.recorded(epoch, seq - 1, seq)
         if not recorded:
             raise Refused(f"no part {epoch}/{seq} in the journal")
-        await asyncio.to_thread(add_labels, self.label_store, [(epoch, seq, true_class)], source="operator",
-                                labeled_by=user, note=note)  # fmt: skip
+        try:
+            await asyncio.to_thread(add_labels, self.label_store, [(epoch, seq, true_class)], source="operator",
+                                    labeled_by=user, note=note)  # fmt: skip
+        except (sqlite3.Error, OSError) as exc:
+            raise Refused(f"the label store cannot take it: {exc}") from None
         self._spawn(_settled(self.journal.note_review(epoch, seq, "flagged")), name="review")
         return f"{epoch}/{seq} ({recorded[0].outcome}) labelled {true_class}: queued for review, its frame kept"
 

@@ -59,12 +59,15 @@ def parse_result_id(result_id: str) -> tuple[int, int]:
 
 
 def parse_flag(argument: str) -> tuple[int, int, str, str]:
-    """An operator's flag, "epoch/seq true_class[ note]" → (epoch, seq, class, note); ValueError
-    naming what is wrong."""
-    result_id, _, rest = argument.strip().partition(" ")
-    true_class, _, note = rest.strip().partition(" ")
+    """An operator's flag, "epoch/seq true_class[ note]" (or its three fields tab-separated) →
+    (epoch, seq, class, note); ValueError naming what is wrong."""
+    if "\t" in argument:  # the HMI's fields, as they were given
+        result_id, true_class, note = [*argument.split("\t", 2), "", ""][:3]
+    else:
+        result_id, _, rest = argument.strip().partition(" ")
+        true_class, _, note = rest.strip().partition(" ")
     epoch, seq = parse_result_id(result_id)
-    return epoch, seq, check_class(true_class), note.strip()
+    return epoch, seq, check_class(true_class.strip()), note.strip()
 
 
 def check_class(name: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,7 +47,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def product_dir(registry: Path, product: str) -> Path:
+    if not _NAME.fullmatch(product):
+        raise RegistryError(f"a product name is letters, digits, '.', '_' or '-' (≤ 64), not {product!r}")
     return registry / product
 
 
@@ -61,6 +67,8 @@ def read_active(registry: Path, product: str) -> Active | None:
 
 
 def read_entry(registry: Path, product: str, version: str) -> dict[str, Any]:
+    if not _NAME.fullmatch(version):
+        raise RegistryError(f"no version {version!r}: a version is letters, digits, '.', '_' or '-'")
     path = product_dir(registry, product) / version / ENTRY
     if not path.is_file():
         known = versions(registry, product)
@@ -93,6 +101,8 @@ def history(registry: Path, product: str) -> list[dict[str, Any]]:
 def register(registry: Path, product: str, run_dir: Path, version: str, entry: dict[str, Any], *, by: str) -> Path:
     """Copy a training run's model (and what travels with it) in as `version`; the first version of
     a product becomes its active one. Refuses a version already there (versions are content hashes)."""
+    if not _NAME.fullmatch(version):
+        raise RegistryError(f"a version is letters, digits, '.', '_' or '-', not {version!r}")
     target = product_dir(registry, product) / version
     if (target / ENTRY).is_file():
         raise RegistryError(f"{product} {version} is already in the registry")
@@ -149,9 +159,14 @@ def _set_active(registry: Path, product: str, version: str, *, by: str, action: 
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -183,7 +183,9 @@ table{{border-collapse:collapse;margin:1em 0}} th{{background:#f3f3f3}}</style><
 <p>Journal {esc(result["journal"])}: {counted["decided_in_shadow"]} parts decided in shadow mode
 ({counted["decided_in_production"]} in production, not counted). Truth known for
 {result["overall"]["truth_known"]} parts ({result["overall"]["defective"]} defective). "Vision rejects"
-includes fail-safe rejects (no valid verdict in time): what the gate would have done on vision alone.</p>
+includes fail-safe rejects (no valid verdict in time): what the gate would have done on vision alone.
+Rates against the truth are only as representative as the labelled parts: at a plant, label a random
+sample of parts besides the review queue (which holds disagreements and near misses by design).</p>
 <h2>Go-live criteria</h2><table>{criteria}</table>
 <h2>Vision against the existing inspection</h2><table>{head}{rows}</table>
 <h2>By defect class (truth known)</h2><table><tr><th>class</th><th>parts</th><th>vision caught</th>

@@ -249,7 +249,9 @@ class VisionSystem:
     async def _flag_result(self, _parent: ua.NodeId, result_id: ua.Variant | str, true_class: ua.Variant | str,
                            note: ua.Variant | str) -> list[ua.Variant]:  # fmt: skip
         rid, cls, text = (str(v.Value if isinstance(v, ua.Variant) else v) for v in (result_id, true_class, note))
-        return _done(*await self._command(Action.FLAG_RESULT, f"{rid.strip()} {cls.strip()} {' '.join(text.split())}"))
+        # Tab-separated: an empty or two-word class must be refused as such, not taken from the note.
+        fields = "\t".join((rid.strip(), cls.strip(), " ".join(text.split())))
+        return _done(*await self._command(Action.FLAG_RESULT, fields))
 
     async def _request_shadow(self, _parent: ua.NodeId, on: ua.Variant | bool) -> list[ua.Variant]:
         value = on.Value if isinstance(on, ua.Variant) else on

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -107,7 +108,10 @@ class Review:
 
 
 def serve(review: Review, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """The review page's server (not yet serving: call `serve_forever`, `shutdown` to stop)."""
+    """The review page's server (not yet serving: call `serve_forever`, `shutdown` to stop). Only
+    requests addressed to this machine by name are served (a DNS-rebinding page cannot read the
+    queue), and a label needs the page's own token (another page in the browser cannot post one)."""
+    token = secrets.token_urlsafe(18)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -124,11 +128,20 @@ def serve(review: Review, host: str = "127.0.0.1", port: int = 8765) -> Threadin
         def _json(self, code: int, value: Any) -> None:
             self._send(code, json.dumps(value).encode(), "application/json")
 
+        def _local(self) -> bool:
+            port = self.server.server_address[1]
+            if self.headers.get("Host") in (f"127.0.0.1:{port}", f"localhost:{port}"):
+                return True
+            self._json(403, {"error": "the review page answers requests to 127.0.0.1 or localhost only"})
+            return False
+
         def do_GET(self) -> None:
+            if not self._local():
+                return
             path = self.path.split("?")[0]
             try:
                 if path == "/":
-                    self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+                    self._send(200, PAGE.replace("__TOKEN__", token).encode(), "text/html; charset=utf-8")
                 elif path == "/api/queue":
                     self._json(200, review.queue())
                 elif path.startswith(("/api/frame/", "/api/map/")):
@@ -144,17 +157,28 @@ def serve(review: Review, host: str = "127.0.0.1", port: int = 8765) -> Threadin
                 self._json(400, {"error": str(exc)})
 
         def do_POST(self) -> None:
+            if not self._local():
+                return
             try:
                 if self.path != "/api/label":
                     self._json(404, {"error": f"no such action: {self.path}"})
                     return
-                length = min(int(self.headers.get("Content-Length", "0")), 4096)
+                if not secrets.compare_digest(self.headers.get("X-Review-Token", ""), token):
+                    self._json(403, {"error": "a label needs the review page's token (reload the page)"})
+                    return
+                length = int(self.headers.get("Content-Length", "0"))
+                if not 0 <= length <= 4096:
+                    raise ValueError(f"a label is a small JSON object, not {length} bytes")
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError('a label is {"result_id": "epoch/seq", "true_class": "name"}')
                 self._json(200, review.label(str(body.get("result_id", "")), str(body.get("true_class", ""))))
             except (ValueError, sqlite3.Error) as exc:
                 self._json(400, {"error": str(exc)})
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.review_token = token  # type: ignore[attr-defined]  # for tests and scripts on this machine
+    return server
 
 
 PAGE = """<!doctype html>
@@ -194,7 +218,8 @@ function show() {
 }
 async function label(c) {
   const it = q.items[i];
-  const r = await fetch('/api/label', {method: 'POST', body: JSON.stringify({result_id: it.result_id, true_class: c})});
+  const r = await fetch('/api/label', {method: 'POST', headers: {'X-Review-Token': '__TOKEN__'},
+                                       body: JSON.stringify({result_id: it.result_id, true_class: c})});
   const a = await r.json();
   if (!r.ok) { $('error').textContent = a.error; return; }
   $('error').textContent = '';

@@ -486,9 +486,8 @@ class SqliteJournal:
         def old_frames(cutoff: str) -> int:
             """Of the `batch` oldest frames, delete those whose record is older (or gone)."""
             n = db.execute("DELETE FROM images WHERE rowid IN (SELECT i.rowid FROM (SELECT rowid, epoch, seq FROM "
-                           "images ORDER BY rowid LIMIT ?) i LEFT JOIN parts p USING (epoch, seq) "
-                           f"WHERE p.wall_utc IS NULL OR p.wall_utc < ?) AND {_NOT_PINNED}",
-                           (r.batch, cutoff)).rowcount  # fmt: skip
+                           f"images WHERE {_NOT_PINNED} ORDER BY rowid LIMIT ?) i LEFT JOIN parts p USING (epoch, seq) "
+                           "WHERE p.wall_utc IS NULL OR p.wall_utc < ?)", (r.batch, cutoff)).rowcount  # fmt: skip
             deleted["images"] = deleted.get("images", 0) + n
             return n
 
@@ -585,9 +584,11 @@ class SqliteJournal:
 
     def _insert_review(self, epoch: int, seq: int, why: str, wall_utc: str) -> None:
         if self._db is not None:
-            self._db.execute("INSERT OR IGNORE INTO review_queue VALUES (?, ?, ?, ?)", (epoch, seq, why, wall_utc))
-            self._db.execute("DELETE FROM review_queue WHERE rowid <= (SELECT max(rowid) FROM review_queue) - ?",
-                             (max(1, self.max_images // 4),))  # fmt: skip
+            # An operator's flag outranks the line's own reasons (and is never trimmed by their number).
+            verb = "INSERT OR REPLACE" if why == "flagged" else "INSERT OR IGNORE"
+            self._db.execute(f"{verb} INTO review_queue VALUES (?, ?, ?, ?)", (epoch, seq, why, wall_utc))
+            self._db.execute("DELETE FROM review_queue WHERE why != 'flagged' AND rowid <= "
+                             "(SELECT max(rowid) FROM review_queue) - ?", (max(1, self.max_images // 4),))  # fmt: skip
 
     def _insert_gate(self, epoch: int, seq: int, d: GateDecision, wall_utc: str) -> None:
         if self._db is not None:

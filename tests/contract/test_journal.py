@@ -224,8 +224,11 @@ async def test_frames_queued_for_review_are_kept_past_the_count_and_age_limits(t
                                   image=frame))  # fmt: skip
         await j.record(PartRecord(epoch=1, seq=2, outcome="pass", reason="model_pass", trigger_pos=0, wall_utc=old,
                                   image=frame))  # fmt: skip
-        await j.note_review(1, 1, "flagged")
+        await j.note_review(1, 1, "near_threshold")
+        await j.note_review(1, 1, "flagged")  # an operator's flag outranks the line's own reason ...
         await j.note_gate(1, 1, c.DecisionEntry(1, c.REJECT, c.PASS, c.REJECT, c.DECIDED_SHADOW))
+        for seq in range(100, 120):  # ... and is never trimmed by their number (the queue keeps max_images/4)
+            await j.note_review(1, seq, "near_threshold")
         for seq in range(3, 30):
             await j.record(PartRecord(epoch=1, seq=seq, outcome="pass", reason="model_pass", trigger_pos=0,
                                       wall_utc=datetime.now(UTC).isoformat(timespec="milliseconds"), image=frame))
@@ -234,6 +237,7 @@ async def test_frames_queued_for_review_are_kept_past_the_count_and_age_limits(t
     with sqlite3.connect(tmp_path / "j.db") as db:
         kept = [s for (s,) in db.execute("SELECT seq FROM images ORDER BY seq")]
         assert kept[0] == 1 and 2 not in kept and len(kept) == 9  # 8 newest + the pinned one
-        assert db.execute("SELECT why FROM review_queue").fetchall() == [("flagged",)]
+        assert db.execute("SELECT seq, why FROM review_queue WHERE why = 'flagged'").fetchall() == [(1, "flagged")]
+        assert db.execute("SELECT count(*) FROM review_queue").fetchone()[0] <= 1 + 8 // 4
         assert db.execute("SELECT gate, vision, reference, flags FROM gate_decisions").fetchall() == [
             (c.REJECT, c.PASS, c.REJECT, c.DECIDED_SHADOW)]

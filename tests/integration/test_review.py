@@ -40,9 +40,13 @@ def journal(tmp_path: Path) -> Path:
     return path
 
 
+TOKEN: dict[str, str] = {}
+
+
 @pytest.fixture
 def page(journal: Path) -> Iterator[str]:
     server = serve(Review(journal, "qa", SHIPPED), port=0)
+    TOKEN["value"] = server.review_token  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -58,16 +62,19 @@ def _get(url: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=30) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        with e:
+            return e.code, e.read()
 
 
-def _post(url: str, body: dict[str, str]) -> tuple[int, dict[str, str]]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), method="POST")
+def _post(url: str, body: object, token: str | None = None, host: str | None = None) -> tuple[int, dict[str, str]]:
+    headers = {"X-Review-Token": TOKEN["value"] if token is None else token, **({"Host": host} if host else {})}
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        with e:
+            return e.code, json.loads(e.read())
 
 
 def test_the_queue_shows_each_part_with_its_frame_and_defect_map_and_takes_labels(page: str, journal: Path) -> None:
@@ -99,3 +106,19 @@ def test_a_bad_label_is_refused_naming_the_problem_and_nothing_is_stored(
     assert status == 400 and message in answer["error"]
     assert latest_labels(journal) == {}
     assert _get(page + "/api/frame/5/99.png")[0] == 404
+
+
+def test_only_this_machine_by_name_and_the_pages_own_token_may_label(page: str, journal: Path) -> None:
+    """Another page in the reviewer's browser cannot post labels (no token), a DNS-rebinding page
+    cannot reach the server under another name, and a body that is not a label is refused."""
+    label = {"result_id": "5/2", "true_class": "dent"}
+    assert _post(page + "/api/label", label, token="guess")[0] == 403
+    assert _post(page + "/api/label", label, host="evil.example:80")[0] == 403
+    req = urllib.request.Request(page + "/api/queue", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 403
+    refused.value.close()
+    assert _post(page + "/api/label", ["5/2", "dent"])[0] == 400
+    assert latest_labels(journal) == {}
+    assert TOKEN["value"] in _get(page + "/")[1].decode()  # the page carries it for its own posts
