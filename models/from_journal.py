@@ -59,7 +59,9 @@ def add_from_journal(
                     no_frame += 1
                     continue
                 digest = hashlib.sha256(np.ascontiguousarray(frame).tobytes()).hexdigest()
-                where = known.get(name) or known.get(digest)
+                where = known.get(digest)
+                if where is None and name in known:
+                    name = f"{name[:-4]}-{digest[:8]}.png"  # same place and number, other pixels: another part
                 if where is not None and where.parent.name == label.true_class:
                     already += 1
                     continue
