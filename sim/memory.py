@@ -17,16 +17,20 @@ exactly. Not here: the wire-level simulator (sim/plc_server.py, sim/camera.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from controller.app import LineController, Timing
 from controller.core import plc_codec as c
+from controller.core.frame_matching import MatchWindow
 from controller.core.resume import Recorded
-from controller.core.tracking import GateCounters, Outcome
+from controller.core.tracking import GateCounters, Margins, Outcome
 from controller.errors import InferenceError
 from controller.ports import AuditEntry, Frame, Image, InferenceResult, PartRecord
 from sim.plc_program import PlcProgram
@@ -311,3 +315,40 @@ class SimMemoryLine:
             "failsafe": sum(1 for r in records.values() if r.outcome == "failsafe"),
             "model_verdicts": sum(1 for r in records.values() if r.outcome != "failsafe"),
         }
+
+
+WINDOW = MatchWindow(tolerance_s=0.002, same_part_s=0.015)
+"""The in-memory camera stamps exposures with the PLC scan that pulsed it; 35 ms smallest pitch."""
+
+
+def controller_for(line: SimMemoryLine, **options: Any) -> LineController:
+    """The real controller (controller/app.py) on the in-memory line, in the running loop's
+    (virtual) time; `options` go to its constructor (registry, products, label_store, ...)."""
+    return LineController(
+        line.plc, line.camera, line.inference, line.journal,
+        margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
+        timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002),
+        clock=asyncio.get_running_loop().time, **options,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def running(controller: LineController) -> AsyncIterator[LineController]:
+    """The controller's run as a task, connected before the first part; cancelled at the end."""
+    task = asyncio.create_task(controller.run(), name="controller")
+    await asyncio.sleep(0.05)
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def assert_safe(result: dict[str, int]) -> None:
+    """The promises a run of the in-memory line must keep, whatever its timing (`SimMemoryLine.judge`)."""
+    assert result["misassociated"] == 0, result
+    assert result["passed_without_own_pass"] == 0, result
+    assert result["without_one_outcome"] == 0, result
+    assert result["journal_not_gate"] == 0, result
+    assert result["late_writes"] == 0, result  # a verdict that cannot be on time is dropped, never written

@@ -7,46 +7,13 @@ changes and PLC restarts. Safety on every run; liveness where the timing is clea
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.app import LineController, Timing
-from controller.core.frame_matching import MatchWindow
-from controller.core.tracking import Margins
-from sim.memory import MemoryFaults, SimMemoryLine
+from sim.memory import MemoryFaults, SimMemoryLine, assert_safe, controller_for, running
 from sim.virtual_time import run_virtual
-
-WINDOW = MatchWindow(tolerance_s=0.002, same_part_s=0.015)
-"""The in-memory camera stamps exposures with the PLC scan that pulsed it; 35 ms smallest pitch."""
-
-
-def controller_for(line: SimMemoryLine, **options: Any) -> LineController:
-    """The controller on the in-memory line, in the running loop's (virtual) time; `options` go to
-    its constructor (registry, products, label_store, ...)."""
-    return LineController(
-        line.plc, line.camera, line.inference, line.journal,
-        margins=Margins(write_s=0.004, plc_cycle_s=0.002), window=WINDOW,
-        timing=Timing(min_part_pitch_counts=line.pitch_counts[0], plc_max_cycle_s=0.002),
-        clock=asyncio.get_running_loop().time, **options,
-    )  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def running(controller: LineController) -> AsyncIterator[LineController]:
-    """The controller's run as a task, connected before the first part; cancelled at the end."""
-    task = asyncio.create_task(controller.run(), name="controller")
-    await asyncio.sleep(0.05)
-    try:
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def run_line(line: SimMemoryLine) -> dict[str, int]:
@@ -56,14 +23,6 @@ def run_line(line: SimMemoryLine) -> dict[str, int]:
 
     run_virtual(main())
     return line.judge()
-
-
-def assert_safe(result: dict[str, int]) -> None:
-    assert result["misassociated"] == 0, result
-    assert result["passed_without_own_pass"] == 0, result
-    assert result["without_one_outcome"] == 0, result
-    assert result["journal_not_gate"] == 0, result
-    assert result["late_writes"] == 0, result  # a verdict that cannot be on time is dropped, never written
 
 
 def test_a_clean_line_gives_every_part_a_model_verdict() -> None:

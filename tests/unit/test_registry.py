@@ -64,9 +64,8 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
     swap (the next parts carry the new version), audited with who made it; a version whose model
     is missing is refused and the serving one stays."""
     from controller import app
-    from sim.memory import SimMemoryLine
+    from sim.memory import SimMemoryLine, assert_safe, controller_for, running
     from sim.virtual_time import run_virtual
-    from tests.unit.test_controller_virtual import assert_safe, controller_for, running
 
     reg = tmp_path / "registry"
     for v in ("v1", "v2", "v3"):
@@ -115,9 +114,8 @@ def test_a_product_changeover_at_the_plc_swaps_to_that_products_model_and_no_par
     """The PLC's product id changes mid-run: the controller takes that product's active version from
     the registry; until it serves, the controller is not ready (those parts fail safe), so no part
     of the new product is judged by the old product's model. The changeover is audited."""
-    from sim.memory import SimMemoryLine
+    from sim.memory import SimMemoryLine, assert_safe, controller_for, running
     from sim.virtual_time import run_virtual
-    from tests.unit.test_controller_virtual import assert_safe, controller_for, running
 
     reg = tmp_path / "registry"
     r.register(reg, "housing-a", run_dir(tmp_path, "a1"), "a1", {}, by="ann")
@@ -157,9 +155,8 @@ def test_a_changeover_back_before_the_new_model_loaded_waits_for_the_right_model
 ) -> None:
     """A→B, and back to A while B's model still loads: the line is ready again only with A's model
     serving, never with B's judging A's parts. A product id the line has no model for: not ready."""
-    from sim.memory import SimMemoryLine
+    from sim.memory import SimMemoryLine, assert_safe, controller_for, running
     from sim.virtual_time import run_virtual
-    from tests.unit.test_controller_virtual import assert_safe, controller_for, running
 
     reg = tmp_path / "registry"
     r.register(reg, "housing-a", run_dir(tmp_path, "a1"), "a1", {}, by="ann")
