@@ -328,7 +328,9 @@ async def test_close_fails_queued_requests_cleanly(make_pool: Factory, models: d
     await pool.start()
     deadline = time.monotonic() + 10
     calls = [asyncio.create_task(pool.infer(FRAME, deadline)) for _ in range(2)]
-    await asyncio.sleep(SLOW_S / 3)
+    # Close while the first is running and the second waits for it. Not SLOW_S / 3: on an idle
+    # machine the slow model can finish within that, the second starts, and nothing is left queued.
+    await asyncio.sleep(SLOW_S / 20)
     await pool.close()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     # Each either finished before the close or failed as an InferenceError — never a stray
