@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from controller import logs
 from controller.alarms import Alarms
 from controller.core import plc_codec as codec
 from controller.core.budget import VerdictBudget
@@ -918,6 +919,7 @@ class LineController:
             plc_watchdog_trips=snap.watchdog_trips if snap else 0,
             alarms=self.alarms.active, model_version=self._model_version, vision_state=self.vision_state.value,
             plc_connected=self._plc_ok, inference_in_flight=sum(t.get_name().startswith("judge-") for t in self._tasks),
+            log_lines_dropped=logs.dropped(),
             shadow_requested=self.operator.shadow_requested, conditions=self.alarms.conditions,
             recipes=self.recipes, active_recipe=next((r.id for r in self.recipes
                                                       if r.version and r.version == self._model_version), ""),

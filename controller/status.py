@@ -55,6 +55,8 @@ class LineStatus:
     plc_connected: bool = False
     inference_in_flight: int = 0
     """Parts waiting for or in inference."""
+    log_lines_dropped: int = 0
+    """Log lines the controller dropped because its log writer fell behind (controller/logs.py)."""
     vision_state: str = "Preoperational"
     """The Machine Vision state machine's state (controller/operator.py `VisionState`)."""
     shadow_requested: bool = False

@@ -119,6 +119,8 @@ class Metrics:
         metric("lineinspect_plc_watchdog_trips_total", "counter", "Watchdog trips counted by the PLC.",
                [("", s.plc_watchdog_trips)])  # fmt: skip
         metric("lineinspect_model_info", "gauge", "The model in use.", [(model, 1)])
+        metric("lineinspect_log_lines_dropped_total", "counter", "Log lines dropped: the log writer fell behind.",
+               [("", s.log_lines_dropped)])  # fmt: skip
         metric("lineinspect_hmi_results_total", "counter", "Part results the HMI received.", [("", self.results)])
         metric("lineinspect_hmi_results_dropped_total", "counter", "Part results the HMI process dropped unshown.",
                [("", self.results_dropped)])  # fmt: skip

@@ -138,6 +138,8 @@ STATUS_VARIABLES: tuple[StatusVariable, ...] = (
     StatusVariable("model_version", "ModelVersion", _STR, "Version of the inspection model in use."),
     StatusVariable("plc_connected", "PlcConnected", _BOOL, "The S7 link to the PLC works."),
     StatusVariable("inference_in_flight", "InferenceInFlight", _I64, "Parts waiting for or in inference."),
+    StatusVariable("log_lines_dropped", "LogLinesDropped", _I64,
+                   "Log lines the controller dropped because its log writer fell behind (a disk stall)."),
 )
 """Every `LineStatus` field, in declaration order (a test checks that none is missing)."""
 
@@ -153,7 +155,7 @@ UPDATED_AT = StatusVariable("", "UpdatedAt", ua.VariantType.DateTime, "When this
 @dataclasses.dataclass(frozen=True, slots=True)
 class HmiLimits:
     """What one panel network may ask of the server. A panel needs one or two sessions and requests
-    of a few dozen nodes (the `Line` object has 26 variables): every limit is far above that."""
+    of a few dozen nodes (the `Line` object has 27 variables): every limit is far above that."""
 
     max_sessions: int = 20
     """Activated sessions; one more is refused with BadMaxConnectionsReached."""
