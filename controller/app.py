@@ -75,11 +75,13 @@ from controller.ports import (
     PartRecord,
     PlcLink,
 )  # fmt: skip
-from controller.registry import Active, read_active
+from controller.registry import Active, RegistryError, read_active
 from controller.status import Health, LineStatus, PartResult, Recipe
 
 REGISTRY_POLL_S = 2.0
 """How often the registry's ACTIVE.json is read (a promotion reaches the line within this)."""
+PRODUCT_ANSWER_S = 15.0
+"""How long an HMI product choice waits for the product's model to serve before it answers."""
 REVIEW_BAND = 0.1
 """A part whose score came this close to its model's threshold is queued for a person's review."""
 
@@ -340,6 +342,29 @@ class LineController:
                             "done" if ok else "refused", detail)  # fmt: skip
         self._spawn(self.journal.note_audit(entry), name="audit")
 
+    async def _select_product(self, product: str) -> str:
+        """An engineer picks the product at the HMI: a changeover to its registry's active version,
+        not ready until it serves (as when the PLC's product id changes; the PLC's next change wins)."""
+        assert self.registry is not None
+        try:
+            active = await asyncio.to_thread(read_active, self.registry[0], product)
+        except (RegistryError, OSError, ValueError, KeyError) as exc:
+            raise Refused(f"product {product!r}: {exc}") from None
+        if active is None:
+            raise Refused(f"no product {product!r} with an active version in the registry")
+        if product == self.registry[1] and self.changeover is None:
+            raise Refused(f"product {product} ({self._model_version}) is already serving")
+        self.registry, self.registry_seen, self.changeover = (self.registry[0], product), None, product
+        self._registry_wake.set()
+        self._update_health()
+        for _ in range(int(PRODUCT_ANSWER_S / 0.05)):  # bounded: the HMI answers within its own limit
+            if self.changeover != product:
+                break
+            await asyncio.sleep(0.05)
+        if self.changeover == product:
+            return f"product {product}: {active.version} still loading, not ready until it serves"
+        return f"product {product}: {active.version} serving from the next part"
+
     async def _load_drift_reference(self, model: Path, version: str) -> None:
         """The new model's drift reference; without a usable one its drift is not watched (and an
         alarm about the old model's drift goes)."""
@@ -356,9 +381,10 @@ class LineController:
         log.info("drift_reference", version=version, watched=reference is not None)
 
     async def _prepare_recipe(self, recipe_id: str) -> str:
-        """Load the recipe's model beside the serving one, check it answers, switch between parts."""
+        """Load the recipe's model beside the serving one, check it answers, switch between parts.
+        With a registry, a recipe is a registry product: its active version (never another)."""
         if self.registry is not None:
-            raise Refused("this line runs the model registry's active version: promote or roll back there")
+            return await self._select_product(recipe_id)
         recipe = next((r for r in self.recipes if r.id == recipe_id), None)
         if recipe is None:
             raise Refused(f"no recipe {recipe_id!r} (installed: {', '.join(r.id for r in self.recipes) or 'none'})")

@@ -34,7 +34,7 @@ from controller.core.frame_matching import MatchWindow
 from controller.core.tracking import Margins
 from controller.errors import ConfigError, ControllerError
 from controller.ports import FrameSource
-from controller.registry import Active, read_active
+from controller.registry import Active, products, read_active
 from controller.status import LineStatus, PartResult, Recipe
 
 _T = TypeVar("_T")
@@ -161,10 +161,14 @@ async def _run_locked(
         from workers.recipes import scan_recipes
 
         inf = cfg.inference
-        recipes: tuple[Recipe, ...] = ()  # with a registry its versions are not recipes: only a promotion runs one
-        if inf.recipes_dir is not None:
+        # With a registry its products are the recipes, each at its active version: only a promotion
+        # puts a version on the line.
+        recipes: tuple[Recipe, ...] = ()
+        if inf.registry is not None:
+            recipes = await asyncio.to_thread(_registry_recipes, inf.registry)
+        elif inf.recipes_dir is not None:
             recipes = await asyncio.to_thread(scan_recipes, inf.recipes_dir)
-        elif inf.registry is None:
+        else:
             recipes = await asyncio.to_thread(scan_recipes, inf.model.resolve().parent.parent)
         d = cfg.deadline
         controller = LineController(
@@ -257,6 +261,16 @@ def _from_registry(cfg: LineConfig) -> tuple[LineConfig, Active | None]:
                           "`lineinspect registry add` one first")  # fmt: skip
     log.info("model_from_registry", product=inf.product, version=active.version, since=active.utc, by=active.by)
     return cfg.model_copy(update={"inference": inf.model_copy(update={"model": active.model})}), active
+
+
+def _registry_recipes(registry: Path) -> tuple[Recipe, ...]:
+    """Each registry product at its active version, as a recipe the HMI can pick."""
+    out = []
+    for product in products(registry):
+        active = read_active(registry, product)
+        if active is not None:
+            out.append(Recipe(product, str(active.model), version=active.version))
+    return tuple(out)
 
 
 def _drift_references(models: Sequence[Path]) -> list[DriftReference]:

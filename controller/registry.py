@@ -81,6 +81,11 @@ def write_entry(registry: Path, product: str, version: str, entry: dict[str, Any
     _atomic_write(product_dir(registry, product) / version / ENTRY, json.dumps(entry, indent=2) + "\n")
 
 
+def products(registry: Path) -> list[str]:
+    """The products with an active version."""
+    return sorted(p.parent.name for p in registry.glob(f"*/{ACTIVE}")) if registry.is_dir() else []
+
+
 def versions(registry: Path, product: str) -> list[str]:
     folder = product_dir(registry, product)
     return sorted(p.parent.name for p in folder.glob(f"*/{ENTRY}")) if folder.is_dir() else []

@@ -199,3 +199,45 @@ def test_a_changeover_back_before_the_new_model_loaded_waits_for_the_right_model
     assert after_back and all(p.model_version == "a1" for p in after_back), {p.model_version for p in after_back}
     unknown = [p for p in parts if marks["unknown"] + 0.01 < seen(p) < marks["unknown_end"]]
     assert unknown and all(p.outcome == "failsafe" for p in unknown)
+
+
+def test_an_engineer_picks_the_product_at_the_hmi_and_the_line_changes_over_to_its_active_version(
+    tmp_path: Path,
+) -> None:
+    """PrepareRecipe with a registry: a recipe is a product, run at its active version; the parts
+    meanwhile fail safe (not ready), a product without an active version is refused, audited."""
+    from controller.operator import Action
+    from sim.memory import SimMemoryLine, assert_safe, controller_for, running
+    from sim.virtual_time import run_virtual
+
+    reg = tmp_path / "registry"
+    r.register(reg, "housing-a", run_dir(tmp_path, "a1"), "a1", {}, by="ann")
+    r.register(reg, "housing-b", run_dir(tmp_path, "b1"), "b1", {}, by="ann")
+    line = SimMemoryLine(seed=14, parts=300)
+    answers: list[tuple[bool, str]] = []
+    picked: list[float] = []
+
+    async def main() -> None:
+        controller = controller_for(line, registry=(reg, "housing-a"))
+        a = r.read_active(reg, "housing-a")
+        assert a is not None
+        controller.registry_seen = (a.version, a.utc)
+        eve = {"user": "eve", "role": "engineer", "peer": "10.0.0.8:5001"}
+        async with running(controller):
+            run = asyncio.create_task(line.run())
+            await asyncio.sleep(3.0)
+            answers.append(await controller.operate(Action.PREPARE_RECIPE, "housing-c", **eve))
+            picked.append(asyncio.get_running_loop().time())
+            answers.append(await controller.operate(Action.PREPARE_RECIPE, "housing-b", **eve))
+            answers.append(await controller.operate(Action.PREPARE_RECIPE, "housing-b", **eve))
+            await run
+
+    run_virtual(main())
+    assert_safe(line.judge())
+    assert [ok for ok, _ in answers] == [False, True, False], answers
+    assert "no product 'housing-c'" in answers[0][1] and "b1 serving" in answers[1][1]
+    assert "already serving" in answers[2][1]
+    after = [p for p in line.journal.parts.values() if (p.t_trigger_seen or 0.0) > picked[0] + 0.01 and p.model_version]
+    assert after and all(p.model_version == "b1" for p in after)
+    audit = [(a.user, a.action, a.argument, a.result) for a in line.journal.audit]
+    assert audit[0] == ("eve", "prepare_recipe", "housing-c", "refused") and ("ann", "first", "b1", "done") in audit
