@@ -217,10 +217,6 @@ def decision_offset_of(seq: int) -> int:
     return DECISION_RING_OFFSET + (seq % DECISION_RING) * DECISION_ENTRY_SIZE
 
 
-def encode_decision(d: DecisionEntry) -> bytes:
-    return _DECISION.pack(d.seq, d.gate, d.vision, d.reference, d.flags)
-
-
 def trigger_offset(seq: int) -> int:
     """Byte offset of the trigger ring entry owned by `seq` in PlcToVision."""
     return TRIGGER_RING_OFFSET + (seq % TRIGGER_RING) * TRIGGER_ENTRY_SIZE

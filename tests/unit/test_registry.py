@@ -20,6 +20,13 @@ def run_dir(tmp_path: Path, name: str) -> Path:
     return run
 
 
+def started_on(reg: Path, product: str) -> tuple[str, str]:
+    """What bootstrap hands the controller: the active version (and when) the line starts on."""
+    active = r.read_active(reg, product)
+    assert active is not None
+    return active.version, active.utc
+
+
 def compared(reg: Path, version: str, against: str, promotable: bool, reasons: tuple[str, ...] = ()) -> None:
     entry = r.read_entry(reg, "p", version)
     r.write_entry(reg, "p", version, {**entry, "candidate": {"against": against, "promotable": promotable,
@@ -77,9 +84,7 @@ def test_a_controller_follows_promotion_and_rollback_between_parts_and_audits_th
 
     async def main() -> None:
         controller = controller_for(line, registry=(reg, "p"))
-        started = r.read_active(reg, "p")
-        assert started is not None
-        controller.registry_seen = (started.version, started.utc)
+        controller.registry_seen = started_on(reg, "p")
         async with running(controller):
             run = asyncio.create_task(line.run())
             await asyncio.sleep(5.0)
@@ -126,9 +131,7 @@ def test_a_product_changeover_at_the_plc_swaps_to_that_products_model_and_no_par
 
     async def main() -> None:
         controller = controller_for(line, registry=(reg, "housing-a"), products={1: "housing-a", 2: "housing-b"})
-        a = r.read_active(reg, "housing-a")
-        assert a is not None
-        controller.registry_seen = (a.version, a.utc)  # as bootstrap: the line started on housing-a's model
+        controller.registry_seen = started_on(reg, "housing-a")  # as bootstrap: the line starts on it
         async with running(controller):
             run = asyncio.create_task(line.run())
             await asyncio.sleep(4.0)
@@ -169,9 +172,7 @@ def test_a_changeover_back_before_the_new_model_loaded_waits_for_the_right_model
     async def main() -> None:
         loop = asyncio.get_running_loop()
         controller = controller_for(line, registry=(reg, "housing-a"), products={1: "housing-a", 2: "housing-b"})
-        a = r.read_active(reg, "housing-a")
-        assert a is not None
-        controller.registry_seen = (a.version, a.utc)
+        controller.registry_seen = started_on(reg, "housing-a")  # as bootstrap: the line starts on it
         async with running(controller):
             run = asyncio.create_task(line.run())
             await asyncio.sleep(3.0)
@@ -219,9 +220,7 @@ def test_an_engineer_picks_the_product_at_the_hmi_and_the_line_changes_over_to_i
 
     async def main() -> None:
         controller = controller_for(line, registry=(reg, "housing-a"))
-        a = r.read_active(reg, "housing-a")
-        assert a is not None
-        controller.registry_seen = (a.version, a.utc)
+        controller.registry_seen = started_on(reg, "housing-a")  # as bootstrap: the line starts on it
         eve = {"user": "eve", "role": "engineer", "peer": "10.0.0.8:5001"}
         async with running(controller):
             run = asyncio.create_task(line.run())
