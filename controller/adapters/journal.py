@@ -217,6 +217,11 @@ class SqliteJournal:
         with contextlib.suppress(RuntimeError):  # shut down meanwhile: the frame is not a record
             self._pool.submit(self._insert_images, compressed.result(), lazy=True)
 
+    async def _images_stored(self) -> None:
+        """Every frame recorded so far is compressed and in the database (or failed to be)."""
+        await asyncio.wrap_future(self._compressor.submit(_nothing))  # one thread: earlier frames' callbacks ran
+        await asyncio.wrap_future(self._pool.submit(_nothing, lazy=True))  # the lazy lane keeps call order
+
     def amend(self, epoch: int, seq: int, outcome: str, reason: str) -> Awaitable[None]:
         """What the gate did, learned after the decision, replaces the recorded outcome and reason.
         Queued at the call, like `record_many`."""
@@ -248,6 +253,7 @@ class SqliteJournal:
         They move to `parts_superseded` (with the time), its frames and resume point go, and the
         epoch starts afresh. Returns how many rows moved."""
         try:
+            await self._images_stored()  # else an old run's frame could land after, under a new part's seq
             return await self._run(self._supersede, epoch)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"journal cannot set epoch {epoch}'s old rows aside: {exc}") from exc

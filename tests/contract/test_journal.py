@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.adapters import journal as journal_module
 from controller.adapters.journal import SqliteJournal, alarm_counts, read_image
 from controller.core.resume import Recorded
 from controller.core.tracking import GateCounters, Outcome
@@ -144,8 +145,17 @@ def test_after_a_failed_record_the_resume_point_stays_where_the_journal_last_agr
     assert asyncio.run(run()) == counters(1)
 
 
-def test_an_earlier_plc_runs_rows_of_a_reused_epoch_are_set_aside_not_overwritten(tmp_path: Path) -> None:
+def test_an_earlier_plc_runs_rows_of_a_reused_epoch_are_set_aside_not_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "journal.db"
+    compress = journal_module._compress_images
+
+    def slow_compress(recs: list[PartRecord]) -> list[tuple[object, ...]]:
+        time.sleep(0.2)  # a loaded machine: the frame is still being compressed when the epoch comes round
+        return compress(recs)
+
+    monkeypatch.setattr(journal_module, "_compress_images", slow_compress)
 
     async def run() -> tuple[int, GateCounters, list[Recorded]]:
         async with SqliteJournal(path) as j:
