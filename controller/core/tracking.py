@@ -151,7 +151,9 @@ class SnapshotUpdate:
     """Triggers lost to ring overrun in this snapshot (alarm-worthy)."""
     revoked: list[Finished] = field(default_factory=list)
     """Written outcomes of parts the PLC dropped undecided when it restarted. The PLC rejects what
-    it no longer tracks, so each becomes fail-safe `epoch_changed` (see `Finished.revoked`)."""
+    it no longer tracks, so each becomes fail-safe `epoch_changed` (see `Finished.revoked`). A part
+    decided in the last read period before the restart cannot be told apart (the restart zeroed the
+    counters and the decision ring): it is recorded so too, though its gate may have acted."""
     corrected: list[tuple[Finished, Finished]] = field(default_factory=list)
     """(recorded, what the gate did) for written parts the PLC decided otherwise than recorded:
     a PASS decided while the watchdog was tripped, or a write that timed out yet landed in time."""
