@@ -108,9 +108,7 @@ Trained on synthetic frames only; it has never seen a real camera image.
   scaled to 0..1, replicated to 3 channels, normalized with ImageNet mean/std.
 - Outputs: `class_probs` (N, 4) softmax over {meta["classes"]}; `defect_map` (N, 1, 16, 16) in
   [0, 1]; `score` (N,) in [0, 1].
-- Decision: reject when `score` >= **{meta["threshold"]:.6g}**, i.e. when 1 - P(good) >= {cal["class_limit"]:.4g}
-  or the anomaly distance >= {cal["anomaly_limit"]:.4g}; each limit was set on {cal["n_good"]} validation good
-  images for half of the {train_report["target_frr"]:.0%} false-reject budget.
+- Decision: reject when `score` >= **{meta["threshold"]:.6g}**; {export.decision_text(cal)}.
 - Training data hash (`lineinspect.train_data_hash`): `{meta["train_data_hash"]}`
 
 ## Data

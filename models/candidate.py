@@ -6,12 +6,14 @@ Two views, both through the line's own engine (ONNX Runtime):
   rejecting more), per class, and at each model's own threshold;
 - a replay of the last N frames in the journal: how often the two decide alike, and, where a
   person labelled the part, what the candidate newly catches and newly misses.
-The candidate may be promoted only if, at the same false-reject rate, it detects no less overall on
-the held-out set, on replay it catches at least as many of the labelled defective parts as the
-active model (a retrained model always swaps a few borderline parts: what it newly misses is
-listed, and must be outweighed by what it newly catches), its own threshold keeps the false-reject
-rate within 1.5× the target on the held-out good images, and its export passed the parity gate
-(ONNX equals the trained network, models/export.py). The verdict and numbers go into its registry entry.
+The candidate may be promoted only if, at the same false-reject rate, it does not detect less on
+the held-out set beyond chance (paired, exact McNemar); on replay it catches at least as many of the
+labelled defective parts as the active model (a retrained model always swaps a few borderline parts:
+what it newly misses is listed, and must be outweighed by what it newly catches); its own threshold's
+false-reject rate on the held-out good images is not above 1.5x the target beyond doubt (the 95 %
+Wilson interval's lower end: a few hundred good images cannot tell 1 % from 2 %); and its export
+passed the parity gate (ONNX equals the trained network, models/export.py). The verdict and numbers
+go into its registry entry.
 Not here: the registry's files (controller/registry.py).
 """
 
@@ -26,12 +28,18 @@ import numpy as np
 from rich.console import Console
 
 from controller.adapters.journal import read_image
+from controller.core.agreement import wilson
 from controller.labels import latest_labels
 from models.evaluate import detection_at_frr, score_dataset
 from workers.onnx_engine import OnnxRuntimeEngine
 
 FRR_SLACK = 1.5
-"""A candidate's own threshold may reject at most this multiple of the target on held-out good images."""
+"""A candidate's own threshold must not reject more than this multiple of the target on held-out good
+images, beyond the measurement's 95 % interval."""
+WORSE_P = 0.05
+"""A candidate detecting less than the active model on held-out images is refused when chance alone
+would explain the difference less often than this (a retrained model always swaps a few borderline
+images; on 100 defects one image is a point)."""
 PARITY_LIMIT = 1e-3
 """Largest |ONNX − trained network| on the golden frames that passes the export parity gate."""
 
@@ -39,6 +47,7 @@ PARITY_LIMIT = 1e-3
 def held_out(candidate: OnnxRuntimeEngine, active: OnnxRuntimeEngine, dataset: Path, frr: float,
              console: Console) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {"dataset": str(dataset), "frr": frr}
+    caught: dict[str, np.ndarray] = {}
     for who, engine in (("candidate", candidate), ("active", active)):
         scored = score_dataset(engine, dataset, console)
         names = np.array(scored.names)
@@ -50,10 +59,26 @@ def held_out(candidate: OnnxRuntimeEngine, active: OnnxRuntimeEngine, dataset: P
             "by_class_at_frr": {c: float((scored.scores[names == c] >= cut).mean())
                                 for c in sorted(set(scored.names) - {"good"})},
             "own_threshold": {"threshold": engine.meta.threshold, "detection": float(rejects[names != "good"].mean()),
-                              "false_rejects": float(rejects[names == "good"].mean())},
+                              "false_rejects": float(rejects[names == "good"].mean()),
+                              "false_rejects_low95": wilson(int(rejects[names == "good"].sum()), len(good))[0]},
             "good": len(good), "defective": len(defect),
         }  # fmt: skip
+        caught[who] = defect >= cut
+    # Paired: the same defective images, each model at its own cut for the same false-reject rate.
+    only_active = int((caught["active"] & ~caught["candidate"]).sum())
+    only_candidate = int((caught["candidate"] & ~caught["active"]).sum())
+    out["only_active"], out["only_candidate"] = only_active, only_candidate
+    out["worse_p"] = _worse_p(only_active, only_candidate)
     return out
+
+
+def _worse_p(only_active: int, only_candidate: int) -> float:
+    """One-sided exact McNemar: the chance of the candidate missing at least this many more of the
+    discordant images than it catches if both models were equally good."""
+    from scipy.stats import binomtest
+
+    n = only_active + only_candidate
+    return 1.0 if n == 0 else float(binomtest(only_active, n, 0.5, alternative="greater").pvalue)
 
 
 def replay(candidate: OnnxRuntimeEngine, active: OnnxRuntimeEngine, journal: Path, last: int) -> dict[str, Any]:
@@ -107,12 +132,16 @@ def compare(candidate_path: Path, active_path: Path, *, dataset: Path | None, jo
     if dataset is not None:
         h = result["held_out"] = held_out(candidate, active, dataset, frr, console)
         c, a = h["candidate"], h["active"]
-        if c["detection_at_frr"] < a["detection_at_frr"]:
+        if h["worse_p"] < WORSE_P:
             reasons.append(f"held-out detection at {frr:.1%} false rejects {c['detection_at_frr']:.1%} < the active "
-                           f"model's {a['detection_at_frr']:.1%}")  # fmt: skip
-        if c["own_threshold"]["false_rejects"] > frr * FRR_SLACK:
-            reasons.append(f"its own threshold rejects {c['own_threshold']['false_rejects']:.2%} of held-out good "
-                           f"images (target {frr:.1%}, limit {frr * FRR_SLACK:.2%})")  # fmt: skip
+                           f"model's {a['detection_at_frr']:.1%} beyond chance: it misses {h['only_active']} defective "
+                           f"images the active model catches and catches only {h['only_candidate']} it misses "
+                           f"(one-sided exact McNemar p = {h['worse_p']:.3f})")  # fmt: skip
+        own = c["own_threshold"]
+        if own["false_rejects_low95"] > frr * FRR_SLACK:
+            reasons.append(f"its own threshold rejects {own['false_rejects']:.2%} of held-out good images, at "
+                           f"least {own['false_rejects_low95']:.2%} (95 %) (target {frr:.1%}, limit "
+                           f"{frr * FRR_SLACK:.2%})")  # fmt: skip
     if journal is not None:
         r = result["replay"] = replay(candidate, active, journal, replay_last)
         if len(r["newly_missed"]) > len(r["newly_caught"]):

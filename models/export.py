@@ -137,6 +137,17 @@ def parity(checkpoint: str | Path, onnx_path: str | Path, frames: list[np.ndarra
     return diffs
 
 
+def decision_text(cal: dict) -> str:
+    """How the training's calibration (train_report["calibration"]) decides, for model cards."""
+    f = cal["fusion"]
+    lo, hi = cal["realized_frr_90"]
+    return (f"the score fuses the anomaly and the classifier signal at {f['angle_degrees']:.0f} degrees "
+            f"(0 = anomaly only, 90 = classifier only), cut on {cal['n_good']} good images the network never "
+            f"trained on (out-of-fold) for a {cal['target_frr']:.2%} false-reject rate: realized rate within "
+            f"{lo:.2%}..{hi:.2%} with 90 % confidence, {'holds' if cal['holds'] else 'does NOT hold'} "
+            f"({cal['p_within_band']:.0%} within {cal['band'][0]}-{cal['band'][1]}x the target)")
+
+
 def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict) -> Path:
     """A short MODEL_CARD.md beside a trained model: what it is, how it decides, what it was trained
     on, and how it did on validation (evaluate it on held-out data with `lineinspect evaluate`)."""
@@ -144,16 +155,16 @@ def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict)
     cal, val = train_report["calibration"], train_report["val"]
     counts = ", ".join(f"{c}: {n}" for c, n in train_report["train_counts"].items())
     weights = "ImageNet (EfficientNet-Lite0) fine-tuned" if train_report["pretrained"] else "random init"
-    warning = "" if cal.get("budget_holds", True) else (
-        f"\n**Too few validation good images ({cal['n_good']}) to hold the false-reject target: add good images.**\n")
+    warning = "" if cal["holds"] else (
+        f"\n**NOT CALIBRATED to the {cal['target_frr']:.2%} false-reject target: {cal['n_good']} calibration good "
+        f"images, {cal['good_images_needed']} needed. Add good images or re-calibrate (`lineinspect model "
+        "set-threshold`).**\n")
     card = f"""# Model card: {meta["version"]}
 
 - File: `{Path(onnx_path).name}`, sha256 `{hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()}`
 - Classes: {meta["classes"]} ({meta["input"]["color"]} input, ROI {meta["roi"]})
 - Weights: {weights}, {train_report["rounds_run"]} rounds, seed {train_report["seed"]}
-- Decision: reject when `score` >= {meta["threshold"]:g}: 1 - P(good) >= {cal["class_limit"]:.4g} or anomaly
-  distance >= {cal["anomaly_limit"]:.4g}, set on {cal["n_good"]} validation good images for a
-  {train_report["target_frr"]:.1%} false-reject rate
+- Decision: reject when `score` >= {meta["threshold"]:g}; {decision_text(cal)}
 - Training data: {counts} (plus {train_report["n_val"]} validation images); hash `{meta["train_data_hash"]}`
 - Validation: detection {val["detection_rate"]:.4f}, false-reject rate {val["false_reject_rate"]:.4f},
   accuracy {val["accuracy"]:.4f}

@@ -3,8 +3,8 @@
 What it does: `InspectionNet` = truncated EfficientNet-Lite0 backbone + a classification head
 (good + defect classes) + a light per-pixel defect-map head at 1/8 resolution, and it exposes the
 per-cell features that `GoodFeatureModel` compares with good parts' features (the anomaly score
-that catches defect types never seen in training). `Decision` merges the classifier's and the
-anomaly score into the one reject score the line compares with its threshold. `preprocess` turns
+that catches defect types never seen in training). `Decision` fuses the classifier's and the
+anomaly signal into the one reject score the line compares with its threshold (models.fusion). `preprocess` turns
 Mono8 or RGB8 camera frames into the normalized 3-channel tensor the network (and the ONNX model)
 takes, with the runtime's own code.
 
@@ -13,12 +13,16 @@ What it does not: training, calibration or file I/O (see train.py and export.py)
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.efficientnet_lite import EfficientNetLite0Features
+from models.fusion import Fusion
 from workers.model_meta import Color, ModelMeta
 from workers.preprocess import preprocess as runtime_preprocess
 from workers.preprocess import resize_bilinear
@@ -84,6 +88,26 @@ class InspectionNet(nn.Module):
         return sum(self.backbone.tap_channels)
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Count, sum and sum of outer products of feature vectors (float64)."""
+
+    n: int
+    total: torch.Tensor
+    outer: torch.Tensor
+
+    @staticmethod
+    def of(x: torch.Tensor) -> Moments:
+        x = x.double()
+        return Moments(len(x), x.sum(0), x.T @ x)
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
+
+    def __sub__(self, other: Moments) -> Moments:
+        return Moments(self.n - other.n, self.total - other.total, self.outer - other.outer)
+
+
 class GoodFeatureModel(nn.Module):
     """A Gaussian over the cell features of good parts (one for all positions: a surface texture has
     no preferred place). Its output is each cell's squared Mahalanobis distance; far means unlike
@@ -98,11 +122,16 @@ class GoodFeatureModel(nn.Module):
 
     @torch.no_grad()
     def fit(self, cells: torch.Tensor, shrinkage: float = 0.01) -> None:
-        """`cells`: (N, D) feature vectors of good parts. Shrinkage towards a scaled identity keeps
-        the inverse stable where a few feature directions hardly vary on good surfaces."""
-        x = cells.double()
-        mean = x.mean(0)
-        cov = torch.cov((x - mean).T)
+        """`cells`: (N, D) feature vectors of good parts."""
+        self.fit_moments(Moments.of(cells), shrinkage)
+
+    @torch.no_grad()
+    def fit_moments(self, m: Moments, shrinkage: float = 0.01) -> None:
+        """From the sums of good parts' cell features (so that leaving a fold of images out is a
+        subtraction). Shrinkage towards a scaled identity keeps the inverse stable where a few
+        feature directions hardly vary on good surfaces."""
+        mean = m.total / m.n
+        cov = (m.outer - m.n * torch.outer(mean, mean)) / max(m.n - 1, 1)
         cov += shrinkage * cov.diagonal().mean() * torch.eye(len(mean), dtype=cov.dtype)
         # cov = L L^T  =>  cov^-1 = L^-T L^-1, so W = L^-1 whitens.
         w = torch.linalg.inv(torch.linalg.cholesky(cov))
@@ -116,24 +145,37 @@ class GoodFeatureModel(nn.Module):
 
 
 class Decision(nn.Module):
-    """One reject score in [0, 1) from the classifier (1 - P(good)) and the anomaly distance (the
-    largest cell distance), each divided by its own calibrated limit: with r the larger ratio,
-    score = r / (1 + r), so a part is rejected (score >= THRESHOLD = 0.5) exactly when either signal
-    reaches its limit. Monotone and never saturating: scores keep their order for ROC curves and
-    for choosing another threshold (clamping would tie every clear defect at 1)."""
+    """One reject score in (0, 1) from the classifier (1 - P(good)) and the anomaly distance (the
+    largest cell distance): the fused z of models.fusion.Fusion minus its calibrated cut, d, mapped
+    to 0.5 + 0.5 d / (1 + |d|). A part is rejected (score >= THRESHOLD = 0.5) exactly when z reaches
+    the cut. Monotone and never saturating: scores keep their order for ROC curves and for choosing
+    another threshold without retraining (`lineinspect model set-threshold`)."""
 
     THRESHOLD = 0.5
+    _EPS = 1e-6
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("class_limit", torch.tensor(1.0))
-        self.register_buffer("anomaly_limit", torch.tensor(float("inf")))
+        for name, value in (("anomaly_center", 0.0), ("anomaly_scale", 1.0), ("class_center", 0.0),
+                            ("class_scale", 1.0), ("anomaly_weight", 0.7071), ("class_weight", 0.7071),
+                            ("cut", float("inf"))):  # fmt: skip
+            self.register_buffer(name, torch.tensor(value))
+
+    def set(self, fusion: Fusion, cut: float) -> None:
+        """Take a fitted fusion and the cut on its z (models.thresholds.calibrated_cut)."""
+        values = {"anomaly_center": fusion.anomaly_center, "anomaly_scale": fusion.anomaly_scale,
+                  "class_center": fusion.class_center, "class_scale": fusion.class_scale,
+                  "anomaly_weight": math.cos(fusion.angle), "class_weight": math.sin(fusion.angle),
+                  "cut": cut}  # fmt: skip
+        for name, value in values.items():
+            getattr(self, name).fill_(value)
 
     def forward(self, class_probs: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
-        class_score = (1.0 - class_probs[:, 0]) / self.class_limit
-        anomaly_score = cell_distances.amax(dim=(1, 2)) / self.anomaly_limit
-        ratio = torch.maximum(class_score, anomaly_score).clamp(min=0.0)
-        return ratio / (1.0 + ratio)
+        p = (1.0 - class_probs[:, 0]).clamp(self._EPS, 1.0 - self._EPS)
+        c = (torch.log(p) - torch.log1p(-p) - self.class_center) / self.class_scale
+        a = (torch.log(cell_distances.amax(dim=(1, 2)).clamp(min=self._EPS)) - self.anomaly_center) / self.anomaly_scale
+        d = self.anomaly_weight * a + self.class_weight * c - self.cut
+        return 0.5 + 0.5 * d / (1.0 + d.abs())
 
 
 class Inspector(nn.Module):

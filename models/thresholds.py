@@ -4,7 +4,9 @@ calibration (train.py) and evaluation (evaluate.py). Pure NumPy.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,3 +39,75 @@ def limit_for_rate(good: np.ndarray, rate: float) -> tuple[float, bool]:
 def cut_for_frr(good: np.ndarray, frr: float) -> float:
     """The lowest cut that rejects at most a fraction `frr` of these good scores (empirical)."""
     return lowest_cut(good, math.floor(len(good) * frr + 1e-9))
+
+
+HOLD_CONFIDENCE = 0.9
+"""A calibration "holds" its target when the realized false-reject rate on new good parts lies
+within HOLD_BAND times the target with at least this probability."""
+HOLD_BAND = (0.5, 1.5)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A cut set on n exchangeable good scores for a target false-reject rate, and what it promises.
+    Cutting at the k-th highest of n good scores, the share of new good parts at or above it (the
+    realized false-reject rate) is Beta(k, n + 1 - k) distributed: mean k / (n + 1) <= target."""
+
+    cut: float
+    target: float
+    n: int
+    k: int
+    """How many of the n good scores the cut rejects (ties included)."""
+    interval: tuple[float, float]
+    """5 % and 95 % quantiles of the realized false-reject rate."""
+    p_within: float
+    """Probability that the realized rate lies within HOLD_BAND times the target."""
+
+    @property
+    def holds(self) -> bool:
+        return self.k >= 1 and self.p_within >= HOLD_CONFIDENCE
+
+    def summary(self) -> dict[str, object]:
+        return {"cut": self.cut, "target_frr": self.target, "n_good": self.n, "rejected_of_n": self.k,
+                "realized_frr_90": list(self.interval), "p_within_band": self.p_within, "band": list(HOLD_BAND),
+                "holds": self.holds, "good_images_needed": good_images_needed(self.target)}  # fmt: skip
+
+
+def realized_rate(n: int, k: int, target: float) -> tuple[tuple[float, float], float]:
+    """(5 %..95 % interval, probability within HOLD_BAND x target) of the realized false-reject rate
+    of a cut that rejects the k highest of n exchangeable good scores."""
+    from scipy.stats import beta
+
+    if k < 1:
+        return (0.0, 1.0 / (n + 1)), 0.0  # a cut above every score seen promises nothing about the rate
+    dist = beta(k, n + 1 - k)
+    lo, hi = (float(q) for q in dist.ppf([0.05, 0.95]))
+    return (lo, hi), float(dist.cdf(HOLD_BAND[1] * target) - dist.cdf(HOLD_BAND[0] * target))
+
+
+def calibrated_cut(good: np.ndarray, target: float) -> Calibrated:
+    """The cut for `target` (see limit_for_rate) with the confidence it deserves. One mislabelled
+    good image among n moves it by one order statistic; with few images (k = 0) it sets it."""
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target false-reject rate {target} is not in (0, 1)")
+    cut, _ = limit_for_rate(good, target)
+    k = int((good >= cut).sum())
+    # Midway to the highest score kept (or a little above them all): the model computes the same
+    # score in float32, and a cut exactly on a score would flip with the last bit.
+    kept = good[good < cut]
+    if len(kept):
+        cut = (float(kept.max()) + cut) / 2 if k else float(kept.max()) + 1e-3 * max(1.0, abs(float(kept.max())))
+    interval, p_within = realized_rate(len(good), k, target)
+    return Calibrated(cut, target, len(good), k, interval, p_within)
+
+
+@functools.cache
+def good_images_needed(target: float) -> int:
+    """The fewest good calibration images with which a cut holds `target` (see Calibrated.holds)."""
+    n = max(1, math.ceil(1 / target) - 1)
+    while n < 10_000_000:
+        k = math.floor((n + 1) * target + 1e-9)
+        if k >= 1 and realized_rate(n, k, target)[1] >= HOLD_CONFIDENCE:
+            return n
+        n = math.ceil(n * 1.02) + 1
+    return n

@@ -33,19 +33,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from models.dataset import DatasetError, Layout, list_dataset
+from models.fusion import Fusion, fit_fusion
 from models.net import (
     INPUT_SIZE,
     MAP_STRIDE,
     Decision,
+    GoodFeatureModel,
     InspectionNet,
     Inspector,
+    Moments,
     channels_first,
     crop_resize,
     normalize,
     to_input,
 )
-from models.thresholds import limit_for_rate
+from models.thresholds import HOLD_BAND, HOLD_CONFIDENCE, Calibrated, calibrated_cut, good_images_needed
 
+CHECK_LABELS = 10
+"""The highest-scoring calibration good images the training report lists as "check these labels"."""
 _MAP_POS_WEIGHT = 4.0  # defect cells are a few % of the map; without this the head predicts all-clear
 _MAP_LOSS_WEIGHT = 0.5
 # Augmentation strength. Kept mild: a faint defect's label must stay true after augmentation (strong
@@ -107,15 +112,42 @@ def load_data(layout: Layout, roi: tuple[int, int, int, int] | None) -> Data:
     return Data(np.stack(images), np.array(labels), np.stack(maps), np.array(has_map, np.float32))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Indices (train, val) with the same class proportions in both."""
-    train_idx, val_idx = [], []
-    for c in np.unique(labels):
+NET_GOODS = (100, 300)
+"""Good images the network trains on: twice the largest defect class, within these bounds (the loss
+weighs classes equally, so more good images teach it little). The other good images are the
+calibration set, which the threshold needs large (see thresholds.good_images_needed)."""
+CALIBRATION_FOLDS = 5
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    """What the network trains on."""
+    val: np.ndarray
+    """Early stopping: the validation defects and as many calibration good images."""
+    calibration: np.ndarray
+    """Good images the network never trains on: the fusion and the threshold are set on them."""
+    val_defects: np.ndarray
+
+
+def split_data(labels: np.ndarray, val_fraction: float, rng: np.random.Generator) -> Split:
+    """Defect classes split stratified (`val_fraction` to validation). Good images: as NET_GOODS says
+    (at most 1 - `val_fraction` of them) train the network, every other one calibrates."""
+    train_idx, val_defects = [], []
+    for c in np.unique(labels[labels != 0]):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_val = max(1, round(len(idx) * val_fraction))
-        val_idx.append(idx[:n_val])
+        val_defects.append(idx[:n_val])
         train_idx.append(idx[n_val:])
-    return np.concatenate(train_idx), np.concatenate(val_idx)
+    goods = rng.permutation(np.flatnonzero(labels == 0))
+    largest = max((len(t) for t in train_idx), default=0)
+    wanted = min(max(2 * largest, NET_GOODS[0]), NET_GOODS[1])
+    n_net = max(1, min(round(len(goods) * (1 - val_fraction)), wanted, len(goods) - 1))
+    calibration = goods[n_net:]
+    defects = np.concatenate(val_defects) if val_defects else np.zeros(0, int)
+    n_stop = min(len(calibration), max(len(defects), round(n_net * val_fraction / (1 - val_fraction))))
+    return Split(np.concatenate([goods[:n_net], *train_idx]), np.concatenate([calibration[:n_stop], defects]),
+                 calibration, defects)  # fmt: skip
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -184,21 +216,25 @@ class Outputs:
 
     probs: np.ndarray  # (N, C) class probabilities
     maps: np.ndarray  # (N, 16, 16) defect probability per 8 px cell
-    scores: np.ndarray  # (N,) reject score in [0, 1]; reject when >= Decision.THRESHOLD
+    scores: np.ndarray  # (N,) reject score in (0, 1); reject when >= Decision.THRESHOLD
     class_scores: np.ndarray  # (N,) 1 - P(good)
     anomaly: np.ndarray  # (N,) largest squared cell distance to the good parts' features
 
 
 @torch.no_grad()
-def predict(model: Inspector, images: np.ndarray, batch_size: int = 64) -> Outputs:
-    """Run the deployed model (PyTorch) on uint8 ROI crops (N, 128, 128[, 3])."""
+def predict(
+    model: Inspector, images: np.ndarray, batch_size: int = 64, good: GoodFeatureModel | None = None
+) -> Outputs:
+    """Run the deployed model (PyTorch) on uint8 ROI crops (N, 128, 128[, 3]); `good`: another good
+    parts' feature model than the model's own (out-of-fold scores)."""
     model.eval()
+    good = good or model.good
     parts: list[tuple[torch.Tensor, ...]] = []
     for i in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0).to(_device_of(model))
         logits, defect_logits, cells = model.net.forward_with_features(x)
         probs = logits.softmax(1)
-        distances = model.good(cells)
+        distances = good(cells)
         parts.append((probs, torch.sigmoid(defect_logits)[:, 0], model.decision(probs, distances),
                       distances.amax(dim=(1, 2))))  # fmt: skip
     probs, maps, scores, anomaly = (torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True))
@@ -206,34 +242,68 @@ def predict(model: Inspector, images: np.ndarray, batch_size: int = 64) -> Outpu
 
 
 @torch.no_grad()
-def fit_good_model(model: Inspector, good_images: np.ndarray, batch_size: int = 64) -> None:
-    """Fit the good parts' feature Gaussian on uint8 crops of good parts, each also seen flipped and
-    turned (free extra samples of a texture with no preferred orientation)."""
+def good_moments(model: Inspector, good_images: np.ndarray, batch_size: int = 64) -> Moments:
+    """Sums of the cell features of good crops, each also seen flipped and turned (free extra
+    samples of a texture with no preferred orientation)."""
     model.eval()
-    cells = []
+    total: Moments | None = None
     for i in range(0, len(good_images), batch_size):
         x = (channels_first(good_images[i : i + batch_size]) / 255.0).to(_device_of(model))
         for view in (x, x.flip(-1), torch.rot90(x, 1, (-2, -1))):
             feats = model.net.forward_with_features(to_input(view))[2]
-            cells.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-    model.good.fit(torch.cat(cells))
+            m = Moments.of(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
+            total = m if total is None else total + m
+    assert total is not None, "no good images"
+    return total
 
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def calibrate(model: Inspector, good: Outputs, target_frr: float) -> dict:
-    """Set the decision's two limits from validation good parts so that together they reject at most
-    `target_frr` of good parts: half the budget each to the classifier and to the anomaly score
-    (the union of two rejections of rate r/2 has rate <= r). With fewer than 2 / r - 1 validation
-    good parts no limit can promise that; `budget_holds` in the result then says False."""
-    class_limit, holds = limit_for_rate(good.class_scores, target_frr / 2)
-    anomaly_limit, _ = limit_for_rate(good.anomaly, target_frr / 2)
-    model.decision.class_limit.fill_(max(class_limit, 1e-6))
-    model.decision.anomaly_limit.fill_(max(anomaly_limit, 1e-6))
-    return {"class_limit": class_limit, "anomaly_limit": anomaly_limit, "n_good": len(good.scores),
-            "budget_holds": holds}  # fmt: skip
+def fit_good_model(model: Inspector, good_images: np.ndarray) -> None:
+    """Fit the good parts' feature Gaussian on uint8 crops of good parts."""
+    model.good.fit_moments(good_moments(model, good_images))
+
+
+def fit_good_out_of_fold(model: Inspector, net_goods: np.ndarray, calibration: np.ndarray,
+                         folds: int = CALIBRATION_FOLDS) -> Outputs:  # fmt: skip
+    """Fit the deployed good parts' model on every good image, and return each calibration image's
+    outputs from a model fitted without its fold: scores a new good part would get, for all of them
+    (the network never trained on them either)."""
+    folds = max(1, min(folds, len(calibration)))
+    fold_of = np.arange(len(calibration)) % folds
+    per_fold = [good_moments(model, calibration[fold_of == f]) for f in range(folds)]
+    total = good_moments(model, net_goods)
+    for m in per_fold:
+        total = total + m
+    model.good.fit_moments(total)
+    out = [None] * len(calibration)
+    for f in range(folds):
+        held_out = GoodFeatureModel(model.good.mean.numel())
+        held_out.fit_moments(total - per_fold[f] if folds > 1 else total)
+        rows = np.flatnonzero(fold_of == f)
+        o = predict(model, calibration[rows], good=held_out.to(_device_of(model)))
+        for j, r in enumerate(rows):
+            out[r] = (o.probs[j], o.maps[j], o.scores[j], o.class_scores[j], o.anomaly[j])
+    return Outputs(*(np.stack(col) for col in zip(*out, strict=True)))
+
+
+def calibrate(model: Inspector, good: Outputs, defects: Outputs, target_frr: float) -> tuple[Calibrated, Fusion]:
+    """Fuse the two signals (learned on `defects` against `good`) and cut the fused score for
+    `target_frr` on `good`, which must be scores of good parts the model never learnt from."""
+    fusion = fit_fusion(good.class_scores, good.anomaly, defects.class_scores, defects.anomaly, target_frr)
+    cal = calibrated_cut(fusion.z(good.class_scores, good.anomaly), target_frr)
+    model.decision.set(fusion, cal.cut)
+    return cal, fusion
+
+
+def rescore(model: Inspector, out: Outputs) -> Outputs:
+    """`out` with its reject scores from the model's (new) decision."""
+    with torch.no_grad():
+        probs, dist = torch.from_numpy(out.probs), torch.from_numpy(out.anomaly)[:, None, None]
+        scores = model.decision.cpu()(probs, dist).numpy()
+    return Outputs(out.probs, out.maps, scores, out.class_scores, out.anomaly)
 
 
 def detection_metrics(scores: np.ndarray, probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -298,7 +368,8 @@ def train(
                                "(one goes to validation)")  # fmt: skip
     classes, roi = layout.classes, roi or layout.roi
     data = load_data(layout, roi)
-    train_idx, val_idx = stratified_split(data.labels, val_fraction, rng)
+    split = split_data(data.labels, val_fraction, rng)
+    train_idx, val_idx = split.train, split.val
     tensors = [torch.from_numpy(a) for a in (data.images, data.labels, data.maps, data.has_map)]
     inspector = Inspector(len(classes), pretrained=pretrained)
     inherited = init_classes(inspector, Path(init_from), classes) if init_from is not None else None
@@ -357,11 +428,21 @@ def train(
 
     model.load_state_dict(best_state)
     inspector.net = model.to(memory_format=torch.contiguous_format)
-    fit_good_model(inspector, data.images[train_idx[data.labels[train_idx] == 0]])
-    val_labels = data.labels[val_idx]
-    calibration = calibrate(inspector, predict(inspector, data.images[val_idx[val_labels == 0]]), target_frr)
-    val = predict(inspector, data.images[val_idx])
+    console.log(f"fitting the good parts' model; out-of-fold scores of {len(split.calibration)} calibration images")
+    net_goods = data.images[train_idx[data.labels[train_idx] == 0]]
+    good_out = fit_good_out_of_fold(inspector, net_goods, data.images[split.calibration])
+    defect_out = predict(inspector, data.images[split.val_defects])
+    cal, fusion = calibrate(inspector, good_out, defect_out, target_frr)
+    good_out, defect_out = rescore(inspector, good_out), rescore(inspector, defect_out)
+    good_files = [f for f in layout.images["good"]]  # label 0 comes first in load_data's order
+    suspects = np.argsort(-good_out.scores, kind="stable")[:CHECK_LABELS]
+    calibration = {**cal.summary(), "fusion": fusion.summary(), "folds": min(CALIBRATION_FOLDS, len(split.calibration)),
+                   "check_labels": [{"file": str(good_files[split.calibration[i]].relative_to(layout.root)),
+                                     "score": float(good_out.scores[i])} for i in suspects]}  # fmt: skip
     threshold = Decision.THRESHOLD
+    val_labels = np.concatenate([np.zeros(len(split.calibration), int), data.labels[split.val_defects]])
+    val_scores = np.concatenate([good_out.scores, defect_out.scores])
+    val_probs = np.concatenate([good_out.probs, defect_out.probs])
     report = {
         "classes": list(classes),
         "seed": seed,
@@ -377,12 +458,11 @@ def train(
         "n_train": len(train_idx),
         "n_val": len(val_idx),
         "train_counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
-        "val": detection_metrics(val.scores, val.probs, val_labels, threshold),
+        "val": detection_metrics(val_scores, val_probs, val_labels, threshold),
         "history": history,
         "train_data_hash": dataset_hash(dataset_dir),
         "init_from": inherited,
-        "validation_good_files": [str(f.relative_to(layout.root)) for f in
-                                  (layout.images["good"][i] for i in val_idx[val_labels == 0])],
+        "validation_good_files": [str(good_files[i].relative_to(layout.root)) for i in split.calibration],
         "train_seconds": time.perf_counter() - started,
     }
     out = Path(out_dir)
@@ -402,11 +482,14 @@ def train(
         checkpoint,
     )
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
-    console.log(f"calibrated on {calibration['n_good']} good images; val {report['val']}")
-    if not calibration["budget_holds"]:
-        need = math.ceil(2 / target_frr) - 1
-        console.log(f"[bold red]warning:[/] {calibration['n_good']} validation good images are too few to hold "
-                    f"a {target_frr:.1%} false-reject rate (need {need}); add good images")  # fmt: skip
+    lo, hi = cal.interval
+    console.log(f"calibrated on {cal.n} good images the network never trained on (out of fold): realized false-"
+                f"reject rate 90 % within {lo:.2%}..{hi:.2%} for a {target_frr:.2%} target; validation {report['val']}")
+    if not cal.holds:
+        console.log(f"[bold red]warning: the {target_frr:.2%} false-reject target is NOT supported by this data:[/] "
+                    f"{cal.n} calibration good images; holding it within {HOLD_BAND[0]}-{HOLD_BAND[1]}x with "
+                    f"{HOLD_CONFIDENCE:.0%} confidence needs {good_images_needed(target_frr)}. Add good images, or "
+                    "re-calibrate later with `lineinspect model set-threshold`.")  # fmt: skip
     return TrainResult(checkpoint, threshold, report)
 
 

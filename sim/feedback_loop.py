@@ -47,7 +47,7 @@ class LoopSize:
 
 FULL = LoopSize(base_per_class=300, base_good=1000, v1_epochs=6, v2_epochs=4, min_steps=300, parts=1200, flags=50,
                 held_out_per_class=100, held_out_good=400)  # fmt: skip
-SHORT = LoopSize(base_per_class=40, base_good=120, v1_epochs=3, v2_epochs=3, min_steps=60, parts=400, flags=50,
+SHORT = LoopSize(base_per_class=40, base_good=400, v1_epochs=3, v2_epochs=3, min_steps=60, parts=400, flags=50,
                  held_out_per_class=30, held_out_good=200)  # fmt: skip
 PRODUCT = "sim"
 

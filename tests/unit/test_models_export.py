@@ -93,14 +93,14 @@ def test_line_engine_uses_the_models_own_score(tiny_run) -> None:
     assert [r.reject for r in results] == list(score >= engine.meta.threshold)
 
 
-def test_calibration_holds_the_false_reject_budget_on_validation(tiny_run) -> None:
+def test_calibration_with_few_good_images_says_it_does_not_hold(tiny_run) -> None:
     _, result, _ = tiny_run
     cal = result.report["calibration"]
-    assert cal["class_limit"] > 0 and cal["anomaly_limit"] > 0 and cal["n_good"] == 1
-    # One validation good part cannot promise a 1 % rate, and the report says so (the card and the
-    # training log warn from it). Its val FRR is not asserted: the limit sits one float step above
-    # that part's score, which batch-dependent kernels can move by more than a step.
-    assert cal["budget_holds"] is False
+    assert cal["n_good"] >= 1 and cal["rejected_of_n"] == 0
+    # So few calibration good images cannot promise a 1 % rate, and the report says so (the card and
+    # the training log warn from it), with how many it would take.
+    assert cal["holds"] is False and cal["good_images_needed"] == 1000
+    assert cal["check_labels"] and all(c["file"].startswith("good/") for c in cal["check_labels"])
 
 
 def test_training_is_reproducible(tiny_run, tmp_path) -> None:
