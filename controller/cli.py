@@ -467,6 +467,23 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_set_threshold(args: argparse.Namespace) -> int:
+    from models.dataset import DatasetError
+    from models.recalibrate import CalibrationRefused, set_threshold
+
+    out = Path(args.out) if args.out else Path(args.model)
+    try:
+        result = set_threshold(Path(args.model), Path(args.good), args.frr, out,
+                               accept_unsupported=args.accept_unsupported, user=args.user)  # fmt: skip
+    except (CalibrationRefused, DatasetError) as exc:
+        raise ControllerError(str(exc)) from None
+    lo, hi = result["realized_frr_90"]
+    print(f"{result['out']}: threshold {result['previous_threshold']:.6g} -> {result['cut']:.6g} for a "
+          f"{args.frr:.2%} false-reject rate on {result['n_good']} good images (realized 90 % within {lo:.2%}.."
+          f"{hi:.2%}: {'holds' if result['holds'] else 'does NOT hold'}); version {result['version']}")  # fmt: skip
+    return 0
+
+
 def _dataset_check(args: argparse.Namespace) -> int:
     from models.dataset_check import check_dataset
 
@@ -645,6 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--class", dest="true_class", required=True,
                             help="what they really are: good, a defect class, or a new type's name (lowercase)")
             sp.add_argument("--note", default="")
+    mo = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
+    mt = mo.add_parser("set-threshold", help="re-calibrate an exported model for a false-reject rate, no retraining")
+    mt.add_argument("model", help="the ONNX model")
+    mt.add_argument("--good", required=True, help="a dataset folder whose good/ images the model never trained on")
+    mt.add_argument("--frr", type=float, required=True, help="target false-reject rate, e.g. 0.01")
+    mt.add_argument("--out", help="write the re-calibrated model here (default: replace MODEL)")
+    mt.add_argument("--accept-unsupported", action="store_true",
+                    help="write it even if the images cannot hold the target (marked as not holding)")
+    mt.add_argument("--user", help="who re-calibrates (default: this login)")
+    mt.set_defaults(fn=_model_set_threshold)
     ds = sub.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", required=True)
     dc = ds.add_parser("check", help="counts, balance, sizes, duplicates, unreadable files, missing masks")
     dc.add_argument("path")

@@ -217,3 +217,30 @@ def test_fine_tuning_from_a_sibling_keeps_shared_layers_and_classes_and_adds_a_n
     assert not any(torch.equal(mine[head][2], row) for row in theirs[head])  # dent: not a sibling's row
     shared = [k for k in theirs if not k.startswith("net.classifier")]
     assert all(torch.equal(mine[k], theirs[k]) for k in shared)
+
+
+def test_set_threshold_recalibrates_a_copy_on_new_good_images_and_refuses_what_they_cannot_hold(
+    tiny_run, tmp_path
+) -> None:
+    from models.recalibrate import CalibrationRefused, set_threshold
+    from workers.onnx_engine import OnnxRuntimeEngine
+
+    data, _, onnx_path = tiny_run
+    before = onnx_path.read_bytes()
+    few = synthetic.make_dataset(tmp_path / "few", 0, seed=21, classes=("good",), good=60)
+    with pytest.raises(CalibrationRefused, match="60 good images cannot hold a 1.00%"):
+        set_threshold(onnx_path, few, 0.01, tmp_path / "refused.onnx")
+    assert not (tmp_path / "refused.onnx").exists()
+    with pytest.raises(CalibrationRefused, match="trained on"):
+        set_threshold(onnx_path, data, 0.01, tmp_path / "own.onnx", accept_unsupported=True)
+
+    many = synthetic.make_dataset(tmp_path / "many", 0, seed=22, classes=("good",), good=1000)
+    result = set_threshold(onnx_path, many, 0.01, tmp_path / "recal.onnx", user="qa")
+    assert result["holds"] and result["n_good"] == 1000 and result["rejected_of_n"] == 10 and result["by"] == "qa"
+    engine = OnnxRuntimeEngine(tmp_path / "recal.onnx")
+    assert engine.meta.threshold == pytest.approx(result["cut"])
+    assert engine.meta.version.endswith(f"+t{result['cut']:.6g}")
+    frames = [np.asarray(Image.open(f)) for f in sorted((many / "good").glob("*.png"))]
+    rejected = sum(r.reject for r in engine.infer_batch(frames))
+    assert rejected == 10  # the cut rejects exactly the k it promised on its own images
+    assert onnx_path.read_bytes() == before  # the original stays as it was
