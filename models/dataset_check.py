@@ -172,7 +172,7 @@ def _check_masks(
         report.warnings.append(f"{name}/: {len(missing)} image(s) without a mask, e.g. {missing[0]} "
                                "(their defect map is learnt from the class only)")  # fmt: skip
     elif not masks and files:
-        report.warnings.append(f"{name}/: no masks; the defect map falls back to a class-activation map")
+        report.warnings.append(f"{name}/: no masks; the defect map is the anomaly map (distance from good parts, cell by cell)")
     for f in files:
         mask, rel = mask_dir / f"{f.stem}_mask.png", f"{name}/{f.name}"
         if mask.name not in masks or rel not in dims:

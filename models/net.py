@@ -170,6 +170,13 @@ class Decision(nn.Module):
         for name, value in values.items():
             getattr(self, name).fill_(value)
 
+    def anomaly_map(self, cell_distances: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell alone, the classifier at
+        its good parts' median, would put the part at the cut; the defect map without masks."""
+        a = (torch.log(cell_distances.clamp(min=self._EPS)) - self.anomaly_center) / self.anomaly_scale
+        d = self.anomaly_weight * a - self.cut
+        return (0.5 + 0.5 * d / (1.0 + d.abs()))[:, None]
+
     def forward(self, class_probs: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
         p = (1.0 - class_probs[:, 0]).clamp(self._EPS, 1.0 - self._EPS)
         c = (torch.log(p) - torch.log1p(-p) - self.class_center) / self.class_scale
@@ -180,18 +187,26 @@ class Decision(nn.Module):
 
 class Inspector(nn.Module):
     """The whole model the line runs: network, good parts' feature model and decision.
-    Output: (class_probs (N, C), defect_map (N, 1, 16, 16) in [0, 1], score (N,) in [0, 1))."""
+    Output: (class_probs (N, C), defect_map (N, 1, 16, 16) in [0, 1], score (N,) in [0, 1)).
+    The defect map is the map head's where training had masks, else the anomaly map (every cell's
+    distance from good parts' features): without masks the map head learnt nothing, and the
+    anomaly map also shows defect types never trained on."""
 
     def __init__(self, num_classes: int, pretrained: bool = True) -> None:
         super().__init__()
         self.net = InspectionNet(num_classes, pretrained=pretrained)
         self.good = GoodFeatureModel(self.net.cell_feature_dim)
         self.decision = Decision()
+        self.register_buffer("learnt_map", torch.tensor(1.0))
+        """1 when training had defect masks (the map head is the map), 0 when not (the anomaly map is)."""
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, defect_logits, cells = self.net.forward_with_features(image)
         probs = logits.softmax(dim=1)
-        return probs, torch.sigmoid(defect_logits), self.decision(probs, self.good(cells))
+        distances = self.good(cells)
+        defect_map = self.learnt_map * torch.sigmoid(defect_logits) + (1.0 - self.learnt_map) * \
+            self.decision.anomaly_map(distances)  # fmt: skip
+        return probs, defect_map, self.decision(probs, distances)
 
 
 def crop_resize(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:

@@ -235,8 +235,9 @@ def predict(
         logits, defect_logits, cells = model.net.forward_with_features(x)
         probs = logits.softmax(1)
         distances = good(cells)
-        parts.append((probs, torch.sigmoid(defect_logits)[:, 0], model.decision(probs, distances),
-                      distances.amax(dim=(1, 2))))  # fmt: skip
+        maps = model.learnt_map * torch.sigmoid(defect_logits) + (1 - model.learnt_map) * \
+            model.decision.anomaly_map(distances)  # fmt: skip
+        parts.append((probs, maps[:, 0], model.decision(probs, distances), distances.amax(dim=(1, 2))))
     probs, maps, scores, anomaly = (torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True))
     return Outputs(probs, maps, scores, 1.0 - probs[:, 0], anomaly)
 
@@ -433,6 +434,8 @@ def train(
     good_out = fit_good_out_of_fold(inspector, net_goods, data.images[split.calibration])
     defect_out = predict(inspector, data.images[split.val_defects])
     cal, fusion = calibrate(inspector, good_out, defect_out, target_frr)
+    learnt_map = bool(data.has_map[data.labels != 0].any())
+    inspector.learnt_map.fill_(float(learnt_map))
     good_out, defect_out = rescore(inspector, good_out), rescore(inspector, defect_out)
     good_files = [f for f in layout.images["good"]]  # label 0 comes first in load_data's order
     suspects = np.argsort(-good_out.scores, kind="stable")[:CHECK_LABELS]
@@ -455,6 +458,7 @@ def train(
         "threshold": threshold,
         "target_frr": target_frr,
         "calibration": calibration,
+        "defect_map": "map head, learnt from masks" if learnt_map else "anomaly map (no defect masks in the data)",
         "n_train": len(train_idx),
         "n_val": len(val_idx),
         "train_counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},

@@ -244,3 +244,29 @@ def test_set_threshold_recalibrates_a_copy_on_new_good_images_and_refuses_what_t
     rejected = sum(r.reject for r in engine.infer_batch(frames))
     assert rejected == 10  # the cut rejects exactly the k it promised on its own images
     assert onnx_path.read_bytes() == before  # the original stays as it was
+
+
+def test_without_masks_the_defect_map_is_the_anomaly_map_and_shows_unseen_defects(tmp_path) -> None:
+    import shutil
+
+    data = synthetic.make_dataset(tmp_path / "data", per_class=8, seed=7, good=60)
+    shutil.rmtree(data / "ground_truth")  # a plant's data: labels, no masks
+    result = train(data, tmp_path / "run", epochs=1, seed=3, batch_size=8, min_steps=0, progress=False)
+    assert result.report["defect_map"].startswith("anomaly map")
+    model, _ = load_checkpoint(result.checkpoint)
+    assert float(model.learnt_map) == 0.0
+    rng = np.random.default_rng(11)
+    hits, n = 0, 0
+    for kind in synthetic.UNSEEN:  # types the model never saw
+        for _ in range(6):
+            frame, mask = synthetic.render_frame(rng, kind, difficulty=0.0)
+            x, y, w, h = synthetic.ROI
+            with torch.no_grad():
+                _, defect_map, _ = model(torch.from_numpy(preprocess(frame[None], list(synthetic.ROI))))
+            cell = np.unravel_index(int(defect_map[0, 0].argmax()), (16, 16))
+            on_defect = mask[y : y + h, x : x + w].reshape(16, 8, 16, 8).max(axis=(1, 3)) > 0
+            near = np.zeros_like(on_defect)
+            near[max(cell[0] - 1, 0) : cell[0] + 2, max(cell[1] - 1, 0) : cell[1] + 2] = True
+            hits += bool((on_defect & near).any())  # the hottest cell is on the defect (or touches it)
+            n += 1
+    assert hits >= 0.8 * n, f"{hits} of {n}"
