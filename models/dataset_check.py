@@ -172,7 +172,8 @@ def _check_masks(
         report.warnings.append(f"{name}/: {len(missing)} image(s) without a mask, e.g. {missing[0]} "
                                "(their defect map is learnt from the class only)")  # fmt: skip
     elif not masks and files:
-        report.warnings.append(f"{name}/: no masks; the defect map is the anomaly map (distance from good parts, cell by cell)")
+        report.warnings.append(f"{name}/: no masks; the defect map is the anomaly map (each cell's distance from "
+                               "good parts)")
     for f in files:
         mask, rel = mask_dir / f"{f.stem}_mask.png", f"{name}/{f.name}"
         if mask.name not in masks or rel not in dims:

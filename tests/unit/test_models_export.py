@@ -228,7 +228,7 @@ def test_set_threshold_recalibrates_a_copy_on_new_good_images_and_refuses_what_t
     data, _, onnx_path = tiny_run
     before = onnx_path.read_bytes()
     few = synthetic.make_dataset(tmp_path / "few", 0, seed=21, classes=("good",), good=60)
-    with pytest.raises(CalibrationRefused, match="60 good images cannot hold a 1.00%"):
+    with pytest.raises(CalibrationRefused, match=r"60 good images cannot hold a 1\.00%"):
         set_threshold(onnx_path, few, 0.01, tmp_path / "refused.onnx")
     assert not (tmp_path / "refused.onnx").exists()
     with pytest.raises(CalibrationRefused, match="trained on"):
