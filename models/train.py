@@ -547,7 +547,9 @@ def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
     """The trained model (eval mode) and the checkpoint's metadata."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = Inspector(len(ckpt["classes"]), pretrained=False)
-    model.load_state_dict(ckpt["state_dict"])
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if set(missing) - {"learnt_map"} or unexpected:  # a checkpoint from before the anomaly map: learnt map
+        raise RuntimeError(f"{path}: not a checkpoint of this model: missing {missing}, unexpected {unexpected}")
     return model.eval(), ckpt
 
 
