@@ -109,39 +109,80 @@ class Moments:
 
 
 class GoodFeatureModel(nn.Module):
-    """A Gaussian over the cell features of good parts (one for all positions: a surface texture has
-    no preferred place). Its output is each cell's squared Mahalanobis distance; far means unlike
-    any good surface, whatever the defect type. `fit` sets it from good parts' features.
+    """Good parts' cell features as one Gaussian per mode (one for all positions: a surface texture
+    has no preferred place). A product's good parts come in modes (surface finishes, variants) that
+    one Gaussian would blur into one wide cloud, in which a defect hides; each image is measured
+    against the mode nearest to its mean feature (standardized), and the output is each cell's
+    squared Mahalanobis distance under that mode. Far means unlike any good surface of that kind,
+    whatever the defect type.
     Limit: being the same everywhere, it cannot tell a feature that is missing or misplaced on a
     structured part (a hole, a print) from one in the right place; that needs a per-position model."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, modes: int = 1) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("whiten", torch.eye(dim))  # W with W^T W = inverse covariance
+        self.modes = modes
+        self.register_buffer("mean", torch.zeros(modes, dim))
+        self.register_buffer("whiten", torch.eye(dim).repeat(modes, 1, 1))  # W_k^T W_k = inverse covariance
+        self.register_buffer("centroids", torch.zeros(modes, dim))  # modes' mean image features / scale
+        self.register_buffer("scale", torch.ones(dim))
 
     @torch.no_grad()
     def fit(self, cells: torch.Tensor, shrinkage: float = 0.01) -> None:
-        """`cells`: (N, D) feature vectors of good parts."""
-        self.fit_moments(Moments.of(cells), shrinkage)
+        """`cells`: (N, D) feature vectors of good parts (one mode)."""
+        self.fit_moments([Moments.of(cells)], shrinkage)
 
     @torch.no_grad()
-    def fit_moments(self, m: Moments, shrinkage: float = 0.01) -> None:
-        """From the sums of good parts' cell features (so that leaving a fold of images out is a
-        subtraction). Shrinkage towards a scaled identity keeps the inverse stable where a few
+    def set_modes(self, centroids: torch.Tensor, scale: torch.Tensor) -> None:
+        """Mode centres in image-mean feature space divided by `scale` (see `mode_of`)."""
+        self.centroids.copy_(centroids)
+        self.scale.copy_(scale)
+
+    @torch.no_grad()
+    def fit_moments(self, per_mode: list[Moments], shrinkage: float = 0.01) -> None:
+        """From the sums of good parts' cell features, per mode (so that leaving a fold of images out
+        is a subtraction). Shrinkage towards a scaled identity keeps the inverse stable where a few
         feature directions hardly vary on good surfaces."""
-        mean = m.total / m.n
-        cov = (m.outer - m.n * torch.outer(mean, mean)) / max(m.n - 1, 1)
-        cov += shrinkage * cov.diagonal().mean() * torch.eye(len(mean), dtype=cov.dtype)
-        # cov = L L^T  =>  cov^-1 = L^-T L^-1, so W = L^-1 whitens.
-        w = torch.linalg.inv(torch.linalg.cholesky(cov))
-        self.mean.copy_(mean.float())
-        self.whiten.copy_(w.float())
+        for k, m in enumerate(per_mode):
+            mean = m.total / m.n
+            cov = (m.outer - m.n * torch.outer(mean, mean)) / max(m.n - 1, 1)
+            cov += shrinkage * cov.diagonal().mean() * torch.eye(len(mean), dtype=cov.dtype)
+            # cov = L L^T  =>  cov^-1 = L^-T L^-1, so W = L^-1 whitens.
+            self.mean[k] = mean.float()
+            self.whiten[k] = torch.linalg.inv(torch.linalg.cholesky(cov)).float()
+
+    def mode_of(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(N, D) mean cell features -> (N, K) one-hot of the nearest mode (ties share)."""
+        d = (((image_features[:, None, :] / self.scale) - self.centroids[None]) ** 2).sum(-1)
+        nearest = (d <= d.min(dim=1, keepdim=True).values).float()
+        return nearest / nearest.sum(dim=1, keepdim=True)
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
-        """(N, D, H, W) features -> (N, H, W) squared distances (a 1x1 convolution, ONNX friendly)."""
-        z = F.conv2d(cells - self.mean.view(1, -1, 1, 1), self.whiten[:, :, None, None])
-        return (z * z).sum(dim=1)
+        """(N, D, H, W) features -> (N, H, W) squared distances (1x1 convolutions, ONNX friendly)."""
+        n, d, h, w = cells.shape
+        weight = self.whiten.flatten(0, 1)[:, :, None, None]  # static shapes, so the export keeps a plain Conv
+        bias = -(self.whiten @ self.mean[:, :, None]).flatten()
+        z = F.conv2d(cells, weight, bias).reshape(n, self.modes, d, h, w)
+        per_mode = (z * z).sum(dim=2)
+        if self.modes == 1:
+            return per_mode[:, 0]
+        return (per_mode * self.mode_of(cells.mean(dim=(2, 3)))[:, :, None, None]).sum(dim=1)
+
+
+def cluster_modes(image_features: torch.Tensor, k: int, seed: int = 0, rounds: int = 30) -> tuple[torch.Tensor, ...]:
+    """k-means of good images' mean features (each feature divided by its spread): (centroids,
+    scale, each image's mode). Modes end up with at least a tenth of the images or are merged away
+    (a tiny mode's Gaussian would be fitted on too few images)."""
+    x = image_features.double()
+    scale = x.std(dim=0).clamp(min=1e-6)
+    z = x / scale
+    gen = torch.Generator().manual_seed(seed)
+    centroids = z[torch.randperm(len(z), generator=gen)[:k]].clone()
+    for _ in range(rounds):
+        assign = torch.cdist(z, centroids).argmin(dim=1)
+        keep = [j for j in range(len(centroids)) if (assign == j).sum() >= max(1, len(z) // 10)]
+        centroids = torch.stack([z[assign == j].mean(dim=0) for j in keep])
+    assign = torch.cdist(z, centroids).argmin(dim=1)
+    return centroids.float(), scale.float(), assign
 
 
 class Decision(nn.Module):
@@ -192,10 +233,10 @@ class Inspector(nn.Module):
     distance from good parts' features): without masks the map head learnt nothing, and the
     anomaly map also shows defect types never trained on."""
 
-    def __init__(self, num_classes: int, pretrained: bool = True) -> None:
+    def __init__(self, num_classes: int, pretrained: bool = True, modes: int = 1) -> None:
         super().__init__()
         self.net = InspectionNet(num_classes, pretrained=pretrained)
-        self.good = GoodFeatureModel(self.net.cell_feature_dim)
+        self.good = GoodFeatureModel(self.net.cell_feature_dim, modes)
         self.decision = Decision()
         self.register_buffer("learnt_map", torch.tensor(1.0))
         """1 when training had defect masks (the map head is the map), 0 when not (the anomaly map is)."""

@@ -43,6 +43,7 @@ from models.net import (
     Inspector,
     Moments,
     channels_first,
+    cluster_modes,
     crop_resize,
     normalize,
     to_input,
@@ -117,6 +118,9 @@ NET_GOODS = (100, 300)
 weighs classes equally, so more good images teach it little). The other good images are the
 calibration set, which the threshold needs large (see thresholds.good_images_needed)."""
 CALIBRATION_FOLDS = 5
+MODES, GOODS_PER_MODE = 4, 150
+"""Good parts' modes (surface finishes, variants) the anomaly model looks for, and the good images
+each needs (one covariance of 152 features per mode)."""
 
 
 @dataclass
@@ -243,46 +247,79 @@ def predict(
 
 
 @torch.no_grad()
-def good_moments(model: Inspector, good_images: np.ndarray, batch_size: int = 64) -> Moments:
-    """Sums of the cell features of good crops, each also seen flipped and turned (free extra
-    samples of a texture with no preferred orientation)."""
+def image_features(model: Inspector, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """(N, D) mean cell features of uint8 crops: what assigns an image to a mode of good parts."""
     model.eval()
-    total: Moments | None = None
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0).to(_device_of(model))
+        out.append(model.net.forward_with_features(x)[2].mean(dim=(2, 3)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def good_moments(model: Inspector, good_images: np.ndarray, batch_size: int = 64) -> list[Moments]:
+    """Per mode of the model's good parts' model: sums of the cell features of the good crops in
+    that mode, each also seen flipped and turned (free extra samples of a texture with no preferred
+    orientation; a view stays in its image's mode)."""
+    model.eval()
+    dim, modes = model.good.mean.shape[1], model.good.modes
+    totals = [Moments(0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))] * modes
     for i in range(0, len(good_images), batch_size):
         x = (channels_first(good_images[i : i + batch_size]) / 255.0).to(_device_of(model))
+        mode = None
         for view in (x, x.flip(-1), torch.rot90(x, 1, (-2, -1))):
             feats = model.net.forward_with_features(to_input(view))[2]
-            m = Moments.of(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
-            total = m if total is None else total + m
-    assert total is not None, "no good images"
-    return total
+            if mode is None:
+                mode = model.good.mode_of(feats.mean(dim=(2, 3))).argmax(dim=1).cpu()
+            feats = feats.cpu()
+            for k in range(modes):
+                if (mode == k).any():
+                    f = feats[mode == k]
+                    totals[k] = totals[k] + Moments.of(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    return totals
 
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def fit_good_model(model: Inspector, good_images: np.ndarray) -> None:
-    """Fit the good parts' feature Gaussian on uint8 crops of good parts."""
+def modes_for(n_good: int) -> int:
+    """How many modes of good parts to look for: up to MODES, each with >= GOODS_PER_MODE images."""
+    return max(1, min(MODES, n_good // GOODS_PER_MODE))
+
+
+def fit_good_model(model: Inspector, good_images: np.ndarray, modes: int = 1) -> None:
+    """Fit the good parts' feature model (`modes` modes at most) on uint8 crops of good parts."""
+    set_modes(model, good_images, modes)
     model.good.fit_moments(good_moments(model, good_images))
 
 
+def set_modes(model: Inspector, good_images: np.ndarray, modes: int) -> None:
+    """Find the modes of these good images and give the model a good parts' model with them."""
+    dim = model.net.cell_feature_dim
+    centroids, scale, _ = cluster_modes(image_features(model, good_images), modes)
+    model.good = GoodFeatureModel(dim, len(centroids)).to(_device_of(model))
+    model.good.set_modes(centroids, scale)
+
+
 def fit_good_out_of_fold(model: Inspector, net_goods: np.ndarray, calibration: np.ndarray,
-                         folds: int = CALIBRATION_FOLDS) -> Outputs:  # fmt: skip
+                         folds: int = CALIBRATION_FOLDS, modes: int = 1) -> Outputs:  # fmt: skip
     """Fit the deployed good parts' model on every good image, and return each calibration image's
     outputs from a model fitted without its fold: scores a new good part would get, for all of them
-    (the network never trained on them either)."""
+    (the network never trained on them either). The modes are found once, on all good images."""
+    set_modes(model, np.concatenate([net_goods, calibration]), modes)
     folds = max(1, min(folds, len(calibration)))
     fold_of = np.arange(len(calibration)) % folds
     per_fold = [good_moments(model, calibration[fold_of == f]) for f in range(folds)]
     total = good_moments(model, net_goods)
     for m in per_fold:
-        total = total + m
+        total = [a + b for a, b in zip(total, m, strict=True)]
     model.good.fit_moments(total)
     out = [None] * len(calibration)
     for f in range(folds):
-        held_out = GoodFeatureModel(model.good.mean.numel())
-        held_out.fit_moments(total - per_fold[f] if folds > 1 else total)
+        held_out = copy.deepcopy(model.good)
+        held_out.fit_moments([a - b for a, b in zip(total, per_fold[f], strict=True)] if folds > 1 else total)
         rows = np.flatnonzero(fold_of == f)
         o = predict(model, calibration[rows], good=held_out.to(_device_of(model)))
         for j, r in enumerate(rows):
@@ -431,7 +468,8 @@ def train(
     inspector.net = model.to(memory_format=torch.contiguous_format)
     console.log(f"fitting the good parts' model; out-of-fold scores of {len(split.calibration)} calibration images")
     net_goods = data.images[train_idx[data.labels[train_idx] == 0]]
-    good_out = fit_good_out_of_fold(inspector, net_goods, data.images[split.calibration])
+    modes = modes_for(int((data.labels == 0).sum()))
+    good_out = fit_good_out_of_fold(inspector, net_goods, data.images[split.calibration], modes=modes)
     defect_out = predict(inspector, data.images[split.val_defects])
     cal, fusion = calibrate(inspector, good_out, defect_out, target_frr)
     learnt_map = bool(data.has_map[data.labels != 0].any())
@@ -458,6 +496,7 @@ def train(
         "threshold": threshold,
         "target_frr": target_frr,
         "calibration": calibration,
+        "anomaly_modes": inspector.good.modes,
         "defect_map": "map head, learnt from masks" if learnt_map else "anomaly map (no defect masks in the data)",
         "n_train": len(train_idx),
         "n_val": len(val_idx),
@@ -480,6 +519,7 @@ def train(
             "roi": list(roi) if roi is not None else None,
             "color": layout.color,
             "threshold": threshold,
+            "modes": inspector.good.modes,
             "golden": golden_frames(layout, val_idx, data.labels),
             "train_data_hash": report["train_data_hash"],
         },
@@ -546,9 +586,13 @@ def _validate(model: InspectionNet, tensors: list[torch.Tensor], val_idx: np.nda
 def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
     """The trained model (eval mode) and the checkpoint's metadata."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = Inspector(len(ckpt["classes"]), pretrained=False)
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if set(missing) - {"learnt_map"} or unexpected:  # a checkpoint from before the anomaly map: learnt map
+    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt.get("modes", 1))
+    state = dict(ckpt["state_dict"])
+    if state["good.mean"].ndim == 1:  # from before the modes: one mode
+        state["good.mean"], state["good.whiten"] = state["good.mean"][None], state["good.whiten"][None]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # From before the anomaly map (learnt map) or the modes (one mode, nothing to choose):
+    if set(missing) - {"learnt_map", "good.centroids", "good.scale"} or unexpected:
         raise RuntimeError(f"{path}: not a checkpoint of this model: missing {missing}, unexpected {unexpected}")
     return model.eval(), ckpt
 

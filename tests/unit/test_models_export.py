@@ -270,3 +270,19 @@ def test_without_masks_the_defect_map_is_the_anomaly_map_and_shows_unseen_defect
             hits += bool((on_defect & near).any())  # the hottest cell is on the defect (or touches it)
             n += 1
     assert hits >= 0.8 * n, f"{hits} of {n}"
+
+
+def test_a_model_with_modes_of_good_parts_exports_with_parity(tiny_run, tmp_path) -> None:
+    from models.train import fit_good_model
+
+    _, result, _ = tiny_run
+    model, ckpt = load_checkpoint(result.checkpoint)
+    x, y, w, h = synthetic.ROI
+    goods, _, _ = synthetic.render_set(31, {"good": 40})
+    fit_good_model(model, goods[:, y : y + h, x : x + w], modes=2)
+    assert model.good.modes == 2
+    torch.save({**ckpt, "state_dict": model.state_dict(), "modes": 2}, tmp_path / "modes.pt")
+    onnx_path = export.export_onnx(tmp_path / "modes.pt", tmp_path / "modes.onnx")  # its parity gate passes
+    frames, _, _ = synthetic.render_set(32, {"good": 4, "scratch": 2, "dent": 2})
+    diffs = export.parity(tmp_path / "modes.pt", onnx_path, frames)
+    assert max(diffs.values()) < export.PARITY_TOL

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.evaluate import auroc, detection_at_frr
 from models.fusion import Fusion, fit_fusion
-from models.net import Decision, GoodFeatureModel
+from models.net import Decision, GoodFeatureModel, Moments, cluster_modes
 from models.thresholds import calibrated_cut, cut_for_frr, good_images_needed
 
 scores = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0]) | st.floats(0, 1), min_size=1, max_size=30)
@@ -50,6 +50,27 @@ def test_good_feature_model_measures_distance_from_good_features() -> None:
     _, sigma, vh = torch.linalg.svd(mixing)
     odd = good[:2000] + 3.0 * sigma[-1] * vh[-1]
     assert model(cells(odd)).mean().item() == pytest.approx(6.0 + 9.0, rel=0.1)
+
+
+def test_good_feature_model_with_modes_measures_each_image_against_its_own_mode() -> None:
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.randn(4000, 6, generator=gen) * 0.1  # a smooth finish: tight features
+    rough = torch.randn(4000, 6, generator=gen) * 2.0 + 4.0  # a rough one, elsewhere and wide
+    cells = lambda x: x.T.reshape(1, 6, -1, 1)  # noqa: E731  (one image, one column of cells)
+    one, two = GoodFeatureModel(6), GoodFeatureModel(6, modes=2)
+    one.fit(torch.cat([smooth, rough]))
+    images = torch.cat([smooth.mean(0, keepdim=True), rough.mean(0, keepdim=True)]).repeat(20, 1)
+    images = images + 0.05 * torch.randn(images.shape, generator=gen)
+    centroids, scale, assign = cluster_modes(images, 2)
+    assert len(centroids) == 2 and len(set(assign[0::2].tolist())) == 1 and assign[0] != assign[1]
+    two.set_modes(centroids, scale)
+    fitted = [Moments.of(smooth), Moments.of(rough)]
+    two.fit_moments(fitted if assign[0] == 0 else fitted[::-1])
+    scratched = smooth[:200].clone()
+    scratched[:10] += 1.0  # ten cells of a smooth part 10 sigma off: well within the rough finish
+    d_one, d_two = one(cells(scratched))[0, :, 0], two(cells(scratched))[0, :, 0]
+    assert d_two[:10].min() > 5 * d_two[10:].max()  # its own mode sees them
+    assert d_one[:10].min() < d_one[10:].max()  # one Gaussian over both finishes does not
 
 
 def test_decision_is_the_fused_score_cut_where_calibrated_and_keeps_its_order() -> None:
