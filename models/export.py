@@ -165,12 +165,13 @@ def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict)
 - Classes: {meta["classes"]} ({meta["input"]["color"]} input, ROI {meta["roi"]})
 - Weights: {weights}, {train_report["rounds_run"]} rounds, seed {train_report["seed"]}
 - Decision: reject when `score` >= {meta["threshold"]:g}; {decision_text(cal)}
-- Training data: {counts} (plus {train_report["n_val"]} validation images); hash `{meta["train_data_hash"]}`
-- Validation: detection {val["detection_rate"]:.4f}, false-reject rate {val["false_reject_rate"]:.4f},
-  accuracy {val["accuracy"]:.4f}
+- Training data: {counts} (plus {train_report["n_val"]} early-stopping and {cal["n_good"]} calibration images);
+  hash `{meta["train_data_hash"]}`
+- On the images that set the cut and the fusion (optimistic, not a test): detection {val["detection_rate"]:.4f},
+  false-reject rate {val["false_reject_rate"]:.4f}, accuracy {val["accuracy"]:.4f}
 {warning}
-Validation data chose the stopping point and the limits; measure the model on images it has never
-seen: `lineinspect evaluate {Path(onnx_path).name} TEST_DATASET`.
+Validation images chose the stopping point, calibration images the fusion and the cut; measure the
+model on images it has never seen: `lineinspect evaluate {Path(onnx_path).name} TEST_DATASET`.
 """
     path = Path(model_dir) / "MODEL_CARD.md"
     path.write_text(card)

@@ -143,6 +143,8 @@ class GoodFeatureModel(nn.Module):
         is a subtraction). Shrinkage towards a scaled identity keeps the inverse stable where a few
         feature directions hardly vary on good surfaces."""
         for k, m in enumerate(per_mode):
+            if m.n < 2:
+                raise ValueError(f"mode {k} of the good parts' model has {m.n} feature vectors")
             mean = m.total / m.n
             cov = (m.outer - m.n * torch.outer(mean, mean)) / max(m.n - 1, 1)
             cov += shrinkage * cov.diagonal().mean() * torch.eye(len(mean), dtype=cov.dtype)
@@ -168,21 +170,49 @@ class GoodFeatureModel(nn.Module):
         return (per_mode * self.mode_of(cells.mean(dim=(2, 3)))[:, :, None, None]).sum(dim=1)
 
 
-def cluster_modes(image_features: torch.Tensor, k: int, seed: int = 0, rounds: int = 30) -> tuple[torch.Tensor, ...]:
+def cluster_modes(image_features: torch.Tensor, k: int, seed: int = 0, rounds: int = 30,
+                  restarts: int = 8) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """k-means of good images' mean features (each feature divided by its spread): (centroids,
-    scale, each image's mode). Modes end up with at least a tenth of the images or are merged away
-    (a tiny mode's Gaussian would be fitted on too few images)."""
+    scale, each image's mode). A mode with under half a fair share of the images is dropped and its
+    images go to the others (a tiny mode's Gaussian would be fitted on too few images). k-means++
+    starts, several: the one keeping the most modes, then the tightest, wins."""
     x = image_features.double()
     scale = x.std(dim=0).clamp(min=1e-6)
     z = x / scale
     gen = torch.Generator().manual_seed(seed)
-    centroids = z[torch.randperm(len(z), generator=gen)[:k]].clone()
+    best: tuple[tuple[int, float], torch.Tensor] | None = None
+    for _ in range(restarts):
+        centroids = _lloyd(z, _kmeans_pp(z, min(k, len(z)), gen), max(1, len(z) // (2 * k)), rounds)
+        d = torch.cdist(z, centroids).min(dim=1).values
+        key = (len(centroids), -float((d * d).sum()))
+        if best is None or key > best[0]:
+            best = (key, centroids)
+    assert best is not None
+    centroids = best[1]
+    return centroids.float(), scale.float(), torch.cdist(z, centroids).argmin(dim=1)
+
+
+def _kmeans_pp(z: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    picks = [int(torch.randint(len(z), (1,), generator=gen))]
+    for _ in range(k - 1):
+        d2 = torch.cdist(z, z[picks]).min(dim=1).values ** 2
+        picks.append(int(torch.multinomial(d2 / d2.sum(), 1, generator=gen)) if d2.sum() > 0 else picks[0])
+    return z[picks].clone()
+
+
+def _lloyd(z: torch.Tensor, centroids: torch.Tensor, smallest: int, rounds: int) -> torch.Tensor:
+    """k-means iterations that drop a mode smaller than `smallest`; returns centroids that each keep
+    at least one image."""
     for _ in range(rounds):
         assign = torch.cdist(z, centroids).argmin(dim=1)
-        keep = [j for j in range(len(centroids)) if (assign == j).sum() >= max(1, len(z) // 10)]
-        centroids = torch.stack([z[assign == j].mean(dim=0) for j in keep])
-    assign = torch.cdist(z, centroids).argmin(dim=1)
-    return centroids.float(), scale.float(), assign
+        sizes = torch.bincount(assign, minlength=len(centroids))
+        keep = (sizes >= smallest) if (sizes >= smallest).any() else sizes == sizes.max()
+        moved = torch.stack([z[assign == j].mean(dim=0) for j in torch.nonzero(keep).flatten().tolist()])
+        if bool(keep.all()) and torch.allclose(moved, centroids):
+            break
+        centroids = moved
+    sizes = torch.bincount(torch.cdist(z, centroids).argmin(dim=1), minlength=len(centroids))
+    return centroids[sizes > 0]
 
 
 class Decision(nn.Module):
@@ -199,7 +229,7 @@ class Decision(nn.Module):
         super().__init__()
         for name, value in (("anomaly_center", 0.0), ("anomaly_scale", 1.0), ("class_center", 0.0),
                             ("class_scale", 1.0), ("anomaly_weight", 0.7071), ("class_weight", 0.7071),
-                            ("cut", float("inf"))):  # fmt: skip
+                            ("cut", 1e6)):  # fmt: skip  (uncalibrated: passes nothing, no NaN)
             self.register_buffer(name, torch.tensor(value))
 
     def set(self, fusion: Fusion, cut: float) -> None:
@@ -212,10 +242,10 @@ class Decision(nn.Module):
             getattr(self, name).fill_(value)
 
     def anomaly_map(self, cell_distances: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell alone, the classifier at
-        its good parts' median, would put the part at the cut; the defect map without masks."""
+        """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell's standardized anomaly
+        reaches the cut (the classifier at its good parts' median); the defect map without masks."""
         a = (torch.log(cell_distances.clamp(min=self._EPS)) - self.anomaly_center) / self.anomaly_scale
-        d = self.anomaly_weight * a - self.cut
+        d = a - self.cut  # unweighted: a fused score that leans on the classifier keeps a map
         return (0.5 + 0.5 * d / (1.0 + d.abs()))[:, None]
 
     def forward(self, class_probs: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:

@@ -57,8 +57,11 @@ def set_threshold(model: Path, good_dataset: Path, frr: float, out: Path, *, acc
                   user: str | None = None, console: Console | None = None) -> dict[str, Any]:  # fmt: skip
     """Write `out`: `model` cut for `frr` on the good images of `good_dataset` (a dataset folder's
     good/, or a folder of good images). Returns the calibration written. Raises CalibrationRefused."""
+    if not 0.0 < frr < 1.0:
+        raise CalibrationRefused(f"false-reject rate {frr} is not in (0, 1)")
     console = console or Console(stderr=True)
     engine = OnnxRuntimeEngine(model, intra_op_threads=2)
+    # Only an identical folder is caught: copies of training images would pass (and score low).
     if dataset_hash(good_dataset) == read_metadata(model)["train_data_hash"]:
         raise CalibrationRefused(f"{good_dataset} is the data {engine.meta.version} was trained on: its good images "
                                  "score lower than new ones; calibrate on good images it never saw")  # fmt: skip

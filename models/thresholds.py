@@ -78,11 +78,10 @@ def realized_rate(n: int, k: int, target: float) -> tuple[tuple[float, float], f
     of a cut that rejects the k highest of n exchangeable good scores."""
     from scipy.stats import beta
 
-    if k < 1:
-        return (0.0, 1.0 / (n + 1)), 0.0  # a cut above every score seen promises nothing about the rate
-    dist = beta(k, n + 1 - k)
+    # Above every score seen (k = 0), a new good part still passes the cut with chance Beta(1, n).
+    dist = beta(max(k, 1), n + 1 - max(k, 1))
     lo, hi = (float(q) for q in dist.ppf([0.05, 0.95]))
-    return (lo, hi), float(dist.cdf(HOLD_BAND[1] * target) - dist.cdf(HOLD_BAND[0] * target))
+    return (lo, hi), 0.0 if k < 1 else float(dist.cdf(HOLD_BAND[1] * target) - dist.cdf(HOLD_BAND[0] * target))
 
 
 def calibrated_cut(good: np.ndarray, target: float) -> Calibrated:
@@ -92,11 +91,13 @@ def calibrated_cut(good: np.ndarray, target: float) -> Calibrated:
         raise ValueError(f"target false-reject rate {target} is not in (0, 1)")
     cut, _ = limit_for_rate(good, target)
     k = int((good >= cut).sum())
-    # Midway to the highest score kept (or a little above them all): the model computes the same
-    # score in float32, and a cut exactly on a score would flip with the last bit.
+    # Not exactly on a score: the model computes it in float32, and a cut on it would flip with the
+    # last bit. A twentieth of the way down to the highest score kept (still rejecting the k, and
+    # keeping the Beta(k, n + 1 - k) promise all but exactly), or a little above them all.
     kept = good[good < cut]
     if len(kept):
-        cut = (float(kept.max()) + cut) / 2 if k else float(kept.max()) + 1e-3 * max(1.0, abs(float(kept.max())))
+        top = float(kept.max())
+        cut = cut - (cut - top) / 20 if k else top + 1e-3 * max(1.0, abs(top))
     interval, p_within = realized_rate(len(good), k, target)
     return Calibrated(cut, target, len(good), k, interval, p_within)
 

@@ -128,7 +128,7 @@ class Split:
     train: np.ndarray
     """What the network trains on."""
     val: np.ndarray
-    """Early stopping: the validation defects and as many calibration good images."""
+    """Early stopping: the validation defects and good images of its own (neither trains nor calibrates)."""
     calibration: np.ndarray
     """Good images the network never trains on: the fusion and the threshold are set on them."""
     val_defects: np.ndarray
@@ -136,7 +136,8 @@ class Split:
 
 def split_data(labels: np.ndarray, val_fraction: float, rng: np.random.Generator) -> Split:
     """Defect classes split stratified (`val_fraction` to validation). Good images: as NET_GOODS says
-    (at most 1 - `val_fraction` of them) train the network, every other one calibrates."""
+    (at most 1 - `val_fraction` of them) train the network, a few stop its training early (as many
+    as validation defects, or `val_fraction` of the network's share), every other one calibrates."""
     train_idx, val_defects = [], []
     for c in np.unique(labels[labels != 0]):
         idx = rng.permutation(np.flatnonzero(labels == c))
@@ -147,11 +148,12 @@ def split_data(labels: np.ndarray, val_fraction: float, rng: np.random.Generator
     largest = max((len(t) for t in train_idx), default=0)
     wanted = min(max(2 * largest, NET_GOODS[0]), NET_GOODS[1])
     n_net = max(1, min(round(len(goods) * (1 - val_fraction)), wanted, len(goods) - 1))
-    calibration = goods[n_net:]
     defects = np.concatenate(val_defects) if val_defects else np.zeros(0, int)
-    n_stop = min(len(calibration), max(len(defects), round(n_net * val_fraction / (1 - val_fraction))))
-    return Split(np.concatenate([goods[:n_net], *train_idx]), np.concatenate([calibration[:n_stop], defects]),
-                 calibration, defects)  # fmt: skip
+    # Early stopping gets good images of its own: choosing the network on calibration images would
+    # make their scores a little less than out-of-sample.
+    n_stop = min(len(goods) - n_net - 1, max(len(defects), round(n_net * val_fraction / (1 - val_fraction))))
+    stop, calibration = goods[n_net : n_net + n_stop], goods[n_net + n_stop :]
+    return Split(np.concatenate([goods[:n_net], *train_idx]), np.concatenate([stop, defects]), calibration, defects)
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -319,7 +321,9 @@ def fit_good_out_of_fold(model: Inspector, net_goods: np.ndarray, calibration: n
     out = [None] * len(calibration)
     for f in range(folds):
         held_out = copy.deepcopy(model.good)
-        held_out.fit_moments([a - b for a, b in zip(total, per_fold[f], strict=True)] if folds > 1 else total)
+        # Without fold f; a mode that would keep too few feature vectors keeps them all (a small leak).
+        held_out.fit_moments([a - b if a.n - b.n > 2 * len(a.total) else a
+                              for a, b in zip(total, per_fold[f], strict=True)])  # fmt: skip
         rows = np.flatnonzero(fold_of == f)
         o = predict(model, calibration[rows], good=held_out.to(_device_of(model)))
         for j, r in enumerate(rows):
@@ -340,7 +344,7 @@ def rescore(model: Inspector, out: Outputs) -> Outputs:
     """`out` with its reject scores from the model's (new) decision."""
     with torch.no_grad():
         probs, dist = torch.from_numpy(out.probs), torch.from_numpy(out.anomaly)[:, None, None]
-        scores = model.decision.cpu()(probs, dist).numpy()
+        scores = copy.deepcopy(model.decision).cpu()(probs, dist).numpy()
     return Outputs(out.probs, out.maps, scores, out.class_scores, out.anomaly)
 
 
@@ -520,7 +524,7 @@ def train(
             "color": layout.color,
             "threshold": threshold,
             "modes": inspector.good.modes,
-            "golden": golden_frames(layout, val_idx, data.labels),
+            "golden": golden_frames(layout, np.concatenate([split.calibration[:1], val_idx]), data.labels),
             "train_data_hash": report["train_data_hash"],
         },
         checkpoint,
@@ -528,7 +532,8 @@ def train(
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
     lo, hi = cal.interval
     console.log(f"calibrated on {cal.n} good images the network never trained on (out of fold): realized false-"
-                f"reject rate 90 % within {lo:.2%}..{hi:.2%} for a {target_frr:.2%} target; validation {report['val']}")
+                f"reject rate 90 % within {lo:.2%}..{hi:.2%} for a {target_frr:.2%} target; on the calibration images "
+                f"(optimistic: they set the cut) {report['val']}")
     if not cal.holds:
         console.log(f"[bold red]warning: the {target_frr:.2%} false-reject target is NOT supported by this data:[/] "
                     f"{cal.n} calibration good images; holding it within {HOLD_BAND[0]}-{HOLD_BAND[1]}x with "
@@ -592,6 +597,8 @@ def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
         state["good.mean"], state["good.whiten"] = state["good.mean"][None], state["good.whiten"][None]
     missing, unexpected = model.load_state_dict(state, strict=False)
     # From before the anomaly map (learnt map) or the modes (one mode, nothing to choose):
+    if "decision.class_limit" in state:
+        raise RuntimeError(f"{path}: trained before the fused score (two limits, no calibration set); retrain it")
     if set(missing) - {"learnt_map", "good.centroids", "good.scale"} or unexpected:
         raise RuntimeError(f"{path}: not a checkpoint of this model: missing {missing}, unexpected {unexpected}")
     return model.eval(), ckpt

@@ -278,8 +278,8 @@ def test_a_model_with_modes_of_good_parts_exports_with_parity(tiny_run, tmp_path
     _, result, _ = tiny_run
     model, ckpt = load_checkpoint(result.checkpoint)
     x, y, w, h = synthetic.ROI
-    goods, _, _ = synthetic.render_set(31, {"good": 40})
-    fit_good_model(model, goods[:, y : y + h, x : x + w], modes=2)
+    goods = np.concatenate([synthetic.render_set(31, {"good": 30}, surfaces=(s,))[0] for s in ("brick", "grass")])
+    fit_good_model(model, goods[:, y : y + h, x : x + w], modes=2)  # two finishes, two modes
     assert model.good.modes == 2
     torch.save({**ckpt, "state_dict": model.state_dict(), "modes": 2}, tmp_path / "modes.pt")
     onnx_path = export.export_onnx(tmp_path / "modes.pt", tmp_path / "modes.onnx")  # its parity gate passes
