@@ -101,12 +101,13 @@ def test_one_mislabelled_good_image_moves_the_threshold_less_than_the_spread_of_
     """A defect labelled good among the calibration images (label noise is normal in a plant)
     moves the cut by one order statistic, not to its own score (as the old per-signal limit on a
     few hundred images did)."""
-    for seed in range(5):
-        good = np.random.default_rng(seed).normal(0.0, 1.0, 1500)
-        clean = calibrated_cut(good, 0.01)
-        noisy = calibrated_cut(np.append(good, 40.0), 0.01)  # a clear defect, labelled good
-        assert clean.holds and noisy.holds
-        assert abs(noisy.cut - clean.cut) < np.std(good), (seed, clean.cut, noisy.cut)
+    for n in (226, 1500):  # the issue's validation set (where the old rule's cut went to 40), and a plant's
+        for seed in range(5):
+            good = np.random.default_rng(seed).normal(0.0, 1.0, n)
+            clean = calibrated_cut(good, 0.01)
+            noisy = calibrated_cut(np.append(good, 40.0), 0.01)  # a clear defect, labelled good
+            assert clean.holds == noisy.holds == (n >= 1000)
+            assert abs(noisy.cut - clean.cut) < np.std(good), (n, seed, clean.cut, noisy.cut)
 
 
 def test_a_target_the_data_cannot_support_is_not_claimed() -> None:
