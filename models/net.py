@@ -275,9 +275,12 @@ class Inspector(nn.Module):
         logits, defect_logits, cells = self.net.forward_with_features(image)
         probs = logits.softmax(dim=1)
         distances = self.good(cells)
-        defect_map = self.learnt_map * torch.sigmoid(defect_logits) + (1.0 - self.learnt_map) * \
+        return probs, self.defect_map(defect_logits, distances), self.decision(probs, distances)
+
+    def defect_map(self, defect_logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+        """The map head's where training had masks, else the anomaly map: (N, 1, 16, 16) in [0, 1]."""
+        return self.learnt_map * torch.sigmoid(defect_logits) + (1.0 - self.learnt_map) * \
             self.decision.anomaly_map(distances)  # fmt: skip
-        return probs, defect_map, self.decision(probs, distances)
 
 
 def crop_resize(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:

@@ -103,6 +103,7 @@ def report(suite: Suite, scores: np.ndarray, threshold: float, trained: tuple[st
     good = suite.kinds == "good"
     bands = np.array([band(c, a) for c, a in zip(suite.cnr, suite.area, strict=True)])
     groups = {"trained": np.isin(suite.kinds, trained) & ~good, "unseen": ~np.isin(suite.kinds, trained) & ~good}
+    in_band = {b: bands == b for b in BANDS} | {"visible+clear": bands != "faint"}
     out: dict[str, Any] = {"cuts": {}, "bands": {b: int((bands == b)[~good].sum()) for b in BANDS}}
     for name, cut in (("own_threshold", threshold), (f"frr_{frr:g}", cut_for_frr(scores[good], frr))):
         rejected = scores >= cut
@@ -110,13 +111,9 @@ def report(suite: Suite, scores: np.ndarray, threshold: float, trained: tuple[st
         for texture in (*synthetic.SURFACES, "all"):
             here = np.ones(len(scores), bool) if texture == "all" else suite.textures == texture
             per["false_rejects"][texture] = _rate(rejected[here & good])
-            per["detection"][texture] = {
-                group: {b: _rate(rejected[here & mask & (bands == b)]) for b in (*BANDS, "visible+clear")}
-                for group, mask in groups.items()
-            }
-            for group, mask in groups.items():
-                per["detection"][texture][group]["visible+clear"] = _rate(rejected[here & mask & (bands != "faint")])
-        per["by_type"] = {k: {b: _rate(rejected[(suite.kinds == k) & (bands == b)]) for b in BANDS}
+            per["detection"][texture] = {group: {b: _rate(rejected[here & mask & m]) for b, m in in_band.items()}
+                                         for group, mask in groups.items()}  # fmt: skip
+        per["by_type"] = {k: {b: _rate(rejected[(suite.kinds == k) & in_band[b]]) for b in BANDS}
                           for k in synthetic.ALL_CLASSES[1:]}  # fmt: skip
         out["cuts"][name] = per
     return out

@@ -241,9 +241,8 @@ def predict(
         logits, defect_logits, cells = model.net.forward_with_features(x)
         probs = logits.softmax(1)
         distances = good(cells)
-        maps = model.learnt_map * torch.sigmoid(defect_logits) + (1 - model.learnt_map) * \
-            model.decision.anomaly_map(distances)  # fmt: skip
-        parts.append((probs, maps[:, 0], model.decision(probs, distances), distances.amax(dim=(1, 2))))
+        maps = model.defect_map(defect_logits, distances)[:, 0]
+        parts.append((probs, maps, model.decision(probs, distances), distances.amax(dim=(1, 2))))
     probs, maps, scores, anomaly = (torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True))
     return Outputs(probs, maps, scores, 1.0 - probs[:, 0], anomaly)
 
@@ -479,7 +478,7 @@ def train(
     learnt_map = bool(data.has_map[data.labels != 0].any())
     inspector.learnt_map.fill_(float(learnt_map))
     good_out, defect_out = rescore(inspector, good_out), rescore(inspector, defect_out)
-    good_files = [f for f in layout.images["good"]]  # label 0 comes first in load_data's order
+    good_files = layout.images["good"]  # label 0 comes first in load_data's order
     suspects = np.argsort(-good_out.scores, kind="stable")[:CHECK_LABELS]
     calibration = {**cal.summary(), "fusion": fusion.summary(), "folds": min(CALIBRATION_FOLDS, len(split.calibration)),
                    "check_labels": [{"file": str(good_files[split.calibration[i]].relative_to(layout.root)),
@@ -591,16 +590,10 @@ def _validate(model: InspectionNet, tensors: list[torch.Tensor], val_idx: np.nda
 def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
     """The trained model (eval mode) and the checkpoint's metadata."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt.get("modes", 1))
-    state = dict(ckpt["state_dict"])
-    if state["good.mean"].ndim == 1:  # from before the modes: one mode
-        state["good.mean"], state["good.whiten"] = state["good.mean"][None], state["good.whiten"][None]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # From before the anomaly map (learnt map) or the modes (one mode, nothing to choose):
-    if "decision.class_limit" in state:
+    if "decision.class_limit" in ckpt["state_dict"]:
         raise RuntimeError(f"{path}: trained before the fused score (two limits, no calibration set); retrain it")
-    if set(missing) - {"learnt_map", "good.centroids", "good.scale"} or unexpected:
-        raise RuntimeError(f"{path}: not a checkpoint of this model: missing {missing}, unexpected {unexpected}")
+    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt["modes"])
+    model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
 
 
