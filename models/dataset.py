@@ -2,7 +2,9 @@
 `ground_truth/<class>/<name>_mask.png`, and an optional `dataset.json` describing the images:
 `"roi": [x, y, w, h]` (where the part lies on the frame; without it the whole image is used) and
 `"classes": [...]` (the model's class order, "good" first; without it, defect classes by name) and
-`"color": "gray" | "rgb"` (without it: gray unless the first good image is a colour image).
+`"color": "gray" | "rgb"` (without it: gray unless the first good image is a colour image) and
+`"augmentation": {...}` (what good parts may vary in; models.augmentation) and `"input_size"` or
+`"smallest_defect_px"` (the network's input side; models.resolution).
 
 What it does: lists a dataset's classes ("good" first, then the defect classes by name) and image
 files after `dataset_check` finds no error; a malformed folder raises one `DatasetError` that names
@@ -16,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.augmentation import Augmentation
 from models.dataset_check import IMAGE_SUFFIXES, INFO_FILE, check_dataset
 from workers.model_meta import Color
 
@@ -32,6 +35,9 @@ class Layout:
     images: dict[str, list[Path]]
     roi: tuple[int, int, int, int] | None
     color: Color
+    augmentation: Augmentation
+    input_size: int
+    """The network's input side (models.resolution)."""
 
 
 def list_dataset(path: str | Path) -> Layout:
@@ -46,7 +52,7 @@ def list_dataset(path: str | Path) -> Layout:
         c: sorted(f for f in (root / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         for c in info.classes
     }
-    return Layout(root, info.classes, images, info.roi, info.color)  # type: ignore[arg-type]
+    return Layout(root, info.classes, images, info.roi, info.color, info.augmentation, info.input_size)  # type: ignore[arg-type]
 
 
 def write_info(root: Path, roi: tuple[int, int, int, int] | None, **extra: object) -> None:

@@ -19,6 +19,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from models.augmentation import Augmentation
+from models.resolution import DEFAULT_SIDE, input_side, resolution_note
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 IMBALANCE_WARN = 3.0
 """Largest class / smallest class above this ratio is worth a warning."""
@@ -35,6 +38,9 @@ class DatasetInfo:
     roi: tuple[int, int, int, int] | None
     classes: tuple[str, ...]
     color: str  # "gray" or "rgb"
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    input_size: int = DEFAULT_SIDE
+    """The network's input side (models.resolution)."""
 
 
 @dataclass
@@ -153,7 +159,16 @@ def _check_info(
     elif color not in ("gray", "rgb"):
         report.errors.append(f'{where} color must be "gray" or "rgb", got {color!r}')
         return None
-    return DatasetInfo(tuple(roi) if roi is not None else None, classes, color)  # type: ignore[arg-type]
+    roi_side = max(roi[2:]) if roi is not None else max((max(d) for d in dims.values()), default=DEFAULT_SIDE)
+    try:
+        augmentation = Augmentation.from_info(info.get("augmentation"))
+        side = input_side(info, roi_side)
+    except ValueError as e:
+        report.errors.append(f"{where} {e}")
+        return None
+    if side < roi_side:
+        report.warnings.append(resolution_note(roi_side, side))
+    return DatasetInfo(tuple(roi) if roi is not None else None, classes, color, augmentation, side)  # type: ignore[arg-type]
 
 
 def _check_masks(

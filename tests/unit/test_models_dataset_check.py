@@ -74,6 +74,12 @@ def _rewrite_info(root: Path, **changes: object) -> None:
          "ground_truth/spot/0001_mask.png is 20x20, its image spot/0001.png is 160x160"),
         (lambda r: Image.new("I;16", (160, 160), 40000).save(r / "good" / "0002.png"),
          "good/0002.png is a I;16 image (16-bit or float); convert it to 8-bit"),
+        (lambda r: _rewrite_info(r, augmentation={"blurr": 1}), "augmentation has unknown setting(s) ['blurr']"),
+        (lambda r: _rewrite_info(r, augmentation={"rotation_deg": 90}), "augmentation.rotation_deg must be a number"),
+        (lambda r: _rewrite_info(r, augmentation={"dihedral": "yes"}), "augmentation.dihedral must be true or false"),
+        (lambda r: _rewrite_info(r, input_size=100), "input_size must be a multiple of 16 in 64..512"),
+        (lambda r: _rewrite_info(r, input_size=256, smallest_defect_px=2), "not both"),
+        (lambda r: _rewrite_info(r, smallest_defect_px=0), "smallest_defect_px must be a positive number"),
     ],
 )
 def test_unusable_images_masks_and_dataset_json_are_errors(dataset: Path, tmp_path: Path, damage, message) -> None:
@@ -86,3 +92,19 @@ def test_unusable_images_masks_and_dataset_json_are_errors(dataset: Path, tmp_pa
     assert any(message in e for e in report.errors), report.errors
     with pytest.raises(DatasetError, match="not a usable dataset"):
         list_dataset(broken)  # what train and evaluate call: one error naming the first problem
+
+
+def test_the_input_side_follows_the_smallest_defect_and_a_shrunk_roi_is_warned(dataset: Path, tmp_path: Path) -> None:
+    from models.dataset import list_dataset
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    assert list_dataset(ds).input_size == 128  # the default
+    _rewrite_info(ds, smallest_defect_px=2)  # a 2 px scratch on the 128 px ROI must span 4 px: 256
+    assert list_dataset(ds).input_size == 256
+    _rewrite_info(ds, smallest_defect_px=None, input_size=64)
+    report = check_dataset(ds)
+    assert report.ok and any("the 128 px ROI is seen at 64 px (0.50x)" in w for w in report.warnings)
+    _rewrite_info(ds, input_size=None, augmentation={"blur_sigma": 0.5, "dihedral": False})
+    aug = list_dataset(ds).augmentation
+    assert aug.blur_sigma == 0.5 and not aug.dihedral and aug.pseudo_anomalies == 0.5  # the rest: defaults
