@@ -1,10 +1,10 @@
 """Export a trained checkpoint to the ONNX model the inference workers load, and check it.
 
 What it does: writes an opset-17 ONNX file with a dynamic batch axis,
-  input  `image`       float32 (N, 3, 128, 128), ImageNet-normalized (grey replicated to 3 channels, or RGB)
+  input  `image`       float32 (N, 3, S, S), ImageNet-normalized (grey replicated to 3 channels, or RGB)
   output `class_probs` float32 (N, C) softmax, class 0 = good
-  output `defect_map`  float32 (N, 1, 16, 16) in [0, 1]
-  output `score`       float32 (N,) reject score in [0, 1] (classifier and anomaly, net.Decision)
+  output `defect_map`  float32 (N, 1, S/8, S/8) in [0, 1] (S: the input side, 128 by default)
+  output `score`       float32 (N,) reject score in [0, 1] (learned and anomaly signals, net.Decision)
 plus the `lineinspect.*` metadata (classes, input convention, ROI, threshold, version, training-data
 hash), and verifies that ONNX Runtime agrees with PyTorch on the reject score and the defect map.
 
@@ -37,7 +37,8 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path, name: str = "mode
     model, ckpt = load_checkpoint(checkpoint)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+    side = input_side_of(ckpt)
+    dummy = torch.zeros(1, 3, side, side)
     batch = {0: "N"}
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated in favour of the dynamo one, which needs
@@ -61,8 +62,8 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path, name: str = "mode
         "lineinspect.classes": json.dumps(ckpt["classes"]),
         "lineinspect.input": json.dumps(
             {
-                "height": INPUT_SIZE,
-                "width": INPUT_SIZE,
+                "height": side,
+                "width": side,
                 "channels": 3,
                 "color": ckpt.get("color", "gray"),
                 "mean": list(MEAN),
@@ -97,6 +98,11 @@ def read_metadata(onnx_path: str | Path) -> dict:
     }
 
 
+def input_side_of(ckpt: dict) -> int:
+    """The network's input side a checkpoint was trained at (older ones: the default)."""
+    return int(ckpt.get("input_size", INPUT_SIZE))
+
+
 def session(onnx_path: str | Path, threads: int = 1) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -105,9 +111,11 @@ def session(onnx_path: str | Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def onnx_predict(sess: ort.InferenceSession, frames: np.ndarray, roi: list[int] | None) -> tuple[np.ndarray, ...]:
-    """(class_probs (N, C), defect_map (N, 1, 16, 16), score (N,)) for Mono8 camera frames (N, H, W)
+    """(class_probs (N, C), defect_map (N, 1, S/8, S/8), score (N,)) for Mono8 camera frames (N, H, W)
     of a grey model."""
-    probs, maps, scores = sess.run(["class_probs", "defect_map", "score"], {"image": preprocess(frames, roi)})
+    side = int(sess.get_inputs()[0].shape[-1])
+    x = preprocess(frames, roi, size=side)
+    probs, maps, scores = sess.run(["class_probs", "defect_map", "score"], {"image": x})
     return probs, maps, scores
 
 
@@ -129,7 +137,7 @@ def parity(checkpoint: str | Path, onnx_path: str | Path, frames: list[np.ndarra
     for frame in frames:
         if color == "rgb" and frame.ndim == 2:
             frame = np.repeat(frame[..., None], 3, axis=-1)  # grey test frames as colour images
-        x = preprocess(frame[None], ckpt["roi"], color)
+        x = preprocess(frame[None], ckpt["roi"], color, input_side_of(ckpt))
         with torch.no_grad():
             ours = [t.numpy() for t in model(torch.from_numpy(x))]
         for name, a, b in zip(diffs, ours, sess.run(list(diffs), {"image": x}), strict=True):
@@ -141,10 +149,11 @@ def decision_text(cal: dict) -> str:
     """How the training's calibration (train_report["calibration"]) decides, for model cards."""
     f = cal["fusion"]
     lo, hi = cal["realized_frr_90"]
-    return (f"the score fuses the anomaly and the classifier signal at {f['angle_degrees']:.0f} degrees "
-            f"(0 = anomaly only, 90 = classifier only), cut on {cal['n_good']} good images the network never "
-            f"trained on (out-of-fold) for a {cal['target_frr']:.2%} false-reject rate: realized rate within "
-            f"{lo:.2%}..{hi:.2%} with 90 % confidence, {'holds' if cal['holds'] else 'does NOT hold'} "
+    return (f"the score fuses the anomaly and the learned signal (classifier, or defect-map peak where larger) at "
+            f"{f['angle_degrees']:.0f} degrees (0 = anomaly only, 90 = learned only), cut on {cal['n_good']} good "
+            f"images the network never trained on (out-of-fold) for a {cal['target_frr']:.2%} false-reject rate: "
+            f"realized rate within {lo:.2%}..{hi:.2%} with 90 % confidence, "
+            f"{'holds' if cal['holds'] else 'does NOT hold'} "
             f"({cal['p_within_band']:.0%} within {cal['band'][0]}-{cal['band'][1]}x the target)")
 
 

@@ -1,7 +1,9 @@
-"""One reject score from the classifier and the anomaly signal, learned on data the network never
+"""One reject score from the learned and the anomaly signal, learned on data the network never
 trained on (stacking). Pure NumPy; `net.Decision` computes the same thing inside the model.
+The learned signal is the classifier's 1 - P(good), or the defect map's peak where that is larger
+(net.Decision.learned); the names below say "class" for it, as the model's buffers do.
 
-Each signal is put on a log scale (the classifier's 1 - P(good) as a logit, the anomaly distance as
+Each signal is put on a log scale (the learned signal as a logit, the anomaly distance as
 a log) and standardized by how good parts spread in it: centre the median, unit the distance from
 median to 90th percentile (robust: one odd good image barely moves either). The fused score is
 z = cos(a) * anomaly' + sin(a) * classifier', with the angle a chosen for the most validation defects

@@ -23,11 +23,12 @@ from torch import nn
 
 from models.efficientnet_lite import EfficientNetLite0Features
 from models.fusion import Fusion
+from models.resolution import DEFAULT_SIDE
 from workers.model_meta import Color, ModelMeta
 from workers.preprocess import preprocess as runtime_preprocess
 from workers.preprocess import resize_bilinear
 
-INPUT_SIZE = 128  # square network input (pixels); the synthetic ROI is exactly this size
+INPUT_SIZE = DEFAULT_SIDE  # square network input by default (pixels; models.resolution); the synthetic ROI's size
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 MAP_STRIDE = 8  # defect_map is INPUT_SIZE / 8 on a side
@@ -41,8 +42,14 @@ MAP_TAP = 4  # end of stage 3, stride 8: fine enough to localise a 1-2 px scratc
 LAST_FROZEN_BLOCK = 2  # stem + blocks 0..2 keep their ImageNet weights (generic edges; saves ~1/3 of CPU time)
 
 
+def map_peak(defect_logits: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) defect-map logits -> (N,) the map head's largest defect probability."""
+    return torch.sigmoid(defect_logits.amax(dim=(1, 2, 3)))
+
+
 class InspectionNet(nn.Module):
-    """Input: (N, 3, 128, 128) normalized. Output: (class logits (N, C), defect logits (N, 1, 16, 16))."""
+    """Input: (N, 3, S, S) normalized, S a multiple of 16 (128 by default). Output: (class logits
+    (N, C), defect logits (N, 1, S/8, S/8))."""
 
     def __init__(self, num_classes: int, pretrained: bool = True) -> None:
         super().__init__()
@@ -69,14 +76,14 @@ class InspectionNet(nn.Module):
         return logits, defect_logits
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(class logits, defect logits, cell features (N, c8 + c16, 16, 16) for the anomaly score)."""
+        """(class logits, defect logits, cell features (N, c8 + c16, S/8, S/8) for the anomaly score)."""
         f8, f16 = self.backbone(x)
         coarse = F.interpolate(self.map_coarse(f16), scale_factor=2.0, mode="nearest")
         defect_logits = self.map_out(F.relu(self.map_fine(f8) + coarse))
         # The strongest defect-map response is fed to the classifier, so the mask supervision helps
         # the decision directly and not only as an auxiliary signal (as a probability: raw logits are
         # unbounded and destabilise the first epochs).
-        peak = torch.sigmoid(defect_logits.amax(dim=(1, 2, 3)))[:, None]
+        peak = map_peak(defect_logits)[:, None]
         pooled = torch.cat([f16.mean(dim=(2, 3)), f16.amax(dim=(2, 3)), peak], dim=1)
         # Fine and coarse features side by side per 8 px cell: fine ones see texture detail, coarse
         # ones the context that tells a defect from an unusual patch of surface.
@@ -216,11 +223,14 @@ def _lloyd(z: torch.Tensor, centroids: torch.Tensor, smallest: int, rounds: int)
 
 
 class Decision(nn.Module):
-    """One reject score in (0, 1) from the classifier (1 - P(good)) and the anomaly distance (the
-    largest cell distance): the fused z of models.fusion.Fusion minus its calibrated cut, d, mapped
-    to 0.5 + 0.5 d / (1 + |d|). A part is rejected (score >= THRESHOLD = 0.5) exactly when z reaches
-    the cut. Monotone and never saturating: scores keep their order for ROC curves and for choosing
-    another threshold without retraining (`lineinspect model set-threshold`)."""
+    """One reject score in (0, 1) from two signals: the learned one (the classifier's 1 - P(good), or
+    the defect map's peak where that is larger: the map head also learnt generic flaws from
+    pseudo-anomalies, so it sees defect types the classifier has no class for) and the anomaly
+    distance (the largest cell distance from good parts' features). The fused z of
+    models.fusion.Fusion minus its calibrated cut, d, is mapped to 0.5 + 0.5 d / (1 + |d|). A part is
+    rejected (score >= THRESHOLD = 0.5) exactly when z reaches the cut. Monotone and never saturating:
+    scores keep their order for ROC curves and for choosing another threshold without retraining
+    (`lineinspect model set-threshold`)."""
 
     THRESHOLD = 0.5
     _EPS = 1e-6
@@ -229,8 +239,10 @@ class Decision(nn.Module):
         super().__init__()
         for name, value in (("anomaly_center", 0.0), ("anomaly_scale", 1.0), ("class_center", 0.0),
                             ("class_scale", 1.0), ("anomaly_weight", 0.7071), ("class_weight", 0.7071),
-                            ("cut", 1e6)):  # fmt: skip  (uncalibrated: passes nothing, no NaN)
+                            ("cut", 1e6), ("uses_map", 0.0)):  # fmt: skip  (uncalibrated: passes nothing, no NaN)
             self.register_buffer(name, torch.tensor(value))
+        # uses_map: 1 when the map head was trained (defect masks or pseudo-anomalies); an untrained
+        # head says 0.5 everywhere and must not count.
 
     def set(self, fusion: Fusion, cut: float) -> None:
         """Take a fitted fusion and the cut on its z (models.thresholds.calibrated_cut)."""
@@ -241,24 +253,32 @@ class Decision(nn.Module):
         for name, value in values.items():
             getattr(self, name).fill_(value)
 
+    def learned(self, class_probs: torch.Tensor, map_peak: torch.Tensor) -> torch.Tensor:
+        """(N, C) class probabilities, (N,) defect map maxima -> (N,) the learned signal in [0, 1]."""
+        return torch.maximum(1.0 - class_probs[:, 0], self.uses_map * map_peak)
+
     def anomaly_map(self, cell_distances: torch.Tensor) -> torch.Tensor:
         """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell's standardized anomaly
-        reaches the cut (the classifier at its good parts' median); the defect map without masks."""
+        reaches the cut (the learned signal at its good parts' median); the defect map without masks."""
         a = (torch.log(cell_distances.clamp(min=self._EPS)) - self.anomaly_center) / self.anomaly_scale
-        d = a - self.cut  # unweighted: a fused score that leans on the classifier keeps a map
+        d = a - self.cut  # unweighted: a fused score that leans on the learned signal keeps a map
         return (0.5 + 0.5 * d / (1.0 + d.abs()))[:, None]
 
-    def forward(self, class_probs: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
-        p = (1.0 - class_probs[:, 0]).clamp(self._EPS, 1.0 - self._EPS)
+    def score(self, learned: torch.Tensor, max_distance: torch.Tensor) -> torch.Tensor:
+        """(N,) learned signal, (N,) largest cell distance -> (N,) reject score."""
+        p = learned.clamp(self._EPS, 1.0 - self._EPS)
         c = (torch.log(p) - torch.log1p(-p) - self.class_center) / self.class_scale
-        a = (torch.log(cell_distances.amax(dim=(1, 2)).clamp(min=self._EPS)) - self.anomaly_center) / self.anomaly_scale
+        a = (torch.log(max_distance.clamp(min=self._EPS)) - self.anomaly_center) / self.anomaly_scale
         d = self.anomaly_weight * a + self.class_weight * c - self.cut
         return 0.5 + 0.5 * d / (1.0 + d.abs())
+
+    def forward(self, class_probs: torch.Tensor, map_peak: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
+        return self.score(self.learned(class_probs, map_peak), cell_distances.amax(dim=(1, 2)))
 
 
 class Inspector(nn.Module):
     """The whole model the line runs: network, good parts' feature model and decision.
-    Output: (class_probs (N, C), defect_map (N, 1, 16, 16) in [0, 1], score (N,) in [0, 1)).
+    Output: (class_probs (N, C), defect_map (N, 1, S/8, S/8) in [0, 1], score (N,) in [0, 1)).
     The defect map is the map head's where training had masks, else the anomaly map (every cell's
     distance from good parts' features): without masks the map head learnt nothing, and the
     anomaly map also shows defect types never trained on."""
@@ -275,23 +295,24 @@ class Inspector(nn.Module):
         logits, defect_logits, cells = self.net.forward_with_features(image)
         probs = logits.softmax(dim=1)
         distances = self.good(cells)
-        return probs, self.defect_map(defect_logits, distances), self.decision(probs, distances)
+        score = self.decision(probs, map_peak(defect_logits), distances)
+        return probs, self.defect_map(defect_logits, distances), score
 
     def defect_map(self, defect_logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
-        """The map head's where training had masks, else the anomaly map: (N, 1, 16, 16) in [0, 1]."""
+        """The map head's where training had masks, else the anomaly map: (N, 1, S/8, S/8) in [0, 1]."""
         return self.learnt_map * torch.sigmoid(defect_logits) + (1.0 - self.learnt_map) * \
             self.decision.anomaly_map(distances)  # fmt: skip
 
 
-def crop_resize(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
-    """Cut the ROI (x, y, w, h) out of a Mono8 (H, W) or RGB8 (H, W, 3) image and bring it to
-    INPUT_SIZE squared (uint8), with the runtime's own resize (workers.preprocess), so training sees
-    what the line will feed."""
+def crop_resize(image: np.ndarray, roi: tuple[int, int, int, int] | None, size: int = INPUT_SIZE) -> np.ndarray:
+    """Cut the ROI (x, y, w, h) out of a Mono8 (H, W) or RGB8 (H, W, 3) image and bring it to `size`
+    squared (uint8), with the runtime's own resize (workers.preprocess), so training sees what the
+    line will feed."""
     if roi is not None:
         x, y, w, h = roi
         image = image[y : y + h, x : x + w]
-    if image.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
-        resized = resize_bilinear(image[None], INPUT_SIZE, INPUT_SIZE)[0]
+    if image.shape[:2] != (size, size):
+        resized = resize_bilinear(image[None], size, size)[0]
         image = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return image
 
@@ -315,16 +336,18 @@ def normalize(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return to_input(channels_first(images))
 
 
-def input_meta(roi: tuple[int, int, int, int] | list[int] | None, color: Color = "gray") -> ModelMeta:
+def input_meta(roi: tuple[int, int, int, int] | list[int] | None, color: Color = "gray",
+               size: int = INPUT_SIZE) -> ModelMeta:  # fmt: skip
     """The runtime's description of this network's input, for workers.preprocess."""
-    return ModelMeta(source="models.net", classes=("good",), height=INPUT_SIZE, width=INPUT_SIZE, channels=3,
+    return ModelMeta(source="models.net", classes=("good",), height=size, width=size, channels=3,
                      color=color, mean=MEAN, std=STD, roi=tuple(roi) if roi is not None else None,  # type: ignore[arg-type]
                      threshold=Decision.THRESHOLD, version="models.net")  # fmt: skip
 
 
 def preprocess(
-    frames: np.ndarray, roi: tuple[int, int, int, int] | list[int] | None, color: Color = "gray"
+    frames: np.ndarray, roi: tuple[int, int, int, int] | list[int] | None, color: Color = "gray",
+    size: int = INPUT_SIZE,
 ) -> np.ndarray:
-    """Mono8 (N, H, W) or RGB8 (N, H, W, 3) frames -> float32 (N, 3, 128, 128), exactly what the ONNX
-    input `image` wants: the line's own preprocessing, so export checks and evaluation cannot drift."""
-    return runtime_preprocess(list(frames), input_meta(roi, color))
+    """Mono8 (N, H, W) or RGB8 (N, H, W, 3) frames -> float32 (N, 3, size, size), exactly what the
+    ONNX input `image` wants: the line's own preprocessing, so export checks and evaluation cannot drift."""
+    return runtime_preprocess(list(frames), input_meta(roi, color, size))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,10 +33,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from models import pseudo_anomaly
+from models.augmentation import Augmentation
 from models.dataset import DatasetError, Layout, list_dataset
 from models.fusion import Fusion, fit_fusion
 from models.net import (
-    INPUT_SIZE,
     MAP_STRIDE,
     Decision,
     GoodFeatureModel,
@@ -45,6 +47,7 @@ from models.net import (
     channels_first,
     cluster_modes,
     crop_resize,
+    map_peak,
     normalize,
     to_input,
 )
@@ -54,21 +57,16 @@ CHECK_LABELS = 10
 """The highest-scoring calibration good images the training report lists as "check these labels"."""
 _MAP_POS_WEIGHT = 4.0  # defect cells are a few % of the map; without this the head predicts all-clear
 _MAP_LOSS_WEIGHT = 0.5
-# Augmentation strength. Kept mild: a faint defect's label must stay true after augmentation (strong
-# blur, contrast loss or noise can erase a 1 px scratch of 20 grey levels and teach label noise).
-_CONTRAST = (0.85, 1.15)
-_BRIGHTNESS = 0.12
-_BLUR_P, _BLUR_SIGMA = 0.2, (0.3, 0.6)
-_NOISE_MAX = 0.015
+_BLUR_P = 0.2  # share of images defocused, where the product's augmentation allows it
 
 
 @dataclass
 class Data:
     """A dataset in memory: ROI crops, labels, 1/8-scale defect maps and whether each map is known."""
 
-    images: np.ndarray  # uint8 (N, 128, 128) grey or (N, 128, 128, 3) colour
+    images: np.ndarray  # uint8 (N, S, S) grey or (N, S, S, 3) colour; S = the layout's input_size
     labels: np.ndarray  # int64 (N,)
-    maps: np.ndarray  # float32 (N, 16, 16), 1 where any pixel of the cell is defective
+    maps: np.ndarray  # float32 (N, S/8, S/8), 1 where any pixel of the cell is defective
     has_map: np.ndarray  # float32 (N,), 0 for a defect image without a mask file
 
 
@@ -90,20 +88,20 @@ def dataset_hash(dataset_dir: str | Path) -> str:
 
 
 def load_data(layout: Layout, roi: tuple[int, int, int, int] | None) -> Data:
-    root = layout.root
+    root, size = layout.root, layout.input_size
     mode = "L" if layout.color == "gray" else "RGB"
     images, labels, maps, has_map = [], [], [], []
-    cells = INPUT_SIZE // MAP_STRIDE
+    cells = size // MAP_STRIDE
     for label, name in enumerate(layout.classes):
         for f in layout.images[name]:
-            images.append(crop_resize(np.asarray(Image.open(f).convert(mode)), roi))
+            images.append(crop_resize(np.asarray(Image.open(f).convert(mode)), roi, size))
             labels.append(label)
             mask_file = root / "ground_truth" / name / f"{f.stem}_mask.png"
             if label == 0 or mask_file.exists():
                 # Good parts have no mask file (MVTec convention) because their mask is empty.
-                m = np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
+                m = np.zeros((size, size), np.uint8)
                 if label:
-                    m = crop_resize(np.asarray(Image.open(mask_file).convert("L")), roi)
+                    m = crop_resize(np.asarray(Image.open(mask_file).convert("L")), roi, size)
                 cell_max = m.reshape(cells, MAP_STRIDE, cells, MAP_STRIDE).max(axis=(1, 3))
                 maps.append((cell_max > 127).astype(np.float32))
                 has_map.append(1.0)
@@ -166,34 +164,56 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, 5, 1))[:, 0]
 
 
-def augment(images: torch.Tensor, maps: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, H, W[, 3]) crops and their maps -> normalized (B, 3, H, W) inputs and matching maps.
-    Random dihedral transform (surfaces and defects have no preferred orientation), brightness and
-    contrast around the image mean (lighting drifts), slight defocus on a third of the images (the
-    part is not always at the focal plane), and sensor noise."""
+def augment(images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, aug: Augmentation,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """uint8 (B, H, W[, 3]) crops, their maps and labels -> (normalized (B, 3, H, W) inputs, matching
+    maps, which images carry a pseudo-anomaly). What varies is the product's `aug`: dihedral turns,
+    shifts and small rotations, brightness and contrast around the image mean (lighting drifts),
+    defocus, sensor noise; and a share of the good images get a painted generic flaw
+    (models.pseudo_anomaly) and its mask."""
     b = images.shape[0]
     x = channels_first(images) / 255.0
-    k = torch.randint(0, 4, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    blur = torch.rand(b, generator=gen) < _BLUR_P
-    sigma_blur = torch.empty(b).uniform_(*_BLUR_SIGMA, generator=gen)
+    k = torch.randint(0, 4, (b,), generator=gen) if aug.dihedral else torch.zeros(b, dtype=torch.long)
+    flip = (torch.rand(b, generator=gen) < 0.5) & aug.dihedral
+    blur = (torch.rand(b, generator=gen) < _BLUR_P) & (aug.blur_sigma > 0)
+    sigma_blur = torch.empty(b).uniform_(0.0, aug.blur_sigma, generator=gen)
+    pseudo = (labels == 0) & (torch.rand(b, generator=gen) < aug.pseudo_anomalies)
     xs, ms = [], []
     for i in range(b):
         xi, mi = torch.rot90(x[i], int(k[i]), dims=(-2, -1)), torch.rot90(maps[i], int(k[i]))
         if flip[i]:
             xi, mi = xi.flip(-1), mi.flip(-1)
-        if blur[i]:
+        if blur[i] and sigma_blur[i] > 0.1:
             xi = _blur(xi, float(sigma_blur[i]))
+        if pseudo[i]:
+            xi, flaw = pseudo_anomaly.paint(xi, gen)
+            mi = F.max_pool2d(flaw[None, None], MAP_STRIDE)[0, 0]
         xs.append(xi)
         ms.append(mi)
     x, m = torch.stack(xs), torch.stack(ms)
-    contrast = torch.empty(b, 1, 1, 1).uniform_(*_CONTRAST, generator=gen)
-    brightness = torch.empty(b, 1, 1, 1).uniform_(-_BRIGHTNESS, _BRIGHTNESS, generator=gen)
+    if aug.shift_px or aug.rotation_deg:
+        x, m = _move(x, m, aug, gen)
+    contrast = 1.0 + torch.empty(b, 1, 1, 1).uniform_(-aug.contrast, aug.contrast, generator=gen)
+    brightness = torch.empty(b, 1, 1, 1).uniform_(-aug.brightness, aug.brightness, generator=gen)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean + brightness
-    sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, _NOISE_MAX, generator=gen)
+    sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, aug.noise, generator=gen)
     x = x + sigma * torch.randn(x.shape, generator=gen)
-    return to_input(x.clamp(0.0, 1.0)), m
+    return to_input(x.clamp(0.0, 1.0)), m, pseudo
+
+
+def _move(x: torch.Tensor, m: torch.Tensor, aug: Augmentation, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Shift by up to `shift_px` and rotate by up to `rotation_deg`, images and maps alike (edges
+    repeat: the part's surface continues beyond the ROI)."""
+    b, _, h, w = x.shape
+    angle = torch.deg2rad(torch.empty(b).uniform_(-aug.rotation_deg, aug.rotation_deg, generator=gen))
+    shift = torch.empty(b, 2).uniform_(-aug.shift_px, aug.shift_px, generator=gen) * 2 / torch.tensor([w, h])
+    theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), shift[:, 0]], 1),
+                         torch.stack([angle.sin(), angle.cos(), shift[:, 1]], 1)], 1)  # fmt: skip
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    cells = F.affine_grid(theta, [b, 1, *m.shape[-2:]], align_corners=False)
+    return moved, F.grid_sample(m[:, None], cells, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
 
 
 def _losses(
@@ -203,12 +223,20 @@ def _losses(
     m: torch.Tensor,
     w: torch.Tensor,
     class_weights: torch.Tensor | None = None,
+    pseudo: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(classification + weighted defect-map loss, class logits); `w` is 1 where the map is known."""
+    """(classification + weighted defect-map loss, class logits); `w` is 1 where the map is known;
+    `pseudo` marks good images carrying a pseudo-anomaly (their map is known, their class is not)."""
     logits, defect_logits = model(x)
     # Label smoothing keeps P(good) off exactly 0/1, so the threshold quantile is not taken among
     # saturated scores that all round to the same float.
-    ce = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=0.05)
+    per_image = F.cross_entropy(logits, y, label_smoothing=0.05, reduction="none")
+    weights = class_weights[y] if class_weights is not None else torch.ones_like(per_image)
+    if pseudo is not None:
+        # A pseudo-anomaly teaches the defect map only: as "not good" for the classifier it made the
+        # network call real good surfaces defective (measured: the classifier caught 20-30 points fewer).
+        weights = torch.where(pseudo, 0.0, weights)
+    ce = (per_image * weights).sum() / weights.sum().clamp(min=1e-6)
     per_pixel = F.binary_cross_entropy_with_logits(
         defect_logits[:, 0], m, reduction="none", pos_weight=torch.tensor(_MAP_POS_WEIGHT, device=m.device)
     )
@@ -221,9 +249,9 @@ class Outputs:
     """What the deployed model says about a batch of ROI crops."""
 
     probs: np.ndarray  # (N, C) class probabilities
-    maps: np.ndarray  # (N, 16, 16) defect probability per 8 px cell
+    maps: np.ndarray  # (N, S/8, S/8) defect probability per 8 px cell
     scores: np.ndarray  # (N,) reject score in (0, 1); reject when >= Decision.THRESHOLD
-    class_scores: np.ndarray  # (N,) 1 - P(good)
+    learned: np.ndarray  # (N,) the learned signal: 1 - P(good), or the defect map's peak where larger
     anomaly: np.ndarray  # (N,) largest squared cell distance to the good parts' features
 
 
@@ -231,7 +259,7 @@ class Outputs:
 def predict(
     model: Inspector, images: np.ndarray, batch_size: int = 64, good: GoodFeatureModel | None = None
 ) -> Outputs:
-    """Run the deployed model (PyTorch) on uint8 ROI crops (N, 128, 128[, 3]); `good`: another good
+    """Run the deployed model (PyTorch) on uint8 ROI crops (N, S, S[, 3]); `good`: another good
     parts' feature model than the model's own (out-of-fold scores)."""
     model.eval()
     good = good or model.good
@@ -242,9 +270,10 @@ def predict(
         probs = logits.softmax(1)
         distances = good(cells)
         maps = model.defect_map(defect_logits, distances)[:, 0]
-        parts.append((probs, maps, model.decision(probs, distances), distances.amax(dim=(1, 2))))
-    probs, maps, scores, anomaly = (torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True))
-    return Outputs(probs, maps, scores, 1.0 - probs[:, 0], anomaly)
+        learned = model.decision.learned(probs, map_peak(defect_logits))
+        max_distance = distances.amax(dim=(1, 2))
+        parts.append((probs, maps, model.decision.score(learned, max_distance), learned, max_distance))
+    return Outputs(*(torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True)))
 
 
 @torch.no_grad()
@@ -326,15 +355,15 @@ def fit_good_out_of_fold(model: Inspector, net_goods: np.ndarray, calibration: n
         rows = np.flatnonzero(fold_of == f)
         o = predict(model, calibration[rows], good=held_out.to(_device_of(model)))
         for j, r in enumerate(rows):
-            out[r] = (o.probs[j], o.maps[j], o.scores[j], o.class_scores[j], o.anomaly[j])
+            out[r] = (o.probs[j], o.maps[j], o.scores[j], o.learned[j], o.anomaly[j])
     return Outputs(*(np.stack(col) for col in zip(*out, strict=True)))
 
 
 def calibrate(model: Inspector, good: Outputs, defects: Outputs, target_frr: float) -> tuple[Calibrated, Fusion]:
     """Fuse the two signals (learned on `defects` against `good`) and cut the fused score for
     `target_frr` on `good`, which must be scores of good parts the model never learnt from."""
-    fusion = fit_fusion(good.class_scores, good.anomaly, defects.class_scores, defects.anomaly, target_frr)
-    cal = calibrated_cut(fusion.z(good.class_scores, good.anomaly), target_frr)
+    fusion = fit_fusion(good.learned, good.anomaly, defects.learned, defects.anomaly, target_frr)
+    cal = calibrated_cut(fusion.z(good.learned, good.anomaly), target_frr)
     model.decision.set(fusion, cal.cut)
     return cal, fusion
 
@@ -342,9 +371,9 @@ def calibrate(model: Inspector, good: Outputs, defects: Outputs, target_frr: flo
 def rescore(model: Inspector, out: Outputs) -> Outputs:
     """`out` with its reject scores from the model's (new) decision."""
     with torch.no_grad():
-        probs, dist = torch.from_numpy(out.probs), torch.from_numpy(out.anomaly)[:, None, None]
-        scores = copy.deepcopy(model.decision).cpu()(probs, dist).numpy()
-    return Outputs(out.probs, out.maps, scores, out.class_scores, out.anomaly)
+        learned, distance = torch.from_numpy(out.learned), torch.from_numpy(out.anomaly)
+        scores = copy.deepcopy(model.decision).cpu().score(learned, distance).numpy()
+    return Outputs(out.probs, out.maps, scores, out.learned, out.anomaly)
 
 
 def detection_metrics(scores: np.ndarray, probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -445,10 +474,12 @@ def train(
             for start in range(0, len(order), batch_size):
                 idx = torch.from_numpy(order[start : start + batch_size])
                 images, labels, maps, has_map = (t[idx] for t in tensors)
-                x, m = augment(images, maps, gen)  # on the CPU: cheap, and seeded the same everywhere
+                # On the CPU: cheap, and seeded the same everywhere.
+                x, m, pseudo = augment(images, maps, labels, layout.augmentation, gen)
+                has_map = torch.where(pseudo, 1.0, has_map)
                 x = x.to(device).contiguous(memory_format=torch.channels_last)
                 labels, m, has_map = labels.to(device), m.to(device), has_map.to(device)
-                loss, _ = _losses(model, x, labels, m, has_map, class_weights)
+                loss, _ = _losses(model, x, labels, m, has_map, class_weights, pseudo.to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -472,10 +503,11 @@ def train(
     console.log(f"fitting the good parts' model; out-of-fold scores of {len(split.calibration)} calibration images")
     net_goods = data.images[train_idx[data.labels[train_idx] == 0]]
     modes = modes_for(int((data.labels == 0).sum()))
+    learnt_map = bool(data.has_map[data.labels != 0].any())
+    inspector.decision.uses_map.fill_(float(learnt_map or layout.augmentation.pseudo_anomalies > 0))
     good_out = fit_good_out_of_fold(inspector, net_goods, data.images[split.calibration], modes=modes)
     defect_out = predict(inspector, data.images[split.val_defects])
     cal, fusion = calibrate(inspector, good_out, defect_out, target_frr)
-    learnt_map = bool(data.has_map[data.labels != 0].any())
     inspector.learnt_map.fill_(float(learnt_map))
     good_out, defect_out = rescore(inspector, good_out), rescore(inspector, defect_out)
     good_files = layout.images["good"]  # label 0 comes first in load_data's order
@@ -500,6 +532,8 @@ def train(
         "target_frr": target_frr,
         "calibration": calibration,
         "anomaly_modes": inspector.good.modes,
+        "input_size": layout.input_size,
+        "augmentation": dataclasses.asdict(layout.augmentation),
         "defect_map": "map head, learnt from masks" if learnt_map else "anomaly map (no defect masks in the data)",
         "n_train": len(train_idx),
         "n_val": len(val_idx),
@@ -523,6 +557,7 @@ def train(
             "color": layout.color,
             "threshold": threshold,
             "modes": inspector.good.modes,
+            "input_size": layout.input_size,
             "golden": golden_frames(layout, np.concatenate([split.calibration[:1], val_idx]), data.labels),
             "train_data_hash": report["train_data_hash"],
         },
@@ -593,7 +628,10 @@ def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
     if "decision.class_limit" in ckpt["state_dict"]:
         raise RuntimeError(f"{path}: trained before the fused score (two limits, no calibration set); retrain it")
     model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt["modes"])
-    model.load_state_dict(ckpt["state_dict"])
+    state = ckpt["state_dict"]
+    # Trained before the map peak joined the learned signal: it stays out of that model's decision.
+    state.setdefault("decision.uses_map", torch.tensor(0.0))
+    model.load_state_dict(state)
     return model.eval(), ckpt
 
 

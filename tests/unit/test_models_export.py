@@ -286,3 +286,21 @@ def test_a_model_with_modes_of_good_parts_exports_with_parity(tiny_run, tmp_path
     frames, _, _ = synthetic.render_set(32, {"good": 4, "scratch": 2, "dent": 2})
     diffs = export.parity(tmp_path / "modes.pt", onnx_path, frames)
     assert max(diffs.values()) < export.PARITY_TOL
+
+
+def test_the_input_side_set_by_the_dataset_reaches_the_onnx_model_and_the_line(tmp_path) -> None:
+    from workers.onnx_engine import OnnxRuntimeEngine
+
+    data = synthetic.make_dataset(tmp_path / "data", per_class=5, seed=5)
+    info = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**info, "input_size": 64}))  # the 128 px ROI at half size
+    result = train(data, tmp_path / "run", epochs=1, seed=3, batch_size=8, min_steps=0, progress=False)
+    assert result.report["input_size"] == 64
+    onnx_path = export.export_onnx(result.checkpoint, tmp_path / "model.onnx")  # its parity gate passes
+    engine = OnnxRuntimeEngine(onnx_path)
+    assert (engine.meta.height, engine.meta.width) == (64, 64)
+    out = engine.infer_batch([synthetic.render_frame(np.random.default_rng(1), "scratch")[0]])[0]
+    assert out.defect_map.shape == (8, 8)
+    _, ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["input_size"] == 64
+    assert float(load_checkpoint(result.checkpoint)[0].decision.uses_map) == 1.0  # pseudo-anomalies trained the map

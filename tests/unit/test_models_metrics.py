@@ -79,11 +79,25 @@ def test_decision_is_the_fused_score_cut_where_calibrated_and_keeps_its_order() 
     decision.set(fusion, cut=2.0)
     probs = torch.tensor([[0.99, 0.01], [0.9, 0.1], [0.5, 0.5], [0.99, 0.01], [1e-9, 1.0]])
     distances = torch.tensor([20.0, 20.0, 20.0, 400.0, 1e6]).view(5, 1, 1)
-    score = decision(probs, distances).double().numpy()
+    peaks = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5])  # an untrained map head: must not count
+    score = decision(probs, peaks, distances).double().numpy()
     z = fusion.z(1.0 - probs[:, 0].double().numpy(), distances.flatten().double().numpy())
     assert ((score >= Decision.THRESHOLD) == (z >= 2.0)).all()
     assert (np.argsort(score) == np.argsort(z)).all()  # monotone, and the clearest defect still ranks last
     assert 0.0 < score.min() and score.max() < 1.0
+
+
+def test_with_a_trained_map_head_its_peak_raises_the_learned_signal_never_lowers_it() -> None:
+    decision = Decision()
+    decision.set(Fusion(3.0, 0.5, -4.0, 1.0, math.pi / 4), cut=2.0)
+    decision.uses_map.fill_(1.0)
+    probs = torch.tensor([[0.99, 0.01], [0.99, 0.01], [0.2, 0.8]])
+    peaks = torch.tensor([0.001, 0.9, 0.001])  # the map sees a flaw the classifier has no class for
+    learned = decision.learned(probs, peaks)
+    assert torch.allclose(learned, torch.tensor([0.01, 0.9, 0.8]))
+    distances = torch.full((3, 1, 1), 20.0)
+    score = decision(probs, peaks, distances)
+    assert score[1] > score[0] and score[2] > score[0]
 
 
 def test_fusion_leans_on_the_signal_that_separates_and_never_weighs_one_negatively() -> None:
