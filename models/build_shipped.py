@@ -19,7 +19,6 @@ import itertools
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,7 @@ def latency_ms(onnx_path: Path, runs: int = 500, threads: int = 1) -> tuple[floa
     """ONNX Runtime CPU latency of one batch-1 inference (model only, no preprocessing): p50, p99."""
     sess = export.session(onnx_path, threads=threads)
     x = export.preprocess(synthetic.render_frame(np.random.default_rng(0), 1)[0][None], synthetic.ROI)
-    for _ in range(20):  # warm-up: first runs allocate and pick kernels
-        sess.run(None, {"image": x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {"image": x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+    return export.run_latency_ms(sess, x, runs)
 
 
 def _confusion_table(confusion: dict[str, Any]) -> str:

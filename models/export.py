@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -96,6 +97,19 @@ def read_metadata(onnx_path: str | Path) -> dict:
         "version": props["lineinspect.version"],
         "train_data_hash": props["lineinspect.train_data_hash"],
     }
+
+
+def run_latency_ms(sess: ort.InferenceSession, x: np.ndarray, runs: int) -> tuple[float, float]:
+    """p50 and p99 milliseconds of one `sess.run` on input `x`, after a warm-up (the first runs
+    allocate and pick kernels)."""
+    for _ in range(20):
+        sess.run(None, {"image": x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {"image": x})
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
 def input_side_of(ckpt: dict) -> int:

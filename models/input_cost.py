@@ -19,14 +19,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from rich.console import Console
 
+from models.export import OPSET, run_latency_ms, session
 from models.net import Inspector
 from models.resolution import DEFAULT_SIDE
-
-OPSET = 17
 
 
 def inference_ms(model: Inspector, side: int, frames: int) -> tuple[float, float]:
@@ -36,18 +34,8 @@ def inference_ms(model: Inspector, side: int, frames: int) -> tuple[float, float
         path = Path(tmp) / "m.onnx"
         torch.onnx.export(model, (torch.zeros(1, 3, side, side),), str(path), dynamo=False, opset_version=OPSET,
                           input_names=["image"], output_names=["class_probs", "defect_map", "score"])  # fmt: skip
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((1, 3, side, side)).astype(np.float32)
-        for _ in range(5):
-            sess.run(None, {"image": x})
-        times = []
-        for _ in range(frames):
-            t = time.perf_counter()
-            sess.run(None, {"image": x})
-            times.append((time.perf_counter() - t) * 1e3)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+        return run_latency_ms(session(path, threads=1), x, frames)
 
 
 def training_ms_per_image(model: Inspector, side: int, steps: int = 3, batch: int = 32) -> float:
