@@ -7,12 +7,14 @@ Every key is optional; the defaults suit a flat surface with no preferred orient
 - dihedral: turn by multiples of 90 degrees and mirror (false for a part with a printed or
   machined layout that always arrives the same way round);
 - brightness / contrast: lighting drift, as a fraction of full scale / of the image's contrast;
-- shift_px, rotation_deg: how far the part may sit off its taught position (0: fixtured);
+- shift_px, rotation_deg: how far the part may sit off its taught position (0: fixtured), the
+  shift in pixels of the network's input (models.resolution), whole pixels (no resampling blur);
 - noise: sensor noise, standard deviation as a fraction of full scale (per pixel, never in blobs);
 - blur_sigma: defocus in pixels. Off by default: a smear or a polished spot looks like defocus, and
   teaching blur as good teaches the network to pass them;
 - pseudo_anomalies: share of good training images that get a generic painted flaw
-  (models.pseudo_anomaly), which keeps the network alert to flaws it has no labels for; 0 turns it off.
+  (models.pseudo_anomaly), which keeps the network alert to flaws it has no labels for; 0 turns it
+  off, at most 0.8 (the classifier learns "good" from the unpainted rest).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Augmentation:
         if unknown:
             raise ValueError(f"augmentation has unknown setting(s) {unknown}; known: {sorted(known)}")
         limits = {"brightness": 0.5, "contrast": 0.5, "shift_px": 32, "rotation_deg": 45, "noise": 0.1,
-                  "blur_sigma": 3.0, "pseudo_anomalies": 1.0}  # fmt: skip
+                  "blur_sigma": 3.0, "pseudo_anomalies": 0.8}  # fmt: skip
         for key, v in value.items():
             if key == "dihedral":
                 if not isinstance(v, bool):

@@ -38,6 +38,8 @@ class Layout:
     augmentation: Augmentation
     input_size: int
     """The network's input side (models.resolution)."""
+    smallest_defect_px: float | None
+    """What the side was derived from, if dataset.json says it (a ROI given to `train` re-derives it)."""
 
 
 def list_dataset(path: str | Path) -> Layout:
@@ -52,7 +54,8 @@ def list_dataset(path: str | Path) -> Layout:
         c: sorted(f for f in (root / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         for c in info.classes
     }
-    return Layout(root, info.classes, images, info.roi, info.color, info.augmentation, info.input_size)  # type: ignore[arg-type]
+    return Layout(root, info.classes, images, info.roi, info.color, info.augmentation, info.input_size,
+                  info.smallest_defect_px)  # fmt: skip  # type: ignore[arg-type]
 
 
 def write_info(root: Path, roi: tuple[int, int, int, int] | None, **extra: object) -> None:

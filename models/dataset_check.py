@@ -41,6 +41,7 @@ class DatasetInfo:
     augmentation: Augmentation = field(default_factory=Augmentation)
     input_size: int = DEFAULT_SIDE
     """The network's input side (models.resolution)."""
+    smallest_defect_px: float | None = None
 
 
 @dataclass
@@ -166,9 +167,12 @@ def _check_info(
     except ValueError as e:
         report.errors.append(f"{where} {e}")
         return None
-    if side < roi_side:
-        report.warnings.append(resolution_note(roi_side, side))
-    return DatasetInfo(tuple(roi) if roi is not None else None, classes, color, augmentation, side)  # type: ignore[arg-type]
+    smallest = info.get("smallest_defect_px")
+    note = resolution_note(roi_side, side, smallest)
+    if note:
+        report.warnings.append(note)
+    return DatasetInfo(tuple(roi) if roi is not None else None, classes, color, augmentation, side,  # type: ignore[arg-type]
+                       smallest)  # fmt: skip
 
 
 def _check_masks(

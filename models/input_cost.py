@@ -5,8 +5,8 @@ backward at batch 32 on two threads), for the sides models.resolution may choose
     python -m models.input_cost [--out models/shipped/input_cost] [--sides 128 192 256 384 512]
 
 Writes input_cost.json and input_cost.png. Weights do not change the cost, so an untrained network
-is timed. No GPU was lent to this project's sessions so far; with one, the same script's ONNX
-figures are the CPU baseline a GPU engine (TensorRT, workers/tensorrt_engine.py) is compared with.
+is timed. On a GPU machine the same script's ONNX figures are the CPU baseline that a GPU engine
+(TensorRT, workers/tensorrt_engine.py) is compared with.
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ def inference_ms(model: Inspector, side: int, frames: int) -> tuple[float, float
 
 
 def training_ms_per_image(model: Inspector, side: int, steps: int = 3, batch: int = 32) -> float:
-    """Milliseconds per image of one training step (forward, backward, no optimizer) on two threads."""
+    """Milliseconds per image of one training step (forward, backward, no optimizer) on two threads,
+    with the layers training keeps frozen frozen."""
     net = model.net.train()
+    for module in net.frozen_modules():
+        module.requires_grad_(False)
     x = torch.randn(batch, 3, side, side)
     times = []
     for _ in range(steps + 1):

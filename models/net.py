@@ -280,8 +280,9 @@ class Inspector(nn.Module):
     """The whole model the line runs: network, good parts' feature model and decision.
     Output: (class_probs (N, C), defect_map (N, 1, S/8, S/8) in [0, 1], score (N,) in [0, 1)).
     The defect map is the map head's where training had masks, else the anomaly map (every cell's
-    distance from good parts' features): without masks the map head learnt nothing, and the
-    anomaly map also shows defect types never trained on."""
+    distance from good parts' features): without masks the map head learnt only the generic
+    pseudo-anomalies, not the dataset's own defect classes, and the anomaly map shows every kind.
+    (So on a mask-less dataset a reject carried by the map head's peak may show weakly on the map.)"""
 
     def __init__(self, num_classes: int, pretrained: bool = True, modes: int = 1) -> None:
         super().__init__()

@@ -4,8 +4,8 @@ notice any local departure from the good surface, not only the defect types it h
 Why: trained on three defect types, the network's features become blind to what is not like them;
 a dent or a chip then sits inside the good parts' feature cloud and the anomaly score cannot see
 it. Painting random, shapeless flaws on good images (in the spirit of DRAEM and CutPaste) and asking
-the network to find them (defect map) and to call the image "not good" (classifier) keeps its
-features sensitive to local change of any kind.
+the network to find them (its defect map; the classifier does not learn from these images) keeps
+its features sensitive to local change of any kind.
 
 The flaws are deliberately generic, built from what any surface flaw does to an image, never from a
 known defect's shape: a region (a smooth random blob, or a thin random curve) whose pixels are
@@ -37,8 +37,8 @@ def _gauss_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def _smooth(plane: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (C, H, W) planes, edges reflected."""
+def gaussian_blur(plane: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (C, H, W) planes (kernel +-2.5 sigma), edges reflected."""
     k = _gauss_kernel(sigma)
     r = len(k) // 2
     y = F.pad(plane[:, None], (r, r, r, r), mode="reflect")
@@ -49,7 +49,7 @@ def _smooth(plane: torch.Tensor, sigma: float) -> torch.Tensor:
 def _blob(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     """A soft random blob (H, W) in 0..1: a smoothed noise field's top quantile around one seed point."""
     sigma = float(torch.empty(1).uniform_(2.0, 8.0, generator=gen))
-    field = _smooth(torch.randn(1, h, w, generator=gen), sigma)[0]
+    field = gaussian_blur(torch.randn(1, h, w, generator=gen), sigma)[0]
     cy, cx = (int(torch.randint(8, n - 8, (1,), generator=gen)) for n in (h, w))
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     # Weigh the field towards one point so the flaw is one region, not many scattered ones.
@@ -59,7 +59,7 @@ def _blob(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     regions, _ = ndimage.label((field >= level).numpy())
     peak = regions.flat[int(field.argmax())]
     one = torch.from_numpy(regions == peak).float()  # only the region around the peak: one flaw
-    return _smooth(one[None], 0.8)[0].clamp(0, 1)
+    return gaussian_blur(one[None], 0.8)[0].clamp(0, 1)
 
 
 def _curve(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
@@ -93,14 +93,14 @@ def paint(image: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torc
         out = image + sign * amplitude * alpha
     elif kind == "shading":
         # A relief: the flaw's gradient along a random light direction, scaled to the amplitude.
-        gy, gx = torch.gradient(_smooth(alpha[None], 2.0)[0])
+        gy, gx = torch.gradient(gaussian_blur(alpha[None], 2.0)[0])
         angle = float(torch.empty(1).uniform_(0, 2 * math.pi, generator=gen))
         relief = math.cos(angle) * gx + math.sin(angle) * gy
         relief = relief / relief.abs().max().clamp(min=1e-6)
         out = image + amplitude * relief
         alpha = (relief.abs() >= _MASK_LEVEL).float() * relief.abs()
     elif kind == "smooth":
-        out = image + alpha * (_smooth(image, 3.0) - image) * 1.0 + sign * 0.5 * amplitude * alpha
+        out = image + alpha * (gaussian_blur(image, 3.0) - image) * 1.0 + sign * 0.5 * amplitude * alpha
     else:
         shift = tuple(int(torch.randint(16, n - 16, (1,), generator=gen)) for n in (h, w))
         donor = torch.rot90(torch.roll(image, shift, dims=(-2, -1)), int(torch.randint(1, 4, (1,), generator=gen)),

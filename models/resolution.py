@@ -39,15 +39,25 @@ def input_side(info: dict[str, Any], roi_side: int) -> int:
                              f"got {size!r}")  # fmt: skip
         return size
     if smallest is not None:
-        if isinstance(smallest, bool) or not isinstance(smallest, int | float) or not smallest > 0:
+        if isinstance(smallest, bool) or not isinstance(smallest, int | float) or not 0 < smallest < math.inf:
             raise ValueError(f"smallest_defect_px must be a positive number of pixels, got {smallest!r}")
         return side_for(roi_side, float(smallest))
     return DEFAULT_SIDE
 
 
-def resolution_note(roi_side: int, side: int) -> str:
-    """What the chosen side means for the smallest defect the network can see, in frame pixels."""
+def resolution_note(roi_side: int, side: int, smallest_defect_px: float | None) -> str | None:
+    """A warning when defects may be too small for the chosen side: the stated smallest defect spans
+    under 3 px even at the largest side, or (size not derived from a stated defect width) the ROI
+    is shrunk, so defects narrower than a stated width in the frame may be missed; else None."""
     scale = side / roi_side
-    smallest = 3 / scale
-    return (f"the {roi_side} px ROI is seen at {side} px ({scale:.2f}x): defects narrower than {smallest:.1f} px "
-            "in the frame span under 3 px in the network's input and may be missed")
+    if smallest_defect_px is not None:
+        spans = smallest_defect_px * scale
+        if spans < 3:
+            return (f"the smallest defect ({smallest_defect_px:g} px) spans {spans:.1f} px at the largest input side "
+                    f"({side} px for a {roi_side} px ROI); crop a smaller ROI or use a closer lens")  # fmt: skip
+        return None
+    if scale < 1:
+        return (f"the {roi_side} px ROI is seen at {side} px ({scale:.2f}x): defects narrower than {3 / scale:.1f} px "
+                "in the frame span under 3 px in the network's input and may be missed (dataset.json: "
+                "smallest_defect_px)")  # fmt: skip
+    return None

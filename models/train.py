@@ -2,10 +2,11 @@
 
 What it does: loads a class-per-folder image set (`<dataset>/<class>/*.png`, optional MVTec-style
 masks in `<dataset>/ground_truth/<class>/<name>_mask.png`), crops the ROI, splits off a stratified
-validation set, fine-tunes `InspectionNet` (classification + defect map where masks exist) with
-flip/rotate, brightness/contrast, blur and noise augmentation and class-balanced loss, stops early
-on validation loss, fits the good parts' feature model (the anomaly score), and calibrates the
-reject score on validation "good" images for a target false-reject rate.
+validation set, fine-tunes `InspectionNet` (classification + defect map where masks exist, and on
+the pseudo-anomalies painted on good images) with the product's augmentation (models.augmentation)
+and class-balanced loss, stops early on validation loss, fits the good parts' feature model (the
+anomaly score), and calibrates the reject score on good images it never trained on for a target
+false-reject rate.
 Writes `model.pt` (weights + everything export needs) and `train_report.json` to the output folder.
 Same data, seed and thread count give the same weights.
 
@@ -51,6 +52,7 @@ from models.net import (
     normalize,
     to_input,
 )
+from models.resolution import side_for
 from models.thresholds import HOLD_BAND, HOLD_CONFIDENCE, Calibrated, calibrated_cut, good_images_needed
 
 CHECK_LABELS = 10
@@ -87,8 +89,8 @@ def dataset_hash(dataset_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_data(layout: Layout, roi: tuple[int, int, int, int] | None) -> Data:
-    root, size = layout.root, layout.input_size
+def load_data(layout: Layout, roi: tuple[int, int, int, int] | None, size: int) -> Data:
+    root = layout.root
     mode = "L" if layout.color == "gray" else "RGB"
     images, labels, maps, has_map = [], [], [], []
     cells = size // MAP_STRIDE
@@ -154,16 +156,6 @@ def split_data(labels: np.ndarray, val_fraction: float, rng: np.random.Generator
     return Split(np.concatenate([goods[:n_net], *train_idx]), np.concatenate([stop, defects]), calibration, defects)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of one (C, H, W) image, 5x5 separable, edges replicated."""
-    t = torch.arange(-2, 3, dtype=torch.float32)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    y = F.pad(x[:, None], (2, 2, 2, 2), mode="replicate")  # channels as a batch of planes
-    y = F.conv2d(y, k.view(1, 1, 1, 5))
-    return F.conv2d(y, k.view(1, 1, 5, 1))[:, 0]
-
-
 def augment(images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, aug: Augmentation,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """uint8 (B, H, W[, 3]) crops, their maps and labels -> (normalized (B, 3, H, W) inputs, matching
@@ -184,7 +176,7 @@ def augment(images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, aug:
         if flip[i]:
             xi, mi = xi.flip(-1), mi.flip(-1)
         if blur[i] and sigma_blur[i] > 0.1:
-            xi = _blur(xi, float(sigma_blur[i]))
+            xi = pseudo_anomaly.gaussian_blur(xi, float(sigma_blur[i]))
         if pseudo[i]:
             xi, flaw = pseudo_anomaly.paint(xi, gen)
             mi = F.max_pool2d(flaw[None, None], MAP_STRIDE)[0, 0]
@@ -203,17 +195,21 @@ def augment(images: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor, aug:
 
 
 def _move(x: torch.Tensor, m: torch.Tensor, aug: Augmentation, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Shift by up to `shift_px` and rotate by up to `rotation_deg`, images and maps alike (edges
-    repeat: the part's surface continues beyond the ROI)."""
+    """Shift by up to `shift_px` (whole pixels: a shift alone resamples nothing, so no faint flaw is
+    blurred) and rotate by up to `rotation_deg`, images and maps alike. Edges repeat (the part's
+    surface continues beyond the ROI); each map cell is warped at full resolution and pooled back,
+    so a defect moved by part of a cell keeps its cells."""
     b, _, h, w = x.shape
     angle = torch.deg2rad(torch.empty(b).uniform_(-aug.rotation_deg, aug.rotation_deg, generator=gen))
-    shift = torch.empty(b, 2).uniform_(-aug.shift_px, aug.shift_px, generator=gen) * 2 / torch.tensor([w, h])
+    pixels = torch.randint(-aug.shift_px, aug.shift_px + 1, (b, 2), generator=gen).float()
+    shift = pixels * 2 / torch.tensor([w, h])
     theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), shift[:, 0]], 1),
                          torch.stack([angle.sin(), angle.cos(), shift[:, 1]], 1)], 1)  # fmt: skip
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    cells = F.affine_grid(theta, [b, 1, *m.shape[-2:]], align_corners=False)
-    return moved, F.grid_sample(m[:, None], cells, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
+    full = F.interpolate(m[:, None], size=(h, w), mode="nearest")
+    full = F.grid_sample(full, grid, mode="nearest", padding_mode="border", align_corners=False)
+    return moved, F.max_pool2d(full, MAP_STRIDE)[:, 0]
 
 
 def _losses(
@@ -436,8 +432,11 @@ def train(
         if len(files) < 2:
             raise DatasetError(f"{layout.root}: {name}/ has {len(files)} image; training needs at least 2 per class "
                                "(one goes to validation)")  # fmt: skip
-    classes, roi = layout.classes, roi or layout.roi
-    data = load_data(layout, roi)
+    classes, size = layout.classes, layout.input_size
+    if roi is not None and layout.smallest_defect_px is not None:
+        size = side_for(max(roi[2:]), layout.smallest_defect_px)  # the side follows the ROI given here
+    roi = roi or layout.roi
+    data = load_data(layout, roi, size)
     split = split_data(data.labels, val_fraction, rng)
     train_idx, val_idx = split.train, split.val
     tensors = [torch.from_numpy(a) for a in (data.images, data.labels, data.maps, data.has_map)]
@@ -453,7 +452,9 @@ def train(
     # Balanced classes: each class weighs the same in the loss whatever its image count (good
     # images are cheap to collect and usually far outnumber each defect class).
     counts = np.bincount(data.labels[train_idx], minlength=len(classes)).astype(np.float32)
-    class_weights = torch.from_numpy(counts.sum() / (len(classes) * np.maximum(counts, 1.0))).to(device)
+    # Good images carrying a pseudo-anomaly do not count for the classifier: the rest weigh for all.
+    counted = counts * np.where(np.arange(len(classes)) == 0, 1.0 - layout.augmentation.pseudo_anomalies, 1.0)
+    class_weights = torch.from_numpy(counted.sum() / (len(classes) * np.maximum(counted, 1.0))).to(device)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     passes_per_round = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
     steps_per_round = passes_per_round * steps_per_epoch
@@ -532,7 +533,7 @@ def train(
         "target_frr": target_frr,
         "calibration": calibration,
         "anomaly_modes": inspector.good.modes,
-        "input_size": layout.input_size,
+        "input_size": size,
         "augmentation": dataclasses.asdict(layout.augmentation),
         "defect_map": "map head, learnt from masks" if learnt_map else "anomaly map (no defect masks in the data)",
         "n_train": len(train_idx),
@@ -557,7 +558,7 @@ def train(
             "color": layout.color,
             "threshold": threshold,
             "modes": inspector.good.modes,
-            "input_size": layout.input_size,
+            "input_size": size,
             "golden": golden_frames(layout, np.concatenate([split.calibration[:1], val_idx]), data.labels),
             "train_data_hash": report["train_data_hash"],
         },

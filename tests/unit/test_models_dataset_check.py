@@ -102,6 +102,10 @@ def test_the_input_side_follows_the_smallest_defect_and_a_shrunk_roi_is_warned(d
     assert list_dataset(ds).input_size == 128  # the default
     _rewrite_info(ds, smallest_defect_px=2)  # a 2 px scratch on the 128 px ROI must span 4 px: 256
     assert list_dataset(ds).input_size == 256
+    assert not any("px" in w for w in check_dataset(ds).warnings)  # 2 px at 2x: enough
+    _rewrite_info(ds, smallest_defect_px=0.5)  # would need 1024 px: the side stops at 512, and says so
+    assert list_dataset(ds).input_size == 512
+    assert any("spans 2.0 px at the largest input side" in w for w in check_dataset(ds).warnings)
     _rewrite_info(ds, smallest_defect_px=None, input_size=64)
     report = check_dataset(ds)
     assert report.ok and any("the 128 px ROI is seen at 64 px (0.50x)" in w for w in report.warnings)
