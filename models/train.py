@@ -452,9 +452,12 @@ def train(
     # Balanced classes: each class weighs the same in the loss whatever its image count (good
     # images are cheap to collect and usually far outnumber each defect class).
     counts = np.bincount(data.labels[train_idx], minlength=len(classes)).astype(np.float32)
-    # Good images carrying a pseudo-anomaly do not count for the classifier: the rest weigh for all.
-    counted = counts * np.where(np.arange(len(classes)) == 0, 1.0 - layout.augmentation.pseudo_anomalies, 1.0)
-    class_weights = torch.from_numpy(counted.sum() / (len(classes) * np.maximum(counted, 1.0))).to(device)
+    # Good images that carry a pseudo-anomaly drop out of the classifier's loss but not out of these
+    # counts, so the good class weighs (1 - pseudo share) of a defect class: the classifier leans to
+    # "defect" for what is unusual. Measured (one seed each, 300 per class): with the good class
+    # re-weighted to full, unseen types in the visible band fell from 81/41/29 % to 56/37/26 % on
+    # brick/grass/gravel at the same trained-type detection.
+    class_weights = torch.from_numpy(counts.sum() / (len(classes) * np.maximum(counts, 1.0))).to(device)
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     passes_per_round = max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
     steps_per_round = passes_per_round * steps_per_epoch
