@@ -100,7 +100,7 @@ def paint(image: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torc
         out = image + amplitude * relief
         alpha = (relief.abs() >= _MASK_LEVEL).float() * relief.abs()
     elif kind == "smooth":
-        out = image + alpha * (gaussian_blur(image, 3.0) - image) * 1.0 + sign * 0.5 * amplitude * alpha
+        out = image + alpha * (gaussian_blur(image, 3.0) - image) + sign * 0.5 * amplitude * alpha
     else:
         shift = tuple(int(torch.randint(16, n - 16, (1,), generator=gen)) for n in (h, w))
         donor = torch.rot90(torch.roll(image, shift, dims=(-2, -1)), int(torch.randint(1, 4, (1,), generator=gen)),

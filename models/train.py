@@ -230,7 +230,7 @@ def _losses(
     weights = class_weights[y] if class_weights is not None else torch.ones_like(per_image)
     if pseudo is not None:
         # A pseudo-anomaly teaches the defect map only: as "not good" for the classifier it made the
-        # network call real good surfaces defective (measured: the classifier caught 20-30 points fewer).
+        # network call real good surfaces defective (measured: the classifier caught 14-33 points fewer per texture).
         weights = torch.where(pseudo, 0.0, weights)
     ce = (per_image * weights).sum() / weights.sum().clamp(min=1e-6)
     per_pixel = F.binary_cross_entropy_with_logits(
