@@ -36,6 +36,7 @@ from torch import nn
 
 from models import pseudo_anomaly
 from models.augmentation import Augmentation
+from models.cpu_memory import keep_freed_memory
 from models.dataset import DatasetError, Layout, list_dataset
 from models.fusion import Fusion, fit_fusion
 from models.net import (
@@ -421,6 +422,7 @@ def train(
     name; a class new to this dataset starts from scratch (`init_classes`)."""
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    keep_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
