@@ -115,12 +115,12 @@ def test_one_mislabelled_good_image_moves_the_threshold_less_than_the_spread_of_
     """A defect labelled good among the calibration images (label noise is normal in a plant)
     moves the cut by one order statistic, not to its own score (as the old per-signal limit on a
     few hundred images did)."""
-    for n in (226, 1500):  # the issue's validation set (where the old rule's cut went to 40), and a plant's
+    for n in (226, 1500, 3000):  # the issue's validation set (where the old rule's cut went to 40), a plant's
         for seed in range(5):
             good = np.random.default_rng(seed).normal(0.0, 1.0, n)
             clean = calibrated_cut(good, 0.01)
             noisy = calibrated_cut(np.append(good, 40.0), 0.01)  # a clear defect, labelled good
-            assert clean.holds == noisy.holds == (n >= 1000)
+            assert clean.holds == noisy.holds == (n >= good_images_needed(0.01))
             assert abs(noisy.cut - clean.cut) < np.std(good), (n, seed, clean.cut, noisy.cut)
 
 
@@ -129,7 +129,8 @@ def test_a_target_the_data_cannot_support_is_not_claimed() -> None:
     assert few.k == 0 and not few.holds and few.p_within == 0.0
     some = calibrated_cut(np.random.default_rng(0).normal(size=400), 0.01)
     assert some.k == 4 and not some.holds  # expected 1 %, but 0.5-1.5 % only ~60 % of the time
-    assert good_images_needed(0.01) == 1000 and calibrated_cut(np.random.default_rng(0).normal(size=1000), 0.01).holds
+    assert good_images_needed(0.01) == 2492 and calibrated_cut(np.random.default_rng(0).normal(size=2492), 0.01).holds
+    assert not calibrated_cut(np.random.default_rng(0).normal(size=1500), 0.01).holds  # 95 % sure: not enough
 
 
 def test_realized_false_reject_rate_falls_in_the_stated_interval_as_often_as_stated() -> None:
