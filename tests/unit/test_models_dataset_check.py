@@ -111,4 +111,4 @@ def test_the_input_side_follows_the_smallest_defect_and_a_shrunk_roi_is_warned(d
     assert report.ok and any("the 128 px ROI is seen at 64 px (0.50x)" in w for w in report.warnings)
     _rewrite_info(ds, input_size=None, augmentation={"blur_sigma": 0.5, "dihedral": False})
     aug = list_dataset(ds).augmentation
-    assert aug.blur_sigma == 0.5 and not aug.dihedral and aug.pseudo_anomalies == 0.8  # the rest: defaults
+    assert aug.blur_sigma == 0.5 and not aug.dihedral and aug.pseudo_anomalies == 0.5  # the rest: defaults
