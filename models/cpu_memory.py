@@ -16,6 +16,7 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 _KEEP = 1 << 30  # blocks up to 1 GiB come from the heap, and up to 1 GiB of free heap is kept
+_MMAP_MAX = 32 << 20  # the largest mmap threshold some glibc versions accept (64-bit)
 
 
 @functools.cache
@@ -25,6 +26,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP))
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)
+        # mallopt returns 1 on success; an older glibc refuses a threshold above 32 MiB.
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP) or libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX))
     except (OSError, AttributeError):  # another C library (musl) or none by that name
         return False

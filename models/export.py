@@ -168,7 +168,7 @@ def decision_text(cal: dict) -> str:
             f"images the network never trained on (out-of-fold) for a {cal['target_frr']:.2%} false-reject rate: "
             f"realized rate within {lo:.2%}..{hi:.2%} with 90 % confidence, "
             f"{'holds' if cal['holds'] else 'does NOT hold'} "
-            f"({cal['p_within_band']:.0%} within {cal['band'][0]}-{cal['band'][1]}x the target)")
+            f"({cal['p_within_band']:.1%} within {cal['band'][0]}-{cal['band'][1]}x the target)")
 
 
 def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict) -> Path:

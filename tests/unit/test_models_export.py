@@ -99,7 +99,7 @@ def test_calibration_with_few_good_images_says_it_does_not_hold(tiny_run) -> Non
     assert cal["n_good"] >= 1 and cal["rejected_of_n"] == 0
     # So few calibration good images cannot promise a 1 % rate, and the report says so (the card and
     # the training log warn from it), with how many it would take.
-    assert cal["holds"] is False and cal["good_images_needed"] == 2492
+    assert cal["holds"] is False and cal["good_images_needed"] == 2709
     assert cal["check_labels"] and all(c["file"].startswith("good/") for c in cal["check_labels"])
 
 
@@ -235,7 +235,7 @@ def test_set_threshold_recalibrates_a_copy_on_new_good_images_and_refuses_what_t
         set_threshold(onnx_path, data, 0.01, tmp_path / "own.onnx", accept_unsupported=True)
 
     many = synthetic.make_dataset(tmp_path / "many", 0, seed=22, classes=("good",), good=1000)
-    result = set_threshold(onnx_path, many, 0.05, tmp_path / "recal.onnx", user="qa")  # 1 % would take 2492
+    result = set_threshold(onnx_path, many, 0.05, tmp_path / "recal.onnx", user="qa")  # 1 % would take 2709
     assert result["holds"] and result["n_good"] == 1000 and result["rejected_of_n"] == 50 and result["by"] == "qa"
     engine = OnnxRuntimeEngine(tmp_path / "recal.onnx")
     assert engine.meta.threshold == pytest.approx(result["cut"])

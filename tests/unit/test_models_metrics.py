@@ -129,8 +129,18 @@ def test_a_target_the_data_cannot_support_is_not_claimed() -> None:
     assert few.k == 0 and not few.holds and few.p_within == 0.0
     some = calibrated_cut(np.random.default_rng(0).normal(size=400), 0.01)
     assert some.k == 4 and not some.holds  # expected 1 %, but 0.5-1.5 % only ~60 % of the time
-    assert good_images_needed(0.01) == 2492 and calibrated_cut(np.random.default_rng(0).normal(size=2492), 0.01).holds
     assert not calibrated_cut(np.random.default_rng(0).normal(size=1500), 0.01).holds  # 95 % sure: not enough
+
+
+def test_the_good_images_needed_are_where_every_larger_set_holds_too() -> None:
+    # k = floor((n + 1) * target) steps up every ~1 / target images and the confidence dips there:
+    # at 1 %, 2492 images hold but 2500 do not; the number a user is told must not be such a dip.
+    needed = good_images_needed(0.01)
+    assert needed == 2709
+    rng = np.random.default_rng(0)
+    assert all(calibrated_cut(rng.normal(size=n), 0.01).holds for n in range(needed, needed + 400, 7))
+    assert not calibrated_cut(rng.normal(size=2500), 0.01).holds and not calibrated_cut(rng.normal(size=needed - 1),
+                                                                                          0.01).holds  # fmt: skip
 
 
 def test_realized_false_reject_rate_falls_in_the_stated_interval_as_often_as_stated() -> None:
