@@ -11,7 +11,7 @@ Bands, fixed before any model was measured: faint = CNR < 1 or under 9 px (small
 surface's own variation, or under 3x3 px: a careful inspector misses many); visible = CNR 1-3;
 clear = CNR >= 3.
 
-    python -m models.suite MODEL.onnx --out runs/suite [--seed 9100]
+    python -m models.suite MODEL.onnx [MODEL2.onnx ...] --out runs/suite [--seed 9100]
 """
 
 from __future__ import annotations
@@ -119,6 +119,19 @@ def report(suite: Suite, scores: np.ndarray, threshold: float, trained: tuple[st
     return out
 
 
+def spread(reps: list[dict], cut: str = "frr_0.01", band: str = "visible") -> dict[str, Any]:
+    """Detection in `band` at `cut`, per texture and type group: each model's, and their mean, min and
+    max. Models trained alike with other seeds differ by up to ten points on the busy textures, so
+    one model's figure is one draw; this is the figure to compare settings by."""
+    keys = [(t, g) for g in ("trained", "unseen") for t in (*synthetic.SURFACES, "all")]
+    rates = np.array([[r["cuts"][cut]["detection"][t][g][band]["rate"] or 0.0 for t, g in keys] for r in reps])
+    out: dict[str, Any] = {"cut": cut, "band": band, "models": [r.get("model") for r in reps]}
+    for (t, g), col in zip(keys, rates.T, strict=True):
+        out.setdefault(g, {})[t] = {"each": col.tolist(), "mean": float(col.mean()), "min": float(col.min()),
+                                    "max": float(col.max())}  # fmt: skip
+    return out
+
+
 def plot(rep: dict, path: Path) -> None:
     import matplotlib
 
@@ -150,7 +163,7 @@ def plot(rep: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.suite", description=__doc__.splitlines()[0])
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, nargs="+", help="several (e.g. training seeds): each, and their spread")
     p.add_argument("--out", type=Path, default=Path("runs/suite"))
     p.add_argument("--seed", type=int, default=SUITE_SEED)
     p.add_argument("--good-per-texture", type=int, default=1000)
@@ -159,13 +172,30 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     with console.status("rendering the suite"):
         suite = render_suite(args.seed, args.good_per_texture, args.per_type)
-    with console.status(f"scoring {len(suite.frames)} frames"):
-        scores, threshold, classes = score(args.model, suite.frames)
-    rep = report(suite, scores, threshold, tuple(c for c in classes if c != "good"))
-    rep["model"], rep["seed"] = str(args.model), args.seed
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "suite.json").write_text(json.dumps(rep, indent=2))
-    plot(rep, args.out / "suite.png")
+    reps = []
+    for i, model in enumerate(args.model):
+        with console.status(f"scoring {len(suite.frames)} frames with {model}"):
+            scores, threshold, classes = score(model, suite.frames)
+        rep = report(suite, scores, threshold, tuple(c for c in classes if c != "good"))
+        rep["model"], rep["seed"] = str(model), args.seed
+        out = args.out if len(args.model) == 1 else args.out / f"model_{i}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "suite.json").write_text(json.dumps(rep, indent=2))
+        plot(rep, out / "suite.png")
+        console.print(f"[bold]{model}[/]")
+        _print(rep, console)
+        reps.append(rep)
+    if len(reps) > 1:
+        s = spread(reps)
+        (args.out / "spread.json").write_text(json.dumps(s, indent=2))
+        console.print(f"[bold]{len(reps)} models[/], {s['band']} band at {s['cut']}: mean (min-max)")
+        for g in ("trained", "unseen"):
+            console.print(f"  {g:<8}" + "  ".join(f"{t} {v['mean']:.1%} ({v['min']:.1%}-{v['max']:.1%})"
+                                                for t, v in s[g].items()))  # fmt: skip
+    return 0
+
+
+def _print(rep: dict, console: Console) -> None:
     for name, per in rep["cuts"].items():
         console.print(f"[bold]{name}[/] (cut {per['cut']:.4g})")
         for t in (*synthetic.SURFACES, "all"):
@@ -174,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
                               for g in ("trained", "unseen"))  # fmt: skip
             console.print(f"  {t:<7} false rejects {per['false_rejects'][t]['rate']:.2%}  {rates}"
                           "   (faint/visible/clear/visible+clear)")
-    return 0
 
 
 if __name__ == "__main__":

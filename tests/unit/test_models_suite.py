@@ -36,3 +36,14 @@ def test_report_reads_detection_per_texture_band_and_trained_or_unseen() -> None
     assert own["false_rejects"]["all"]["rate"] == 0.0
     assert own["detection"]["all"]["unseen"]["visible+clear"]["rate"] == 1.0
     assert own["detection"]["brick"]["trained"]["visible+clear"]["n"] > 0
+
+
+def test_spread_gives_each_models_detection_and_their_mean_min_and_max() -> None:
+    s = suite.render_suite(seed=125, good_per_texture=30, per_type=3)
+    good = s.kinds == "good"
+    perfect = suite.report(s, np.where(good, 0.1, 0.9), 0.5, trained=synthetic.CLASSES[1:])
+    blind = suite.report(s, np.where(good, 0.1, 0.05), 0.5, trained=synthetic.CLASSES[1:])  # catches nothing
+    out = suite.spread([perfect, blind], band="visible+clear")
+    for group in ("trained", "unseen"):
+        for texture in (*synthetic.SURFACES, "all"):
+            assert out[group][texture] == {"each": [1.0, 0.0], "mean": 0.5, "min": 0.0, "max": 1.0}
