@@ -18,28 +18,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.augmentation import Augmentation
-from models.dataset_check import IMAGE_SUFFIXES, INFO_FILE, check_dataset
-from workers.model_meta import Color
+from models.dataset_check import IMAGE_SUFFIXES, INFO_FILE, DatasetInfo, check_dataset
 
 
 class DatasetError(ValueError):
     """A dataset folder that cannot be used; the message names the folder and the problem."""
 
 
-@dataclass(frozen=True)
-class Layout:
+@dataclass(frozen=True, kw_only=True)
+class Layout(DatasetInfo):
+    """A usable dataset: what its dataset.json says, checked (DatasetInfo; classes "good" first, then
+    dataset.json's order or else the defect classes by name), and where its images are."""
+
     root: Path
-    classes: tuple[str, ...]
-    """"good" first, then dataset.json's order or else the defect classes by name."""
     images: dict[str, list[Path]]
-    roi: tuple[int, int, int, int] | None
-    color: Color
-    augmentation: Augmentation
-    input_size: int
-    """The network's input side (models.resolution)."""
-    smallest_defect_px: float | None
-    """What the side was derived from, if dataset.json says it (a ROI given to `train` re-derives it)."""
 
 
 def list_dataset(path: str | Path) -> Layout:
@@ -54,8 +46,7 @@ def list_dataset(path: str | Path) -> Layout:
         c: sorted(f for f in (root / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         for c in info.classes
     }
-    return Layout(root, info.classes, images, info.roi, info.color, info.augmentation, info.input_size,
-                  info.smallest_defect_px)  # fmt: skip  # type: ignore[arg-type]
+    return Layout(root=root, images=images, **vars(info))
 
 
 def write_info(root: Path, roi: tuple[int, int, int, int] | None, **extra: object) -> None:
