@@ -171,6 +171,14 @@ def decision_text(cal: dict) -> str:
             f"({cal['p_within_band']:.1%} within {cal['band'][0]}-{cal['band'][1]}x the target)")
 
 
+def views_text(views: int) -> str:
+    """What the model looks at per part (net.TEST_VIEWS), for model cards."""
+    if views == 1:
+        return "the image as it comes (one network pass per part)"
+    return (f"{views} per part (the image, mirrored, upside down, a quarter turn; the signals averaged): "
+            f"{views} network passes per part")
+
+
 def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict) -> Path:
     """A short MODEL_CARD.md beside a trained model: what it is, how it decides, what it was trained
     on, and how it did on validation (evaluate it on held-out data with `lineinspect evaluate`)."""
@@ -187,6 +195,7 @@ def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict)
 - File: `{Path(onnx_path).name}`, sha256 `{hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()}`
 - Classes: {meta["classes"]} ({meta["input"]["color"]} input, ROI {meta["roi"]})
 - Weights: {weights}, {train_report["rounds_run"]} rounds, seed {train_report["seed"]}
+- Views: {views_text(train_report.get("test_views", 1))}
 - Decision: reject when `score` >= {meta["threshold"]:g}; {decision_text(cal)}
 - Training data: {counts} (plus {train_report["n_val"]} early-stopping and {cal["n_good"]} calibration images);
   hash `{meta["train_data_hash"]}`

@@ -41,6 +41,7 @@ from models.dataset import DatasetError, Layout, list_dataset
 from models.fusion import Fusion, fit_fusion
 from models.net import (
     MAP_STRIDE,
+    TEST_VIEWS,
     Decision,
     GoodFeatureModel,
     InspectionNet,
@@ -49,7 +50,6 @@ from models.net import (
     channels_first,
     cluster_modes,
     crop_resize,
-    map_peak,
     normalize,
     to_input,
 )
@@ -250,6 +250,7 @@ class Outputs:
     scores: np.ndarray  # (N,) reject score in (0, 1); reject when >= Decision.THRESHOLD
     learned: np.ndarray  # (N,) the learned signal: 1 - P(good), or the defect map's peak where larger
     anomaly: np.ndarray  # (N,) largest squared cell distance to the good parts' features
+    # Both signals are the means over the model's test-time views (net.Inspector.signals).
 
 
 @torch.no_grad()
@@ -259,17 +260,11 @@ def predict(
     """Run the deployed model (PyTorch) on uint8 ROI crops (N, S, S[, 3]); `good`: another good
     parts' feature model than the model's own (out-of-fold scores)."""
     model.eval()
-    good = good or model.good
     parts: list[tuple[torch.Tensor, ...]] = []
     for i in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0).to(_device_of(model))
-        logits, defect_logits, cells = model.net.forward_with_features(x)
-        probs = logits.softmax(1)
-        distances = good(cells)
-        maps = model.defect_map(defect_logits, distances)[:, 0]
-        learned = model.decision.learned(probs, map_peak(defect_logits))
-        max_distance = distances.amax(dim=(1, 2))
-        parts.append((probs, maps, model.decision.score(learned, max_distance), learned, max_distance))
+        probs, maps, learned, max_distance = model.signals(x, good)
+        parts.append((probs, maps[:, 0], model.decision.score(learned, max_distance), learned, max_distance))
     return Outputs(*(torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True)))
 
 
@@ -442,7 +437,8 @@ def train(
     split = split_data(data.labels, val_fraction, rng)
     train_idx, val_idx = split.train, split.val
     tensors = [torch.from_numpy(a) for a in (data.images, data.labels, data.maps, data.has_map)]
-    inspector = Inspector(len(classes), pretrained=pretrained)
+    views = len(TEST_VIEWS) if layout.augmentation.dihedral else 1  # a part that arrives one way round is seen so
+    inspector = Inspector(len(classes), pretrained=pretrained, views=views)
     inherited = init_classes(inspector, Path(init_from), classes) if init_from is not None else None
     inspector = inspector.to(device)
     model = inspector.net.to(memory_format=torch.channels_last)
@@ -538,6 +534,7 @@ def train(
         "target_frr": target_frr,
         "calibration": calibration,
         "anomaly_modes": inspector.good.modes,
+        "test_views": inspector.views,
         "input_size": size,
         "augmentation": dataclasses.asdict(layout.augmentation),
         "defect_map": "map head, learnt from masks" if learnt_map else "anomaly map (no defect masks in the data)",
@@ -563,6 +560,7 @@ def train(
             "color": layout.color,
             "threshold": threshold,
             "modes": inspector.good.modes,
+            "views": inspector.views,
             "input_size": size,
             "golden": golden_frames(layout, np.concatenate([split.calibration[:1], val_idx]), data.labels),
             "train_data_hash": report["train_data_hash"],
@@ -633,7 +631,8 @@ def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "decision.class_limit" in ckpt["state_dict"]:
         raise RuntimeError(f"{path}: trained before the fused score (two limits, no calibration set); retrain it")
-    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt["modes"])
+    # Trained before test-time views: one view.
+    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt["modes"], views=ckpt.get("views", 1))
     state = ckpt["state_dict"]
     # Trained before the map peak joined the learned signal: it stays out of that model's decision.
     state.setdefault("decision.uses_map", torch.tensor(0.0))
