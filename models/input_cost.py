@@ -1,6 +1,7 @@
-"""What the network's input side costs on this machine: inference latency per frame (ONNX Runtime,
-batch 1, one thread, as the line's CPU engine runs) and training time per image (forward and
-backward at batch 32 on two threads), for the sides models.resolution may choose.
+"""What the network's input side costs on this machine: inference latency per network pass (ONNX
+Runtime, batch 1, one thread, as the line's CPU engine runs; a model with test-time views,
+net.TEST_VIEWS, makes one pass per view) and training time per image (forward and backward at batch
+32 on two threads), for the sides models.resolution may choose.
 
     python -m models.input_cost [--out models/shipped/input_cost] [--sides 128 192 256 384 512]
 

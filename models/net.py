@@ -274,6 +274,7 @@ class Decision(nn.Module):
         return 0.5 + 0.5 * d / (1.0 + d.abs())
 
     def forward(self, class_probs: torch.Tensor, map_peak: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
+        """One view's reject score (Inspector.signals averages several views before `score`)."""
         return self.score(self.learned(class_probs, map_peak), cell_distances.amax(dim=(1, 2)))
 
 
