@@ -223,6 +223,20 @@ def _lloyd(z: torch.Tensor, centroids: torch.Tensor, smallest: int, rounds: int)
     return centroids[sizes > 0]
 
 
+EPS = 1e-6
+
+
+def logit(p: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)), p kept EPS inside (0, 1): the space the decision fuses the learned signal in."""
+    p = p.clamp(EPS, 1.0 - EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def log_distance(d: torch.Tensor) -> torch.Tensor:
+    """log of a squared cell distance (at least EPS): the space the decision fuses the anomaly in."""
+    return torch.log(d.clamp(min=EPS))
+
+
 class Decision(nn.Module):
     """One reject score in (0, 1) from two signals: the learned one (the classifier's 1 - P(good), or
     the defect map's peak where that is larger: the map head also learnt generic flaws from
@@ -234,7 +248,6 @@ class Decision(nn.Module):
     (`lineinspect model set-threshold`)."""
 
     THRESHOLD = 0.5
-    EPS = 1e-6
 
     def __init__(self) -> None:
         super().__init__()
@@ -261,15 +274,14 @@ class Decision(nn.Module):
     def anomaly_map(self, cell_distances: torch.Tensor) -> torch.Tensor:
         """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell's standardized anomaly
         reaches the cut (the learned signal at its good parts' median); the defect map without masks."""
-        a = (torch.log(cell_distances.clamp(min=self.EPS)) - self.anomaly_center) / self.anomaly_scale
+        a = (log_distance(cell_distances) - self.anomaly_center) / self.anomaly_scale
         d = a - self.cut  # unweighted: a fused score that leans on the learned signal keeps a map
         return (0.5 + 0.5 * d / (1.0 + d.abs()))[:, None]
 
     def score(self, learned: torch.Tensor, max_distance: torch.Tensor) -> torch.Tensor:
         """(N,) learned signal, (N,) largest cell distance -> (N,) reject score."""
-        p = learned.clamp(self.EPS, 1.0 - self.EPS)
-        c = (torch.log(p) - torch.log1p(-p) - self.class_center) / self.class_scale
-        a = (torch.log(max_distance.clamp(min=self.EPS)) - self.anomaly_center) / self.anomaly_scale
+        c = (logit(learned) - self.class_center) / self.class_scale
+        a = (log_distance(max_distance) - self.anomaly_center) / self.anomaly_scale
         d = self.anomaly_weight * a + self.class_weight * c - self.cut
         return 0.5 + 0.5 * d / (1.0 + d.abs())
 
@@ -342,9 +354,8 @@ class Inspector(nn.Module):
         v = self.views
         per_view = maps.reshape(v, -1, *maps.shape[1:])
         maps = torch.stack([back(per_view[i]) for i, (_, back) in enumerate(views)])
-        p = learned.clamp(Decision.EPS, 1.0 - Decision.EPS).reshape(v, -1)
-        learned = torch.sigmoid((torch.log(p) - torch.log1p(-p)).mean(dim=0))
-        max_distance = torch.exp(torch.log(max_distance.clamp(min=Decision.EPS)).reshape(v, -1).mean(dim=0))
+        learned = torch.sigmoid(logit(learned).reshape(v, -1).mean(dim=0))
+        max_distance = torch.exp(log_distance(max_distance).reshape(v, -1).mean(dim=0))
         return probs.reshape(v, -1, probs.shape[1]).mean(dim=0), maps.mean(dim=0), learned, max_distance
 
     def defect_map(self, defect_logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
