@@ -15,6 +15,7 @@ from PIL import Image
 from models import export, synthetic
 from models.net import preprocess
 from models.train import dataset_hash, load_checkpoint, train
+from workers.model_meta import FP16_SCOPE
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped" / "model.onnx"
 METADATA_KEYS = {
@@ -78,6 +79,16 @@ def test_onnx_outputs_and_parity(tiny_run) -> None:
     assert defect_map.shape == (5, 1, 16, 16)
     assert defect_map.min() >= 0.0 and defect_map.max() <= 1.0
     assert score.shape == (5,) and score.min() >= 0.0 and score.max() <= 1.0
+
+
+def test_an_fp16_engine_finds_the_backbone_and_only_the_backbone_by_its_node_names(tiny_run) -> None:
+    """TensorRT may run nodes named with FP16_SCOPE in FP16 and holds the rest to FP32: the whole
+    backbone must carry the name, and nothing of the heads, the distances or the decision."""
+    nodes = onnx.load(str(tiny_run[2])).graph.node
+    backbone = [n for n in nodes if FP16_SCOPE in n.name]
+    assert sum(n.op_type == "Conv" for n in backbone) == 1 + 2 + 3 * 10  # stem, block 0, blocks 1-10
+    assert {"Softmax", "Log", "Sigmoid", "Gemm"}.isdisjoint(n.op_type for n in backbone)
+    assert any(n.name.startswith("/good/") and n.op_type == "Conv" for n in nodes)  # the distances: FP32
 
 
 def test_line_engine_uses_the_models_own_score(tiny_run) -> None:
@@ -241,7 +252,8 @@ def test_set_threshold_recalibrates_a_copy_on_new_good_images_and_refuses_what_t
     assert engine.meta.threshold == pytest.approx(result["cut"])
     assert engine.meta.version.endswith(f"+t{result['cut']:.6g}")
     frames = [np.asarray(Image.open(f)) for f in sorted((many / "good").glob("*.png"))]
-    rejected = sum(r.reject for r in engine.infer_batch(frames))
+    # In batches as the line sends them: one batch of 1000 frames (4000 views) takes ~20 GB.
+    rejected = sum(r.reject for i in range(0, len(frames), 50) for r in engine.infer_batch(frames[i : i + 50]))
     assert rejected == 50  # the cut rejects exactly the k it promised on its own images
     assert onnx_path.read_bytes() == before  # the original stays as it was
 
