@@ -224,12 +224,25 @@ def _lloyd(z: torch.Tensor, centroids: torch.Tensor, smallest: int, rounds: int)
 
 
 EPS = 1e-6
+LOGIT_LIMIT = math.log((1.0 - EPS) / EPS)  # the logit of a probability kept EPS inside (0, 1)
+SQUASH_LIMIT = 1e4
+"""|fused z - cut| beyond which scores stop differing (by < 1e-4): an overflowed distance (inf in an
+FP16 engine) still gives a reject score, not NaN."""
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:
     """log(p / (1 - p)), p kept EPS inside (0, 1): the space the decision fuses the learned signal in."""
     p = p.clamp(EPS, 1.0 - EPS)
     return torch.log(p) - torch.log1p(-p)
+
+
+def not_good_logit(class_logits: torch.Tensor) -> torch.Tensor:
+    """(N, C >= 2) class logits, good first -> (N,) logit of 1 - P(good), from the logits themselves:
+    via the probabilities, 1 - P(good) of a confident part is lost to rounding (FP16 steps by 5e-4
+    near 1; a saturated part's logit becomes inf and its fused score NaN)."""
+    good, defects = class_logits[:, 0], class_logits[:, 1:]
+    top = defects.amax(dim=1)
+    return top + torch.log(torch.exp(defects - top[:, None]).sum(dim=1)) - good  # log-sum-exp, no overflow
 
 
 def log_distance(d: torch.Tensor) -> torch.Tensor:
@@ -241,7 +254,8 @@ class Decision(nn.Module):
     """One reject score in (0, 1) from two signals: the learned one (the classifier's 1 - P(good), or
     the defect map's peak where that is larger: the map head also learnt generic flaws from
     pseudo-anomalies, so it sees defect types the classifier has no class for) and the anomaly
-    distance (the largest cell distance from good parts' features). The fused z of
+    distance (the largest cell distance from good parts' features). Both enter in the space they are
+    fused in: the learned signal as a logit, the distance as a log. The fused z of
     models.fusion.Fusion minus its calibrated cut, d, is mapped to 0.5 + 0.5 d / (1 + |d|). A part is
     rejected (score >= THRESHOLD = 0.5) exactly when z reaches the cut. Monotone and never saturating:
     scores keep their order for ROC curves and for choosing another threshold without retraining
@@ -267,27 +281,36 @@ class Decision(nn.Module):
         for name, value in values.items():
             getattr(self, name).fill_(value)
 
-    def learned(self, class_probs: torch.Tensor, map_peak: torch.Tensor) -> torch.Tensor:
-        """(N, C) class probabilities, (N,) defect map maxima -> (N,) the learned signal in [0, 1]."""
-        return torch.maximum(1.0 - class_probs[:, 0], self.uses_map * map_peak)
+    def learned_logit(self, class_logits: torch.Tensor, defect_logits: torch.Tensor) -> torch.Tensor:
+        """(N, C) class logits, (N, 1, H, W) defect-map logits -> (N,) the learned signal as a logit,
+        within +-LOGIT_LIMIT (the logit of the larger of 1 - P(good) and the map's peak probability:
+        the larger logit)."""
+        peak = defect_logits.amax(dim=(1, 2, 3))
+        peak = self.uses_map * peak - (1.0 - self.uses_map) * LOGIT_LIMIT  # uses_map is 0 or 1
+        return torch.maximum(not_good_logit(class_logits), peak).clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
 
     def anomaly_map(self, cell_distances: torch.Tensor) -> torch.Tensor:
         """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell's standardized anomaly
         reaches the cut (the learned signal at its good parts' median); the defect map without masks."""
         a = (log_distance(cell_distances) - self.anomaly_center) / self.anomaly_scale
-        d = a - self.cut  # unweighted: a fused score that leans on the learned signal keeps a map
-        return (0.5 + 0.5 * d / (1.0 + d.abs()))[:, None]
+        return _squash(a - self.cut)[:, None]  # unweighted: a fused score that leans on the learned signal keeps a map
 
-    def score(self, learned: torch.Tensor, max_distance: torch.Tensor) -> torch.Tensor:
-        """(N,) learned signal, (N,) largest cell distance -> (N,) reject score."""
-        c = (logit(learned) - self.class_center) / self.class_scale
-        a = (log_distance(max_distance) - self.anomaly_center) / self.anomaly_scale
-        d = self.anomaly_weight * a + self.class_weight * c - self.cut
-        return 0.5 + 0.5 * d / (1.0 + d.abs())
+    def score(self, learned_logit: torch.Tensor, log_max_distance: torch.Tensor) -> torch.Tensor:
+        """(N,) learned signal as a logit, (N,) log of the largest cell distance -> (N,) reject score."""
+        c = (learned_logit - self.class_center) / self.class_scale
+        a = (log_max_distance - self.anomaly_center) / self.anomaly_scale
+        return _squash(self.anomaly_weight * a + self.class_weight * c - self.cut)
 
-    def forward(self, class_probs: torch.Tensor, map_peak: torch.Tensor, cell_distances: torch.Tensor) -> torch.Tensor:
+    def forward(self, class_logits: torch.Tensor, defect_logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
         """One view's reject score (Inspector.signals averages several views before `score`)."""
-        return self.score(self.learned(class_probs, map_peak), cell_distances.amax(dim=(1, 2)))
+        learned = self.learned_logit(class_logits, defect_logits)
+        return self.score(learned, log_distance(distances.amax(dim=(1, 2))))
+
+
+def _squash(d: torch.Tensor) -> torch.Tensor:
+    """z - cut -> score in (0, 1), 0.5 at the cut (NaN stays NaN: a reject)."""
+    d = d.clamp(-SQUASH_LIMIT, SQUASH_LIMIT)
+    return 0.5 + 0.5 * d / (1.0 + d.abs())
 
 
 def _quarter_turn(x: torch.Tensor) -> torch.Tensor:
@@ -335,28 +358,29 @@ class Inspector(nn.Module):
         """1 when training had defect masks (the map head is the map), 0 when not (the anomaly map is)."""
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs, maps, learned, max_distance = self.signals(image)
-        return probs, maps, self.decision.score(learned, max_distance)
+        probs, maps, learned_logit, log_max_distance = self.signals(image)
+        return probs, maps, self.decision.score(learned_logit, log_max_distance)
 
     def signals(self, image: torch.Tensor, good: GoodFeatureModel | None = None) -> tuple[torch.Tensor, ...]:
-        """(class_probs (N, C), defect_map (N, 1, S/8, S/8), learned signal (N,), largest cell distance
-        (N,)) of normalized inputs (N, 3, S, S); `good`: another good parts' model than the own."""
+        """(class_probs (N, C), defect_map (N, 1, S/8, S/8), learned signal as a logit (N,), log of the
+        largest cell distance (N,)) of normalized inputs (N, 3, S, S); `good`: another good parts'
+        model than the own. The signals stay in log space throughout, so that an FP16 engine
+        neither rounds them away nor overflows (Decision.learned_logit)."""
         views = TEST_VIEWS[: self.views]
         x = torch.cat([turn(image) for turn, _ in views]) if self.views > 1 else image
         logits, defect_logits, cells = self.net.forward_with_features(x)
         probs = logits.softmax(dim=1)
         distances = (self.good if good is None else good)(cells)
         maps = self.defect_map(defect_logits, distances)
-        learned = self.decision.learned(probs, map_peak(defect_logits))
-        max_distance = distances.amax(dim=(1, 2))
+        learned = self.decision.learned_logit(logits, defect_logits)
+        log_max_distance = log_distance(distances.amax(dim=(1, 2)))
         if self.views == 1:
-            return probs, maps, learned, max_distance
+            return probs, maps, learned, log_max_distance
         v = self.views
         per_view = maps.reshape(v, -1, *maps.shape[1:])
         maps = torch.stack([back(per_view[i]) for i, (_, back) in enumerate(views)])
-        learned = torch.sigmoid(logit(learned).reshape(v, -1).mean(dim=0))
-        max_distance = torch.exp(log_distance(max_distance).reshape(v, -1).mean(dim=0))
-        return probs.reshape(v, -1, probs.shape[1]).mean(dim=0), maps.mean(dim=0), learned, max_distance
+        return (probs.reshape(v, -1, probs.shape[1]).mean(dim=0), maps.mean(dim=0),
+                learned.reshape(v, -1).mean(dim=0), log_max_distance.reshape(v, -1).mean(dim=0))  # fmt: skip
 
     def defect_map(self, defect_logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
         """The map head's where training had masks, else the anomaly map: (N, 1, S/8, S/8) in [0, 1]."""

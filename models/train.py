@@ -50,6 +50,8 @@ from models.net import (
     channels_first,
     cluster_modes,
     crop_resize,
+    log_distance,
+    logit,
     normalize,
     to_input,
 )
@@ -263,8 +265,9 @@ def predict(
     parts: list[tuple[torch.Tensor, ...]] = []
     for i in range(0, len(images), batch_size):
         x = normalize(torch.from_numpy(images[i : i + batch_size]).float() / 255.0).to(_device_of(model))
-        probs, maps, learned, max_distance = model.signals(x, good)
-        parts.append((probs, maps[:, 0], model.decision.score(learned, max_distance), learned, max_distance))
+        probs, maps, learned, log_max_distance = model.signals(x, good)
+        score = model.decision.score(learned, log_max_distance)
+        parts.append((probs, maps[:, 0], score, torch.sigmoid(learned), torch.exp(log_max_distance)))
     return Outputs(*(torch.cat(t).cpu().numpy() for t in zip(*parts, strict=True)))
 
 
@@ -364,7 +367,7 @@ def rescore(model: Inspector, out: Outputs) -> Outputs:
     """`out` with its reject scores from the model's (new) decision."""
     with torch.no_grad():
         learned, distance = torch.from_numpy(out.learned), torch.from_numpy(out.anomaly)
-        scores = copy.deepcopy(model.decision).cpu().score(learned, distance).numpy()
+        scores = copy.deepcopy(model.decision).cpu().score(logit(learned), log_distance(distance)).numpy()
     return Outputs(out.probs, out.maps, scores, out.learned, out.anomaly)
 
 

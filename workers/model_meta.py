@@ -33,6 +33,10 @@ INPUT_NAME = "image"
 PROBS_NAME = "class_probs"
 DEFECT_MAP_NAME = "defect_map"
 SCORE_NAME = "score"
+FP16_SCOPE = "/backbone/"
+"""In the names of the ONNX nodes (torch's export names them by module path) an FP16 TensorRT engine
+may run in half precision: the backbone, nearly all of the cost. Every other layer (heads, good
+parts' distances, the views' average, the decision) keeps FP32 (workers/tensorrt_engine.py)."""
 """Optional output: the model's own reject score (N,). Without it, score = 1 - P(good)."""
 
 Color = Literal["gray", "rgb"]

@@ -73,14 +73,20 @@ def test_good_feature_model_with_modes_measures_each_image_against_its_own_mode(
     assert d_one[:10].min() < d_one[10:].max()  # one Gaussian over both finishes does not
 
 
+def _map_logits(peaks: list[float]) -> torch.Tensor:
+    """(N, 1, 1, 1) defect-map logits whose peak probabilities are `peaks`."""
+    p = torch.tensor(peaks, dtype=torch.float64)
+    return torch.log(p / (1 - p)).float().view(-1, 1, 1, 1)
+
+
 def test_decision_is_the_fused_score_cut_where_calibrated_and_keeps_its_order() -> None:
     fusion = Fusion(anomaly_center=3.0, anomaly_scale=0.5, class_center=-4.0, class_scale=1.0, angle=math.pi / 4)
     decision = Decision()
     decision.set(fusion, cut=2.0)
     probs = torch.tensor([[0.99, 0.01], [0.9, 0.1], [0.5, 0.5], [0.99, 0.01], [1e-9, 1.0]])
     distances = torch.tensor([20.0, 20.0, 20.0, 400.0, 1e6]).view(5, 1, 1)
-    peaks = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5])  # an untrained map head: must not count
-    score = decision(probs, peaks, distances).double().numpy()
+    peaks = _map_logits([0.5] * 5)  # an untrained map head: must not count
+    score = decision(probs.log(), peaks, distances).double().numpy()
     z = fusion.z(1.0 - probs[:, 0].double().numpy(), distances.flatten().double().numpy())
     assert ((score >= Decision.THRESHOLD) == (z >= 2.0)).all()
     assert (np.argsort(score) == np.argsort(z)).all()  # monotone, and the clearest defect still ranks last
@@ -92,12 +98,29 @@ def test_with_a_trained_map_head_its_peak_raises_the_learned_signal_never_lowers
     decision.set(Fusion(3.0, 0.5, -4.0, 1.0, math.pi / 4), cut=2.0)
     decision.uses_map.fill_(1.0)
     probs = torch.tensor([[0.99, 0.01], [0.99, 0.01], [0.2, 0.8]])
-    peaks = torch.tensor([0.001, 0.9, 0.001])  # the map sees a flaw the classifier has no class for
-    learned = decision.learned(probs, peaks)
+    peaks = _map_logits([0.001, 0.9, 0.001])  # the map sees a flaw the classifier has no class for
+    learned = torch.sigmoid(decision.learned_logit(probs.log(), peaks))
     assert torch.allclose(learned, torch.tensor([0.01, 0.9, 0.8]))
     distances = torch.full((3, 1, 1), 20.0)
-    score = decision(probs, peaks, distances)
+    score = decision(probs.log(), peaks, distances)
     assert score[1] > score[0] and score[2] > score[0]
+
+
+def test_in_half_precision_the_score_stays_a_number_and_keeps_its_order() -> None:
+    """What an FP16 engine (TensorRT) computes: a part the classifier is sure of, either way, and a
+    cell distance past FP16's range must still give a score (a NaN would reject a sure good part;
+    via probabilities, 1 - P(good) rounds to 0 or 1 and its logit to -inf or inf)."""
+    decision = Decision()
+    decision.set(Fusion(3.0, 0.5, -4.0, 1.0, math.pi / 4), cut=2.0)
+    logits = torch.tensor([[30.0, -30.0], [4.0, -4.0], [0.0, 0.0], [-30.0, 30.0], [30.0, -30.0]])
+    distances = torch.tensor([20.0, 20.0, 20.0, 20.0, math.inf]).view(5, 1, 1)
+    peaks = _map_logits([0.5] * 5)
+    full = decision(logits, peaks, distances)
+    half = decision.half()(logits.half(), peaks.half(), distances.half()).float()
+    assert torch.isfinite(half).all() and torch.isfinite(full).all()
+    assert torch.equal(half >= Decision.THRESHOLD, full >= Decision.THRESHOLD)
+    assert half[0] < half[1] < half[2] < half[3] and half[4] >= Decision.THRESHOLD
+    assert half == pytest.approx(full, abs=2e-3)
 
 
 def test_fusion_leans_on_the_signal_that_separates_and_never_weighs_one_negatively() -> None:

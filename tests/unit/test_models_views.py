@@ -42,8 +42,8 @@ def test_several_views_give_the_mean_of_what_each_view_says() -> None:
         probs, maps, score = many(x)
         each = [one.signals(turn(x)) for turn, _ in TEST_VIEWS]
         zs = []
-        for _, _, learned, distance in each:
-            d = 2.0 * one.decision.score(learned, distance) - 1.0  # the fused z minus the cut
+        for _, _, learned_logit, log_distance in each:
+            d = 2.0 * one.decision.score(learned_logit, log_distance) - 1.0  # the fused z minus the cut
             zs.append(d / (1.0 - d.abs()))
     mean_z = torch.stack(zs).mean(dim=0)
     d = 2.0 * score - 1.0

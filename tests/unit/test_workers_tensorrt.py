@@ -19,11 +19,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from controller.errors import ConfigError, InferenceError
-from workers.model_meta import DEFECT_MAP_NAME, INPUT_NAME, PROBS_NAME, SCORE_NAME
+from workers.model_meta import DEFECT_MAP_NAME, FP16_SCOPE, INPUT_NAME, PROBS_NAME, SCORE_NAME
 from workers.onnx_engine import OnnxRuntimeEngine
 from workers.tensorrt_engine import WORKSPACE_BYTES, TensorRTEngine, build_engine, engine_cache_key
 from workers.tiny_model import build_tiny_model
@@ -120,6 +121,12 @@ class FakeParser:
             self.errors.append(SimpleNamespace(desc=lambda text=str(exc): f"ModelImporter: {text}\nmore detail"))
             return False
         self.network.onnx = model
+        # A layer per node, named as the parser names them, with its outputs' types.
+        graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(model)).graph
+        types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+        for node in graph.node:
+            dtypes = [DTYPES.get(types.get(o, 0), "OTHER") for o in node.output]
+            self.network.layers.append(FakeLayer(node.name or f"node_of_{node.output[0]}", dtypes))
         return True
 
     @property
@@ -128,6 +135,42 @@ class FakeParser:
 
     def get_error(self, i: int) -> Any:
         return self.errors[i]
+
+
+DTYPES = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.INT64: "INT64", onnx.TensorProto.BOOL: "BOOL"}
+
+
+class FakeLayer:
+    def __init__(self, name: str, dtypes: list[str]) -> None:
+        self.name, self.precision = name, None  # None: TensorRT chooses
+        self.outputs = [SimpleNamespace(dtype=d) for d in dtypes]
+        self.output_types: dict[int, str] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
+
+    def get_output(self, i: int) -> Any:
+        return self.outputs[i]
+
+    def set_output_type(self, i: int, dtype: str) -> None:
+        self.output_types[i] = dtype
+
+
+class FakeNetwork:
+    def __init__(self, flags: int) -> None:
+        self.flags, self.onnx, self.layers = flags, None, []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, i: int) -> FakeLayer:
+        return self.layers[i]
+
+    def held_to_fp32(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.precision == "FLOAT"
+                and layer.output_types == dict.fromkeys(range(layer.num_outputs), "FLOAT")]  # fmt: skip
 
 
 class FakeConfig:
@@ -161,8 +204,8 @@ class FakeBuilder:
         if trt.major < 11:  # removed in TensorRT 11: touching it there is an AttributeError
             self.platform_has_fast_fp16 = True
 
-    def create_network(self, flags: int = 0) -> Any:
-        return SimpleNamespace(flags=flags, onnx=None)
+    def create_network(self, flags: int = 0) -> FakeNetwork:
+        return FakeNetwork(flags)
 
     def create_builder_config(self) -> FakeConfig:
         return FakeConfig()
@@ -175,7 +218,7 @@ class FakeBuilder:
         lo, opt, hi = profile.shapes[INPUT_NAME]
         assert lo[0] <= opt[0] <= hi[0] and lo[1:] == opt[1:] == hi[1:]
         record = {"network_flags": network.flags, "flags": config.flags, "pools": config.pools,
-                  "profile": [lo, opt, hi]}  # fmt: skip
+                  "profile": [lo, opt, hi], "fp32_layers": network.held_to_fp32()}  # fmt: skip
         self.trt.builds.append(record)
         return b"FAKEPLAN\n" + json.dumps(record).encode() + b"\n" + network.onnx
 
@@ -270,9 +313,10 @@ class FakeTensorRT(types.ModuleType):
         self.OnnxParser = FakeParser
         self.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=self._deserialize)
         self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
+        self.float32 = "FLOAT"
         self.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
         if self.major < 11:
-            self.BuilderFlag = SimpleNamespace(FP16="FP16", TF32="TF32")
+            self.BuilderFlag = SimpleNamespace(FP16="FP16", TF32="TF32", OBEY_PRECISION_CONSTRAINTS="OBEY")
             creation = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
         else:  # TensorRT 11 removed every precision flag
             self.BuilderFlag = SimpleNamespace(TF32="TF32")
@@ -366,9 +410,29 @@ def test_trt10_builder_sets_fp16_flag_when_the_gpu_has_fast_fp16(models: dict, t
     build_engine(models["rgb"][0], tmp_path, max_batch=8, gpu_name="A", trt=trt)
     build_engine(models["rgb"][0], tmp_path, max_batch=8, fp16=False, gpu_name="A", trt=trt)
     fp16, fp32 = trt.builds
-    assert fp16["network_flags"] == 0 and fp16["flags"] == ["FP16"] and fp32["flags"] == []
+    assert fp16["network_flags"] == 0 and fp16["flags"] == ["FP16", "OBEY"] and fp32["flags"] == []
     assert fp16["pools"] == {"WORKSPACE": WORKSPACE_BYTES}
     assert fp16["profile"] == [(1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)]
+
+
+def test_trt10_fp16_engine_runs_only_the_backbone_in_fp16(models: dict, tmp_path: Path) -> None:
+    """Nodes named as the export names the backbone may run in FP16; every other layer with float
+    outputs is held to FP32 (the decision's logits and distances); shape arithmetic is left alone."""
+    proto = onnx.load(build_tiny_model(tmp_path / "m.onnx", size=32, slow_layers=2, with_score=True))
+    trunk = True
+    for i, node in enumerate(proto.graph.node):
+        trunk = trunk and node.op_type != "GlobalAveragePool"  # the tiny model's trunk, then its heads
+        node.name = f"{FP16_SCOPE}node{i}" if trunk else f"/head/node{i}"
+    proto.graph.node.append(onnx.helper.make_node("Shape", ["image"], ["image_shape"], name="/head/shape"))
+    model = tmp_path / "named.onnx"
+    onnx.save(proto, model)
+    trt, _ = fakes("10.13.3.9")
+    build_engine(model, tmp_path / "fp16", max_batch=2, gpu_name="A", trt=trt)
+    build_engine(model, tmp_path / "fp32", max_batch=2, fp16=False, gpu_name="A", trt=trt)
+    fp16, fp32 = trt.builds
+    heads = [n.name for n in proto.graph.node if not n.name.startswith(FP16_SCOPE) and n.op_type != "Shape"]
+    assert len(heads) == 7 and sum(n.name.startswith(FP16_SCOPE) for n in proto.graph.node) == 5
+    assert fp16["fp32_layers"] == heads and fp32["fp32_layers"] == []
 
 
 def test_trt11_builder_makes_a_strongly_typed_network_without_precision_flags(models: dict, tmp_path: Path) -> None:
@@ -376,7 +440,7 @@ def test_trt11_builder_makes_a_strongly_typed_network_without_precision_flags(mo
     build_engine(models["rgb"][0], tmp_path, max_batch=1, fp16=True, gpu_name="A", trt=trt)
     (build,) = trt.builds
     assert build["network_flags"] == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    assert build["flags"] == []
+    assert build["flags"] == [] and build["fp32_layers"] == []  # the model's own types decide
     assert build["profile"] == [(1, 3, 32, 32)] * 3  # opt = max_batch // 2, but at least 1
 
 
