@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.calibration_check", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--good", type=int, default=3200, help="good training images (the network takes 100-300)")
+    p.add_argument("--good", type=int, default=3200, help="good training images (the network takes 100-600)")
     p.add_argument("--held-out-good", type=int, default=20000, help="its own error: ~0.07 %% at 1 %%")
     p.add_argument("--target", type=float, default=0.01)
     p.add_argument("--epochs", type=int, default=4)
