@@ -246,8 +246,15 @@ def not_good_logit(class_logits: torch.Tensor) -> torch.Tensor:
 
 
 def log_distance(d: torch.Tensor) -> torch.Tensor:
-    """log of a squared cell distance (at least EPS): the space the decision fuses the anomaly in."""
-    return torch.log(d.clamp(min=EPS))
+    """log of a squared cell distance (at least EPS; NaN counts as infinitely far): the space the
+    decision fuses the anomaly in."""
+    return torch.log(nan_to(d, math.inf).clamp(min=EPS))
+
+
+def nan_to(x: torch.Tensor, value: float) -> torch.Tensor:
+    """`x` with NaN replaced by `value`, the reject side. NaN must not reach a clamp: an engine's clamp
+    may turn it into a bound (TensorRT's Clip is max/min), and the lower one would pass the part."""
+    return torch.where(torch.isnan(x), value, x)
 
 
 class Decision(nn.Module):
@@ -285,9 +292,9 @@ class Decision(nn.Module):
         """(N, C) class logits, (N, 1, H, W) defect-map logits -> (N,) the learned signal as a logit,
         within +-LOGIT_LIMIT (the logit of the larger of 1 - P(good) and the map's peak probability:
         the larger logit)."""
-        peak = defect_logits.amax(dim=(1, 2, 3))
-        peak = self.uses_map * peak - (1.0 - self.uses_map) * LOGIT_LIMIT  # uses_map is 0 or 1
-        return torch.maximum(not_good_logit(class_logits), peak).clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
+        peak = torch.where(self.uses_map > 0.5, defect_logits.amax(dim=(1, 2, 3)), -LOGIT_LIMIT)
+        learned = torch.maximum(not_good_logit(class_logits), peak)
+        return nan_to(learned, LOGIT_LIMIT).clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
 
     def anomaly_map(self, cell_distances: torch.Tensor) -> torch.Tensor:
         """(N, H, W) distances -> (N, 1, H, W) in (0, 1): 0.5 where a cell's standardized anomaly
@@ -308,8 +315,8 @@ class Decision(nn.Module):
 
 
 def _squash(d: torch.Tensor) -> torch.Tensor:
-    """z - cut -> score in (0, 1), 0.5 at the cut (NaN stays NaN: a reject)."""
-    d = d.clamp(-SQUASH_LIMIT, SQUASH_LIMIT)
+    """z - cut -> score in (0, 1), 0.5 at the cut; NaN (a broken input or model) -> a reject score."""
+    d = nan_to(d, SQUASH_LIMIT).clamp(-SQUASH_LIMIT, SQUASH_LIMIT)
     return 0.5 + 0.5 * d / (1.0 + d.abs())
 
 

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -43,6 +44,8 @@ from workers.model_meta import (
 )
 from workers.onnx_engine import CanaryWarmup, score
 from workers.preprocess import preprocess
+
+log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 1 << 30
 """Scratch memory TensorRT may use per layer while building and running; 1 GiB is ample for a
@@ -141,7 +144,10 @@ def _serialize(trt: ModuleType, path: Path, onnx_bytes: bytes, max_batch: int, f
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if fp16 and not strongly_typed and builder.platform_has_fast_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-        _fp32_outside_backbone(trt, network, config)
+        free, held = _fp32_outside_backbone(trt, network, config)
+        if not free:
+            log.warning("%s: no layer is named %r: the FP16 engine runs all in FP32", path, FP16_SCOPE)
+        log.info("%s: %d layers may run in FP16, %d held to FP32", path, free, held)
     # One profile over the whole batch range; kernels are tuned for `opt`, the typical pool batch.
     chw = (3, meta.height, meta.width)
     profile = builder.create_optimization_profile()
@@ -153,20 +159,25 @@ def _serialize(trt: ModuleType, path: Path, onnx_bytes: bytes, max_batch: int, f
     return plan
 
 
-def _fp32_outside_backbone(trt: ModuleType, network: Any, config: Any) -> None:
+def _fp32_outside_backbone(trt: ModuleType, network: Any, config: Any) -> tuple[int, int]:
     """FP16 for the backbone only (FP16_SCOPE): every other layer with float outputs is held to FP32.
     The decision works on logits and log distances that FP16 would round (1 - P(good) moves in 5e-4
     steps near 1, a calibrated 1 % cut lives in that tail) or overflow (squared distances past 65504),
-    and those layers cost little. A model without FP16_SCOPE names runs all in FP32."""
+    and those layers cost little. A model without FP16_SCOPE names runs all in FP32. Returns (layers
+    free to run in FP16, layers held to FP32)."""
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    free = held = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         outputs = range(layer.num_outputs)
-        if FP16_SCOPE in layer.name or any(layer.get_output(j).dtype != trt.float32 for j in outputs):
-            continue  # the backbone, or shape arithmetic
-        layer.precision = trt.float32
-        for j in outputs:
-            layer.set_output_type(j, trt.float32)
+        if FP16_SCOPE in layer.name:
+            free += 1
+        elif all(layer.get_output(j).dtype == trt.float32 for j in outputs):  # not shape arithmetic
+            layer.precision = trt.float32
+            for j in outputs:
+                layer.set_output_type(j, trt.float32)
+            held += 1
+    return free, held
 
 
 class TensorRTEngine(CanaryWarmup):

@@ -88,9 +88,38 @@ def test_decision_is_the_fused_score_cut_where_calibrated_and_keeps_its_order() 
     peaks = _map_logits([0.5] * 5)  # an untrained map head: must not count
     score = decision(probs.log(), peaks, distances).double().numpy()
     z = fusion.z(1.0 - probs[:, 0].double().numpy(), distances.flatten().double().numpy())
+    assert score == pytest.approx(0.5 + 0.5 * (z - 2.0) / (1.0 + np.abs(z - 2.0)), abs=1e-6)
     assert ((score >= Decision.THRESHOLD) == (z >= 2.0)).all()
     assert (np.argsort(score) == np.argsort(z)).all()  # monotone, and the clearest defect still ranks last
     assert 0.0 < score.min() and score.max() < 1.0
+
+
+def test_the_learned_signal_is_the_logit_of_one_minus_p_good_for_any_number_of_classes() -> None:
+    decision = Decision()
+    logits = torch.from_numpy(np.random.default_rng(1).normal(0.0, 12.0, (200, 4))).float()
+    p = np.clip(1.0 - torch.softmax(logits.double(), dim=1)[:, 0].numpy(), 1e-6, 1 - 1e-6)
+    bright = _map_logits([0.999] * 200)  # an untrained map head counts for nothing, however it looks
+    assert decision.learned_logit(logits, bright).numpy() == pytest.approx(np.log(p / (1 - p)), abs=1e-4)
+
+
+def test_nan_anywhere_gives_a_reject_score_not_nan() -> None:
+    """An engine's clamp may turn NaN into its bound, so NaN must never reach one: the graph itself
+    turns a NaN signal into a reject."""
+    decision = Decision()
+    decision.set(Fusion(3.0, 0.5, -4.0, 1.0, math.pi / 2), cut=2.0)  # the learned signal alone
+    decision.uses_map.fill_(1.0)
+    logits, peaks, distances = torch.tensor([[9.0, -9.0]]), _map_logits([0.01]), torch.full((1, 1, 1), 20.0)
+    assert float(decision(logits, peaks, distances)) < Decision.THRESHOLD
+    nan = torch.tensor(math.nan)
+    for broken in (
+        (logits * nan, peaks, distances),
+        (logits, peaks * nan, distances),
+        (logits, peaks, distances * nan),  # weighs nothing here, yet 0 x NaN is NaN
+    ):
+        for half in (False, True):
+            args = [t.half() if half else t for t in broken]
+            score = float((decision.half() if half else decision.float())(*args))
+            assert score >= Decision.THRESHOLD, (broken, half)
 
 
 def test_with_a_trained_map_head_its_peak_raises_the_learned_signal_never_lowers_it() -> None:

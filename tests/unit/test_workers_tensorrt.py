@@ -415,14 +415,14 @@ def test_trt10_builder_sets_fp16_flag_when_the_gpu_has_fast_fp16(models: dict, t
     assert fp16["profile"] == [(1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)]
 
 
-def test_trt10_fp16_engine_runs_only_the_backbone_in_fp16(models: dict, tmp_path: Path) -> None:
+def test_trt10_fp16_engine_runs_only_the_backbone_in_fp16(models: dict, tmp_path: Path, caplog) -> None:
     """Nodes named as the export names the backbone may run in FP16; every other layer with float
     outputs is held to FP32 (the decision's logits and distances); shape arithmetic is left alone."""
     proto = onnx.load(build_tiny_model(tmp_path / "m.onnx", size=32, slow_layers=2, with_score=True))
     trunk = True
     for i, node in enumerate(proto.graph.node):
         trunk = trunk and node.op_type != "GlobalAveragePool"  # the tiny model's trunk, then its heads
-        node.name = f"{FP16_SCOPE}node{i}" if trunk else f"/head/node{i}"
+        node.name = f"/net{FP16_SCOPE}node{i}" if trunk else f"/net/head/node{i}"  # the scope anywhere in a name
     proto.graph.node.append(onnx.helper.make_node("Shape", ["image"], ["image_shape"], name="/head/shape"))
     model = tmp_path / "named.onnx"
     onnx.save(proto, model)
@@ -430,9 +430,12 @@ def test_trt10_fp16_engine_runs_only_the_backbone_in_fp16(models: dict, tmp_path
     build_engine(model, tmp_path / "fp16", max_batch=2, gpu_name="A", trt=trt)
     build_engine(model, tmp_path / "fp32", max_batch=2, fp16=False, gpu_name="A", trt=trt)
     fp16, fp32 = trt.builds
-    heads = [n.name for n in proto.graph.node if not n.name.startswith(FP16_SCOPE) and n.op_type != "Shape"]
-    assert len(heads) == 7 and sum(n.name.startswith(FP16_SCOPE) for n in proto.graph.node) == 5
+    heads = [n.name for n in proto.graph.node if FP16_SCOPE not in n.name and n.op_type != "Shape"]
+    assert len(heads) == 7 and sum(FP16_SCOPE in n.name for n in proto.graph.node) == 5
     assert fp16["fp32_layers"] == heads and fp32["fp32_layers"] == []
+    assert "runs all in FP32" not in caplog.text
+    build_engine(models["rgb"][0], tmp_path / "unnamed", max_batch=2, gpu_name="A", trt=trt)
+    assert "no layer is named '/backbone/': the FP16 engine runs all in FP32" in caplog.text
 
 
 def test_trt11_builder_makes_a_strongly_typed_network_without_precision_flags(models: dict, tmp_path: Path) -> None:
@@ -466,6 +469,12 @@ def test_cache_reuses_engines_and_the_key_covers_what_an_engine_depends_on(tmp_p
         engine_cache_key(b"model", "H100", "10.13.3.9", 8, False),
     ]:
         assert changed != base
+
+
+def test_an_engine_built_the_old_way_is_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = engine_cache_key(b"model", "H100", "10.13.3.9", 8, True)
+    monkeypatch.setattr("workers.tensorrt_engine.BUILD_RECIPE", 1)
+    assert engine_cache_key(b"model", "H100", "10.13.3.9", 8, True) != base
 
 
 def test_parser_error_is_a_one_line_config_error_naming_the_file(tmp_path: Path) -> None:
