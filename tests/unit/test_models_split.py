@@ -1,12 +1,12 @@
 """How training shares out a dataset's images: which train the network, which stop its training,
-which calibrate the threshold (models.train.split_data)."""
+which calibrate the threshold (models.train.split_data); and when it stops (stop_early)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.train import NET_GOODS, split_data
+from models.train import NET_GOODS, split_data, stop_early
 
 
 def _split(per_class: int, good: int, classes: int = 3):
@@ -34,3 +34,12 @@ def test_the_network_learns_from_twice_the_largest_class_and_every_other_good_im
     assert len(split.calibration) == good - net - stop and (labels[split.calibration] == 0).all()
     everything = np.concatenate([split.train, split.val, split.calibration])
     assert sorted(everything) == list(range(len(labels)))  # each image used once, none lost
+
+
+def test_training_stops_early_only_in_the_second_half_of_its_rounds() -> None:
+    # While the learning rate is high, four rounds without improvement say nothing yet.
+    assert not stop_early(done=6, rounds=20, stale=4, patience=4)
+    assert not stop_early(done=6, rounds=15, stale=5, patience=4)
+    assert stop_early(done=7, rounds=15, stale=4, patience=4)
+    assert not stop_early(done=12, rounds=15, stale=3, patience=4)
+    assert stop_early(done=1, rounds=1, stale=1, patience=1)
