@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.evaluate import auroc, detection_at_frr
 from models.fusion import Fusion, fit_fusion
-from models.net import Decision, GoodFeatureModel, Moments, cluster_modes
+from models.net import Decision, GoodFeatureModel, Moments, cluster_modes, logit
 from models.thresholds import calibrated_cut, cut_for_frr, good_images_needed
 
 scores = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0]) | st.floats(0, 1), min_size=1, max_size=30)
@@ -75,8 +75,7 @@ def test_good_feature_model_with_modes_measures_each_image_against_its_own_mode(
 
 def _map_logits(peaks: list[float]) -> torch.Tensor:
     """(N, 1, 1, 1) defect-map logits whose peak probabilities are `peaks`."""
-    p = torch.tensor(peaks, dtype=torch.float64)
-    return torch.log(p / (1 - p)).float().view(-1, 1, 1, 1)
+    return logit(torch.tensor(peaks)).view(-1, 1, 1, 1)
 
 
 def test_decision_is_the_fused_score_cut_where_calibrated_and_keeps_its_order() -> None:
