@@ -179,6 +179,13 @@ def views_text(views: int) -> str:
             f"{views} network passes per part")
 
 
+def input_text(levelled: bool) -> str:
+    """What the network's input is (net.level_and_contrast), for model cards."""
+    if levelled:
+        return "levelled: each image's brightness, light gradient and contrast taken out before the network"
+    return "as it comes (trained before levelled inputs)"
+
+
 def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict) -> Path:
     """A short MODEL_CARD.md beside a trained model: what it is, how it decides, what it was trained
     on, and how it did on validation (evaluate it on held-out data with `lineinspect evaluate`)."""
@@ -196,6 +203,7 @@ def write_card(model_dir: str | Path, onnx_path: str | Path, train_report: dict)
 - Classes: {meta["classes"]} ({meta["input"]["color"]} input, ROI {meta["roi"]})
 - Weights: {weights}, {train_report["rounds_run"]} rounds, seed {train_report["seed"]}
 - Views: {views_text(train_report.get("test_views", 1))}
+- Input: {input_text(bool(train_report.get("levelled_inputs")))}
 - Decision: reject when `score` >= {meta["threshold"]:g}; {decision_text(cal)}
 - Training data: {counts} (plus {train_report["n_val"]} early-stopping and {cal["n_good"]} calibration images);
   hash `{meta["train_data_hash"]}`

@@ -550,6 +550,7 @@ def train(
         "calibration": calibration,
         "anomaly_modes": inspector.good.modes,
         "test_views": inspector.views,
+        "levelled_inputs": inspector.net.levelled,
         "input_size": size,
         "augmentation": dataclasses.asdict(layout.augmentation),
         "defect_map": "map head, learnt from masks" if learnt_map else "anomaly map (no defect masks in the data)",
@@ -576,6 +577,7 @@ def train(
             "threshold": threshold,
             "modes": inspector.good.modes,
             "views": inspector.views,
+            "levelled": inspector.net.levelled,
             "input_size": size,
             "golden": golden_frames(layout, np.concatenate([split.calibration[:1], val_idx]), data.labels),
             "train_data_hash": report["train_data_hash"],
@@ -646,8 +648,9 @@ def load_checkpoint(path: str | Path) -> tuple[Inspector, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "decision.class_limit" in ckpt["state_dict"]:
         raise RuntimeError(f"{path}: trained before the fused score (two limits, no calibration set); retrain it")
-    # Trained before test-time views: one view.
-    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt["modes"], views=ckpt.get("views", 1))
+    # Trained before test-time views: one view; before levelled inputs: none.
+    model = Inspector(len(ckpt["classes"]), pretrained=False, modes=ckpt["modes"], views=ckpt.get("views", 1),
+                      levelled=ckpt.get("levelled", False))  # fmt: skip
     state = ckpt["state_dict"]
     # Trained before the map peak joined the learned signal: it stays out of that model's decision.
     state.setdefault("decision.uses_map", torch.tensor(0.0))
