@@ -1,7 +1,8 @@
 // A second OPC UA implementation (node-opcua) against lineinspect's HMI.
 // Usage: node check.mjs CONFIG.json   (endpoint, users, cert/key PEM, applicationUri)
-// Prints one JSON object: what each step got. tests/integration/test_hmi_node_opcua.py judges it.
-import { readFileSync } from "node:fs";
+// Writes one JSON object, what each step got, to cfg.resultFile (stdout is not ours alone: node-opcua logs its
+// warnings there). tests/integration/test_hmi_node_opcua.py judges it.
+import { readFileSync, writeFileSync } from "node:fs";
 import {
   OPCUAClient, MessageSecurityMode, SecurityPolicy, AttributeIds, UserTokenType,
   ClientSubscription, ClientMonitoredItem, TimestampsToReturn, constructEventFilter,
@@ -9,6 +10,7 @@ import {
 
 const cfg = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = {};
+const report = (result) => writeFileSync(cfg.resultFile, JSON.stringify(result));
 
 function client(mode, policy) {
   return OPCUAClient.create({
@@ -36,7 +38,7 @@ async function attempt(name, fn) {
   try { out[name] = await fn(); } catch (err) { out[name] = { error: String(err.message || err).split("\n")[0] }; }
 }
 
-const timeout = setTimeout(() => { console.log(JSON.stringify({ ...out, timedOut: true })); process.exit(3); }, 60000);
+const timeout = setTimeout(() => { report({ ...out, timedOut: true }); process.exit(3); }, 60000);
 
 await attempt("anonymous_none", async () => {
   const { c, s } = await session(null, null, MessageSecurityMode.None, SecurityPolicy.None);
@@ -82,4 +84,4 @@ await operator.close(); await oc.disconnect();
 await sub.terminate();
 await viewer.close(); await vc.disconnect();
 clearTimeout(timeout);
-console.log(JSON.stringify(out));
+report(out);
