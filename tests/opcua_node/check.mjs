@@ -1,5 +1,5 @@
 // A second OPC UA implementation (node-opcua) against lineinspect's HMI.
-// Usage: node check.mjs CONFIG.json   (endpoint, users, cert/key PEM, applicationUri)
+// Usage: node check.mjs CONFIG.json   (endpoint, users, cert/key PEM, applicationUri, resultFile)
 // Writes one JSON object, what each step got, to cfg.resultFile (stdout is not ours alone: node-opcua logs its
 // warnings there). tests/integration/test_hmi_node_opcua.py judges it.
 import { readFileSync, writeFileSync } from "node:fs";
