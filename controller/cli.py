@@ -174,7 +174,7 @@ def _sim_line(args: argparse.Namespace) -> int:
     return serve_simulated_line(
         parts=args.parts, seed=args.seed, speed_mm_s=args.speed, decision_mm=args.decision_mm,
         pitch_mm=args.pitch_mm, out=Path(args.out), plc_port=args.plc_port, camera_port=args.camera_port,
-        wait_s=args.wait_s, scenario=args.scenario,
+        wait_s=args.wait_s, scenario=args.scenario, hold=args.hold,
     )  # fmt: skip
 
 
@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--wait-s", type=float, default=120.0, help="how long to wait for a controller")
     sl.add_argument("--out", default="sim-report.json")
     sl.add_argument("--scenario", default="steady")
+    sl.add_argument("--hold", action="store_true",
+                    help='start the conveyor only once a "go" line arrives on stdin (and the controller is ready)')
     sl.set_defaults(fn=_sim_line)
 
     r = sub.add_parser("run", help="run the controller against a real (or simulated) PLC and camera")

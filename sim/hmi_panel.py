@@ -6,7 +6,10 @@ the scenario says so, acts as an operator: Halt at one moment, Reset a few secon
 must reject every part in between, and both actions must be in the journal's audit table).
 
 It runs in the runner's process (a few calls and one subscription), starts as soon as the HMI
-answers, and is bounded in time: whatever it has not done by `seconds` is not done.
+answers, and is bounded in time: whatever it has not done by `seconds` is not done. The line holds
+its conveyor until the panel is subscribed (`wait_subscribed`), as a plant's panels are up before
+production starts: on CI's loaded 2 cores the secure login to the nice +19 HMI took longer than a
+100-part run, and a panel that never subscribed saw no part at all.
 
 Not here: judging what it saw (sim/runner.py compares it with the journal).
 """
@@ -37,8 +40,6 @@ class PanelPlan:
 class PanelLog:
     results: dict[str, str] = field(default_factory=dict)
     """ResultId → outcome of its last event."""
-    first: str | None = None
-    """The first ResultId it received: parts decided before it subscribed have no event for it."""
     events: int = 0
     actions: list[tuple[str, bool, str]] = field(default_factory=list)
     """(method, done, detail) of each operator action."""
@@ -51,10 +52,21 @@ class SimPanel:
         self.log = PanelLog()
         self._task: asyncio.Task[None] | None = None
         self._running = asyncio.Event()
+        self._subscribed = asyncio.Event()
 
     def start(self) -> None:
         """Connect and subscribe now (before the line runs, so no part's result is missed)."""
         self._task = asyncio.create_task(self._run(), name="sim-panel")
+
+    async def wait_subscribed(self, timeout_s: float) -> bool:
+        """Until the panel is subscribed to the results (or has failed: its error is in the log)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._subscribed.wait()
+        except TimeoutError:
+            self.log.error = self.log.error or f"not subscribed within {timeout_s:g} s"
+            return False
+        return self.log.error is None
 
     def line_running(self) -> None:
         self._running.set()
@@ -74,6 +86,7 @@ class SimPanel:
             async with asyncio.timeout(self.seconds):
                 viewer = await self._connect("viewer")
                 await self._subscribe(viewer)
+                self._subscribed.set()
                 if self.plan.halt_at_s is not None:
                     await self._operate()
                 await asyncio.sleep(self.seconds)
@@ -82,6 +95,7 @@ class SimPanel:
         except Exception as exc:  # the panel's failure is reported, never raised into the run
             self.log.error = f"{type(exc).__name__}: {exc}"
         finally:
+            self._subscribed.set()  # (or failed): the line need not wait for it any longer
             if viewer is not None:
                 with contextlib.suppress(Exception):
                     await viewer.disconnect()
@@ -103,7 +117,6 @@ class SimPanel:
             def event_notification(self, event: Any) -> None:
                 panel.log.events += 1
                 panel.log.results[event.ResultId] = event.Outcome
-                panel.log.first = panel.log.first or event.ResultId
 
         ns = await client.get_namespace_index(NAMESPACE)
         etype = await client.nodes.base_event_type.get_child(f"{ns}:ResultReadyEventType")

@@ -8,6 +8,7 @@ it over the real protocols (hardware-in-the-loop style). Not here: scoring (sim/
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -110,9 +111,11 @@ class SimLine:
 
 
 def serve(
-    cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_s: float, scenario: str = "steady"
-) -> int:
-    """`lineinspect sim-line`: announce endpoints as one JSON line, run, write the report."""
+    cfg: PlantConfig, *, out: Path, plc_port: int, camera_port: int, wait_s: float, scenario: str = "steady",
+    hold: bool = False,
+) -> int:  # fmt: skip
+    """`lineinspect sim-line`: announce endpoints as one JSON line, run, write the report. `hold`: the
+    conveyor also waits for a "go" line on stdin (the runner's panel is subscribed by then)."""
     # The PLC's scan thread shares this process's GIL with the S7 server and the camera's renderer:
     # with Python's 5 ms switch interval its 1 ms cycle stretched to 30 ms on a busy machine.
     sys.setswitchinterval(0.0005)
@@ -126,6 +129,9 @@ def serve(
         if not line.wait_for_controller(wait_s):
             print(json.dumps({"event": "error", "error": "no controller became ready"}), flush=True)
             return 2
+        if hold and not _wait_for_go(wait_s):
+            print(json.dumps({"event": "error", "error": f'no "go" on stdin within {wait_s:g} s'}), flush=True)
+            return 2
         print(json.dumps({"event": "running", "parts": cfg.parts}), flush=True)
         stopped_s = sum(4.0 for _, f in cfg.speed_profile if f < 0.5)  # slow or stopped stretches
         budget = cfg.parts * max(cfg.pitch_mm) / cfg.speed_mm_s + cfg.decision_mm / cfg.speed_mm_s + 30 + stopped_s
@@ -134,6 +140,25 @@ def serve(
         print(json.dumps({"event": "done", "complete": done, "report": str(out)}), flush=True)
         _linger(10.0)
         return 0 if done else 3
+
+
+def _wait_for_go(timeout_s: float) -> bool:
+    """True once stdin brings a line "go"; False on EOF or after timeout_s. Reads the file descriptor
+    itself (no buffer), so `_linger` sees the EOF that follows."""
+    import select
+
+    got = b""
+    end = time.monotonic() + timeout_s
+    while (left := end - time.monotonic()) > 0:
+        ready, _, _ = select.select([sys.stdin], [], [], left)
+        if ready:
+            chunk = os.read(sys.stdin.fileno(), 64)
+            if not chunk:
+                return False
+            got += chunk
+            if b"\n" in got:
+                return got.split(b"\n")[0].strip() == b"go"
+    return False
 
 
 def _linger(timeout_s: float) -> None:
