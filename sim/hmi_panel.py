@@ -7,7 +7,7 @@ must reject every part in between, and both actions must be in the journal's aud
 
 It runs in the runner's process (a few calls and one subscription), starts as soon as the HMI
 answers, and is bounded in time: whatever it has not done by `seconds` is not done. The line holds
-its conveyor until the panel is subscribed (`wait_subscribed`), as a plant's panels are up before
+its conveyor until the panel is `ready` (subscribed), as a plant's panels are up before
 production starts: on CI's loaded 2 cores the secure login to the nice +19 HMI took longer than a
 100-part run, and a panel that never subscribed saw no part at all.
 
@@ -58,15 +58,14 @@ class SimPanel:
         """Connect and subscribe now (before the line runs, so no part's result is missed)."""
         self._task = asyncio.create_task(self._run(), name="sim-panel")
 
-    async def wait_subscribed(self, timeout_s: float) -> bool:
-        """Until the panel is subscribed to the results (or has failed: its error is in the log)."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._subscribed.wait()
-        except TimeoutError:
-            self.log.error = self.log.error or f"not subscribed within {timeout_s:g} s"
-            return False
-        return self.log.error is None
+    @property
+    def ready(self) -> bool:
+        """Subscribed to the results, or failed (its error is in the log): the line need not wait."""
+        return self._subscribed.is_set()
+
+    def give_up(self, reason: str) -> None:
+        """The line went on without this panel (it never became ready): the reason fails the scenario."""
+        self.log.error = self.log.error or reason
 
     def line_running(self) -> None:
         self._running.set()

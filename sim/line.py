@@ -129,8 +129,8 @@ def serve(
         if not line.wait_for_controller(wait_s):
             print(json.dumps({"event": "error", "error": "no controller became ready"}), flush=True)
             return 2
-        if hold and not _wait_for_go(wait_s):
-            print(json.dumps({"event": "error", "error": f'no "go" on stdin within {wait_s:g} s'}), flush=True)
+        if hold and (refused := _wait_for_go(wait_s)) is not None:
+            print(json.dumps({"event": "error", "error": refused}), flush=True)
             return 2
         print(json.dumps({"event": "running", "parts": cfg.parts}), flush=True)
         stopped_s = sum(4.0 for _, f in cfg.speed_profile if f < 0.5)  # slow or stopped stretches
@@ -142,9 +142,9 @@ def serve(
         return 0 if done else 3
 
 
-def _wait_for_go(timeout_s: float) -> bool:
-    """True once stdin brings a line "go"; False on EOF or after timeout_s. Reads the file descriptor
-    itself (no buffer), so `_linger` sees the EOF that follows."""
+def _wait_for_go(timeout_s: float) -> str | None:
+    """None once stdin brings the line "go"; else why not (EOF, another line, timeout_s passed).
+    Reads the file descriptor itself (no buffer), so `_linger` sees the EOF that follows."""
     import select
 
     got = b""
@@ -154,11 +154,12 @@ def _wait_for_go(timeout_s: float) -> bool:
         if ready:
             chunk = os.read(sys.stdin.fileno(), 64)
             if not chunk:
-                return False
+                return 'stdin closed before "go"'
             got += chunk
             if b"\n" in got:
-                return got.split(b"\n")[0].strip() == b"go"
-    return False
+                line = got.split(b"\n")[0].strip()
+                return None if line == b"go" else f'expected "go" on stdin, got {line[:40]!r}'
+    return f'no "go" on stdin within {timeout_s:g} s'
 
 
 def _linger(timeout_s: float) -> None:

@@ -77,6 +77,8 @@ class SimRun:
 PANEL_SUBSCRIBE_S = 90.0
 """How long the line waits for its panel to subscribe (a secure login to the nice +19 HMI on a loaded
 machine takes seconds); then it runs, and a panel that never subscribed fails the scenario."""
+SIM_WAITS_S = PANEL_SUBSCRIBE_S + 60.0
+"""`sim-line --wait-s` with a panel: longer than the runner holds it, so it is the runner that decides."""
 _INFERENCE_DOWN = frozenset({"inference_failed", "inference_unavailable", "no_budget", "late", "not_ready"})
 """Fail-safe reasons a killed worker or a model swap may cause."""
 
@@ -201,6 +203,18 @@ def _controller_config(run: SimRun, scenario: Scenario, hello: dict[str, Any], j
                   "frame_delay_ms": 10.0},  # the simulated camera renders and sends a frame in a few ms
         **run.extra,
     }, {**scenario.controller, **({"plc": {"request_shadow": True}} if scenario.shadow else {})}))  # fmt: skip
+
+
+async def _hold_for(panel: SimPanel, controller: InProcessController | ControllerProcess) -> None:
+    """Until the panel is ready, PANEL_SUBSCRIBE_S at most, watching the controller meanwhile (a
+    crash at start shows as itself, and a controller process's systemd pings are drained)."""
+    deadline = time.monotonic() + PANEL_SUBSCRIBE_S
+    while not panel.ready:
+        if time.monotonic() > deadline:
+            panel.give_up(f"not subscribed within {PANEL_SUBSCRIBE_S:g} s")
+            return
+        await controller.check()
+        await asyncio.sleep(0.25)
 
 
 def _panel_vs_journal(log: PanelLog, journal: Path) -> dict[str, Any]:
@@ -338,8 +352,8 @@ async def run_simulated_line(
         "--speed", str(run.speed_mm_s), "--decision-mm", str(run.decision_mm),
         "--pitch-mm", str(run.speed_mm_s / run.rate_parts_s), "--out", str(report_path), "--scenario", run.scenario,
     ]  # fmt: skip
-    if scenario.panel is not None:
-        cmd.append("--hold")  # the conveyor waits until the panel is subscribed (below)
+    if scenario.panel is not None:  # the conveyor waits until the panel is subscribed (below)
+        cmd += ["--hold", "--wait-s", str(SIM_WAITS_S)]
     with (run.workdir / "sim-line.log").open("wb") as sim_log:
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sim_log,
@@ -385,7 +399,7 @@ async def run_simulated_line(
                 if scenario.panel is not None:
                     assert proc.stdin is not None
                     if panel is not None:
-                        await panel.wait_subscribed(PANEL_SUBSCRIBE_S)  # (its failure is judged after the run)
+                        await _hold_for(panel, controller)  # (its failure is judged after the run)
                     proc.stdin.write(b"go\n")
                 flood_at = run.workdir / "hmi-demo" / "access.json" if scenario.hmi_flood and access else None
                 with (
