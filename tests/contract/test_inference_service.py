@@ -4,8 +4,10 @@ with each of its dispatches: plain actor calls ("ray") and one Ray Compiled Grap
 ("ray-compiled"). Also what the pools add beyond the protocol (hot model swap), and the Ray
 pool's micro-batching and actor failures, under both dispatches.
 
-'slow' model: ~100 ms per inference on one core, long enough to keep a request in flight while a
-test times it out, fills the pool or kills its actor. The tiny models' score rises with the image's
+'slow' model: ~100 ms per inference on one core (its depth is set by timing it on this machine:
+a fixed depth took 100 ms on one CPU and 22 ms on a faster one, too short to keep a request in
+flight), long enough to keep a request in flight while a test times it out, fills the pool or kills
+its actor. The tiny models' score rises with the image's
 brightness, so frames of different gray levels tell which result went to which caller.
 """
 
@@ -29,7 +31,7 @@ from workers.tiny_model import build_tiny_model
 
 FRAME = np.zeros((160, 160), np.uint8)
 BRIGHT = np.full((160, 160), 255, np.uint8)
-SLOW_S = 0.1  # rough per-inference time of the slow model; only used for generous bounds
+SLOW_S = 0.1  # per-inference time of the slow model (see build_slow_model); only used for generous bounds
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +41,23 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         "fast": fast,
         "fast2": build_tiny_model(d / "fast2.onnx", version="fast-2"),
-        "slow": build_tiny_model(d / "slow.onnx", slow_layers=4, version="slow-1"),
+        "slow": build_slow_model(d / "slow.onnx"),
         "unrunnable": build_unrunnable_model(d / "unrunnable.onnx", like=fast),
     }
+
+
+def build_slow_model(path: Path, layers: int = 4) -> str:
+    """A tiny model made deep enough to take about SLOW_S per inference on one core of this machine."""
+    engine = OnnxRuntimeEngine(build_tiny_model(path, slow_layers=layers, version="slow-1"))
+    engine.infer_batch([FRAME])  # warm
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        engine.infer_batch([FRAME])
+        took.append(time.perf_counter() - t0)
+    per_layer = float(np.median(took)) / layers
+    needed = min(max(layers, math.ceil(SLOW_S / per_layer)), 200)
+    return build_tiny_model(path, slow_layers=needed, version="slow-1")
 
 
 def build_unrunnable_model(path: Path, like: str) -> str:
