@@ -77,7 +77,7 @@ class SimRun:
 PANEL_SUBSCRIBE_S = 90.0
 """How long the line waits for its panel to subscribe (a secure login to the nice +19 HMI on a loaded
 machine takes seconds); then it runs, and a panel that never subscribed fails the scenario."""
-SIM_WAITS_S = PANEL_SUBSCRIBE_S + 60.0
+SIM_LINE_WAIT_S = PANEL_SUBSCRIBE_S + 60.0
 """`sim-line --wait-s` with a panel: longer than the runner holds it, so it is the runner that decides."""
 _INFERENCE_DOWN = frozenset({"inference_failed", "inference_unavailable", "no_budget", "late", "not_ready"})
 """Fail-safe reasons a killed worker or a model swap may cause."""
@@ -353,7 +353,7 @@ async def run_simulated_line(
         "--pitch-mm", str(run.speed_mm_s / run.rate_parts_s), "--out", str(report_path), "--scenario", run.scenario,
     ]  # fmt: skip
     if scenario.panel is not None:  # the conveyor waits until the panel is subscribed (below)
-        cmd += ["--hold", "--wait-s", str(SIM_WAITS_S)]
+        cmd += ["--hold", "--wait-s", str(SIM_LINE_WAIT_S)]
     with (run.workdir / "sim-line.log").open("wb") as sim_log:
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sim_log,
@@ -396,11 +396,10 @@ async def run_simulated_line(
             async with controller:
                 if panel is not None:
                     panel.start()
+                    await _hold_for(panel, controller)  # (its failure is judged after the run)
                 if scenario.panel is not None:
                     assert proc.stdin is not None
-                    if panel is not None:
-                        await _hold_for(panel, controller)  # (its failure is judged after the run)
-                    proc.stdin.write(b"go\n")
+                    proc.stdin.write(b"go\n")  # the held conveyor may start
                 flood_at = run.workdir / "hmi-demo" / "access.json" if scenario.hmi_flood and access else None
                 with (
                     SimLoad(run.load, seconds=timeout_s) as load,

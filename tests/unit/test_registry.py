@@ -227,8 +227,7 @@ def test_an_engineer_picks_the_product_at_the_hmi_and_the_line_changes_over_to_i
             await asyncio.sleep(3.0)
             answers.append(await controller.operate(Action.PREPARE_RECIPE, "housing-c", **eve))
             answers.append(await controller.operate(Action.PREPARE_RECIPE, "housing-b", **eve))
-            # From here on b1 serves. (Marked before this call, a refusal's own audit write let
-            # virtual time run on: parts still on a1, rightly, failed the check once in a fresh clone.)
+            # b1 serves from here; parts seen before (the refusal's audit write lets virtual time run on) stay on a1.
             picked.append(asyncio.get_running_loop().time())
             answers.append(await controller.operate(Action.PREPARE_RECIPE, "housing-b", **eve))
             await run
